@@ -1,0 +1,69 @@
+package config
+
+import "strings"
+
+// preset is what a provider type fills in. URLs may hold "{tenant}".
+type preset struct {
+	tenant                     string
+	authURL, tokenURL, devURL  string
+	scopes, appScopes          []string
+	imapServer, smtpServer     string
+	deviceFlow, appOnlyAllowed bool // may accounts use FlowDevice, FlowClientCredentials
+}
+
+const msIdentity = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/"
+
+var (
+	msScopes = []string{
+		"https://outlook.office.com/IMAP.AccessAsUser.All",
+		"https://outlook.office.com/SMTP.Send",
+		"offline_access", // without it there is no refresh token
+		"openid",         // id_token: who signed in (the delegate of a shared mailbox)
+	}
+	// App-only: IMAP.AccessAsApp and SMTP.SendAsApp granted to the app.
+	msAppScopes = []string{"https://outlook.office365.com/.default"}
+)
+
+var presets = map[string]preset{
+	TypeOffice365: {
+		tenant:         "organizations",
+		authURL:        msIdentity + "authorize",
+		tokenURL:       msIdentity + "token",
+		devURL:         msIdentity + "devicecode",
+		scopes:         msScopes,
+		appScopes:      msAppScopes,
+		imapServer:     "outlook.office365.com:993",
+		smtpServer:     "smtp.office365.com:587",
+		deviceFlow:     true,
+		appOnlyAllowed: true,
+	},
+	TypeOutlook: {
+		tenant:         "consumers",
+		authURL:        msIdentity + "authorize",
+		tokenURL:       msIdentity + "token",
+		devURL:         msIdentity + "devicecode",
+		scopes:         msScopes,
+		appScopes:      msAppScopes,
+		imapServer:     "outlook.office365.com:993",
+		smtpServer:     "smtp-mail.outlook.com:587",
+		deviceFlow:     true,
+		appOnlyAllowed: true,
+	},
+	TypeGmail: {
+		authURL:    "https://accounts.google.com/o/oauth2/v2/auth",
+		tokenURL:   "https://oauth2.googleapis.com/token",
+		devURL:     "https://oauth2.googleapis.com/device/code",
+		scopes:     []string{"https://mail.google.com/", "openid", "email"},
+		imapServer: "imap.gmail.com:993",
+		smtpServer: "smtp.gmail.com:587",
+		// Google's device flow does not grant https://mail.google.com/, and
+		// Gmail has no app-only access to mailboxes.
+		deviceFlow:     false,
+		appOnlyAllowed: false,
+	},
+	TypeCustom: {deviceFlow: true, appOnlyAllowed: true},
+}
+
+func withTenant(url, tenant string) string {
+	return strings.ReplaceAll(url, "{tenant}", tenant)
+}

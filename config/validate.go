@@ -1,0 +1,1012 @@
+package config
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/BurntSushi/toml"
+)
+
+// checker turns a raw config into a Config, collecting every error it can.
+type checker struct {
+	dir  string   // relative paths are resolved against it
+	loc  *located // key lines; nil when unknown
+	errs []*Error
+	bad  map[string]bool // keys already reported, so derived checks stay quiet
+}
+
+func (c *checker) errorf(key, format string, args ...any) {
+	c.add(key, fmt.Sprintf(format, args...), nil)
+}
+
+func (c *checker) add(key, msg string, err error) {
+	c.bad[key] = true
+	c.errs = append(c.errs, &Error{Key: key, Line: c.loc.line(key), Msg: msg, Err: err})
+}
+
+func (c *checker) run(data []byte) *Config {
+	var raw rawConfig
+	md, err := decode(data, &raw)
+	var pe toml.ParseError
+	switch {
+	case errors.As(err, &pe):
+		c.syntax(pe)
+		return nil
+	case err != nil:
+		c.loc = locate(string(data), md.Keys())
+		c.shape(data, err)
+		return nil
+	}
+	c.loc = locate(string(data), md.Keys())
+	c.unknownKeys(&md)
+	return c.config(&raw)
+}
+
+func decode(data []byte, v any) (md toml.MetaData, err error) {
+	defer func() {
+		// The value is not shown: it may quote the file.
+		if recover() != nil {
+			err = errors.New("the TOML decoder failed on this file")
+		}
+	}()
+	return toml.NewDecoder(bytes.NewReader(data)).Decode(v)
+}
+
+// secretKeys hold values that no message may show.
+func isSecretKey(key string) bool {
+	i := strings.LastIndexByte(key, '.')
+	switch key[i+1:] {
+	case "client_secret", "password_hash":
+		return true
+	}
+	return false
+}
+
+func (c *checker) syntax(pe toml.ParseError) {
+	msg := pe.Message
+	if isSecretKey(pe.LastKey) {
+		// Lexer messages can quote the offending text.
+		msg = "invalid value (not shown: this key holds a secret)"
+	}
+	c.errs = append(c.errs, &Error{Line: pe.Position.Line, Key: pe.LastKey, Msg: "TOML syntax: " + msg})
+}
+
+// shape explains a decoder failure, which only happens when a section has
+// the wrong shape ("imap = 1", "[account]" instead of "[[account]]").
+func (c *checker) shape(data []byte, err error) {
+	n := len(c.errs)
+	var m map[string]any
+	if _, e := decode(data, &m); e == nil {
+		for _, s := range tableSections {
+			if v, ok := m[s]; ok {
+				if _, ok := v.(map[string]any); !ok {
+					c.errorf(s, "must be a table: write [%s] with its keys on the lines below", s)
+				}
+			}
+		}
+		for _, s := range arraySections {
+			switch v := m[s].(type) {
+			case nil, []map[string]any:
+			case map[string]any:
+				c.errorf(s, "write [[%s]] with double brackets: it is an array of tables", s)
+			case []any:
+				for i, e := range v {
+					if _, ok := e.(map[string]any); !ok {
+						c.errorf(fmt.Sprintf("%s[%d]", s, i), "must be a table, not %s", tomlType(e))
+					}
+				}
+			default:
+				c.errorf(s, "must be an array of tables: write [[%s]]", s)
+			}
+		}
+	}
+	if len(c.errs) == n {
+		c.add("", "decode TOML", err)
+	}
+}
+
+func (c *checker) unknownKeys(md *toml.MetaData) {
+	undecoded := map[string]bool{}
+	for _, k := range md.Undecoded() {
+		undecoded[k.String()] = true
+	}
+	for j, k := range md.Keys() {
+		name := k.String()
+		if c.loc != nil {
+			name = c.loc.names[j]
+		}
+		last := k[len(k)-1]
+		table := ""
+		if len(k) > 1 {
+			table = strings.ToLower(k[len(k)-2])
+		}
+		if undecoded[k.String()] {
+			if hasUndecodedParent(k, undecoded) {
+				continue // reported with its parent
+			}
+			msg := "unknown key"
+			if s := suggest(table, last); s != "" {
+				msg += fmt.Sprintf(" (did you mean %q?)", s)
+			}
+			c.errorf(name, "%s", msg)
+			continue
+		}
+		// The decoder matches struct fields case-insensitively; the key
+		// names are a contract, so insist on their spelling.
+		if lower := strings.ToLower(last); lower != last && isKnown(table, lower) {
+			c.errorf(name, "key names are lower case: write %q", lower)
+		}
+	}
+}
+
+func hasUndecodedParent(k toml.Key, undecoded map[string]bool) bool {
+	for i := 1; i < len(k); i++ {
+		if undecoded[k[:i].String()] {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *checker) config(r *rawConfig) *Config {
+	cfg := &Config{}
+	cfg.StateDir = c.stateDir(r.StateDir)
+	cfg.ShutdownTimeout = c.duration(r.ShutdownTimeout, "shutdown_timeout", 30*time.Second)
+	c.tls(&r.TLS, &cfg.TLS)
+	c.imap(&r.IMAP, &cfg.IMAP)
+	c.smtp(&r.SMTP, &cfg.SMTP)
+	c.admin(&r.Admin, &cfg.Admin)
+	c.security(&r.Security, &cfg.Security)
+	c.log(&r.Log, &cfg.Log)
+	c.listeners(cfg)
+	c.providers(r.Providers, cfg)
+	c.accounts(r.Accounts, cfg)
+	return cfg
+}
+
+// ---- sections ----
+
+func (c *checker) stateDir(v val) string {
+	if v.set {
+		s := c.path(v, "state_dir")
+		if s == "" && !c.bad["state_dir"] {
+			c.errorf("state_dir", "must not be empty")
+		}
+		return s
+	}
+	d, err := defaultStateDir()
+	if err != nil {
+		c.add("state_dir", "no default, set state_dir", err)
+	}
+	return d
+}
+
+// defaultStateDir is $STATE_DIRECTORY (systemd's StateDirectory=), else the
+// user's state directory.
+func defaultStateDir() (string, error) {
+	if s := os.Getenv("STATE_DIRECTORY"); s != "" {
+		first, _, _ := strings.Cut(s, ":") // systemd joins several with ':'
+		return first, nil
+	}
+	if runtime.GOOS == "windows" {
+		if d := os.Getenv("LocalAppData"); d != "" {
+			return filepath.Join(d, "mailproxy"), nil
+		}
+		return "", errors.New("%LocalAppData% is not set")
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); filepath.IsAbs(d) {
+		return filepath.Join(d, "mailproxy"), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(home, ".local", "state", "mailproxy"), nil
+}
+
+func (c *checker) tls(r *rawTLS, t *TLS) {
+	t.CertFile = c.path(r.CertFile, "tls.cert_file")
+	t.KeyFile = c.path(r.KeyFile, "tls.key_file")
+	t.SelfSigned = c.boolean(r.SelfSigned, "tls.self_signed", false)
+	switch {
+	case t.CertFile != "" && t.SelfSigned:
+		c.errorf("tls.self_signed", "conflicts with tls.cert_file: use a certificate or a self-signed one, not both")
+	case t.CertFile != "" && t.KeyFile == "":
+		c.errorf("tls.key_file", "required when tls.cert_file is set")
+	case t.CertFile == "" && t.KeyFile != "":
+		c.errorf("tls.cert_file", "required when tls.key_file is set")
+	case t.CertFile != "":
+		cert, err := readFile(t.CertFile, maxPEMSize)
+		if err != nil {
+			c.add("tls.cert_file", "cannot read the certificate", err)
+			return
+		}
+		key, err := readFile(t.KeyFile, maxPEMSize)
+		if err != nil {
+			c.add("tls.key_file", "cannot read the private key", err)
+			return
+		}
+		if _, err := tls.X509KeyPair(cert, key); err != nil {
+			c.add("tls.cert_file", "cannot use the certificate with tls.key_file", err)
+		}
+	}
+}
+
+func (c *checker) imap(r *rawIMAP, m *IMAP) {
+	m.Listen = c.listen(r.Listen, "imap.listen", "127.0.0.1:1143")
+	m.ListenTLS = c.listen(r.ListenTLS, "imap.listen_tls", "")
+	m.PreAuthTimeout = c.duration(r.PreAuthTimeout, "imap.preauth_timeout", 60*time.Second)
+	m.IdleTimeout = c.duration(r.IdleTimeout, "imap.idle_timeout", 30*time.Minute)
+	if m.IdleTimeout < 29*time.Minute {
+		c.errorf("imap.idle_timeout", "%s is too short: RFC 2177 lets clients stay in IDLE for 29 minutes; use at least \"29m\"", m.IdleTimeout)
+	}
+	// RFC 3501 needs room for 1000-byte lines; a bound is the point, so
+	// keep it well under a megabyte.
+	m.MaxLine = int(c.integer(r.MaxLine, "imap.max_line", 8192, 1000, 1<<20))
+	m.MaxLiteral = int(c.integer(r.MaxLiteral, "imap.max_literal", 65536, 256, 1<<20))
+}
+
+func (c *checker) smtp(r *rawSMTP, s *SMTP) {
+	s.Listen = c.listen(r.Listen, "smtp.listen", "127.0.0.1:1587")
+	s.ListenTLS = c.listen(r.ListenTLS, "smtp.listen_tls", "")
+	s.Domain = c.str(r.Domain, "smtp.domain", "")
+	if s.Domain == "" {
+		s.Domain = defaultDomain()
+	} else if !validDomain(s.Domain) && !c.bad["smtp.domain"] {
+		c.errorf("smtp.domain", "%s is not a host name", q(s.Domain))
+	}
+	s.MaxMessageBytes = c.integer(r.MaxMessageBytes, "smtp.max_message_bytes", 0, 0, 1<<31)
+	s.MaxRecipients = int(c.integer(r.MaxRecipients, "smtp.max_recipients", 500, 1, 100000))
+	s.ReadTimeout = c.duration(r.ReadTimeout, "smtp.read_timeout", 10*time.Minute)
+	s.WriteTimeout = c.duration(r.WriteTimeout, "smtp.write_timeout", time.Minute)
+}
+
+func defaultDomain() string {
+	if h, err := os.Hostname(); err == nil && validDomain(h) {
+		return h
+	}
+	return "localhost"
+}
+
+func validDomain(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	if strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]") { // address literal
+		_, err := netip.ParseAddr(strings.TrimPrefix(s[1:len(s)-1], "IPv6:"))
+		return err == nil
+	}
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			if !isBareKeyByte(label[i]) || label[i] == '_' {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func (c *checker) admin(r *rawAdmin, a *Admin) {
+	a.Listen = c.listen(r.Listen, "admin.listen", "127.0.0.1:8025")
+	a.PasswordHash = c.phc(r.PasswordHash, "admin.password_hash")
+	if a.Listen == "" || c.bad["admin.listen"] || c.bad["admin.password_hash"] {
+		return
+	}
+	if kind, _ := classifyHost(a.Listen); kind != hostLoopback && a.PasswordHash == "" {
+		c.errorf("admin.password_hash", "required because admin.listen %s is not a loopback address: the page signs accounts in; create one with `mailproxy hash-password`", q(a.Listen))
+	}
+}
+
+func (c *checker) security(r *rawSecurity, s *Security) {
+	s.AllowFrom = c.prefixes(r.AllowFrom, "security.allow_from", []string{"127.0.0.0/8", "::1/128"})
+	if len(s.AllowFrom) == 0 && !c.bad["security.allow_from"] {
+		c.errorf("security.allow_from", "is empty, so nobody could connect; remove the key for the default (loopback only)")
+	}
+	s.AllowPlaintextFrom = c.prefixes(r.AllowPlaintextFrom, "security.allow_plaintext_from", nil)
+	s.MaxConnections = int(c.integer(r.MaxConnections, "security.max_connections", 1000, 1, 1<<20))
+	s.MaxConnectionsPerIP = int(c.integer(r.MaxConnectionsPerIP, "security.max_connections_per_ip", 50, 1, 1<<20))
+	s.UpstreamTimeout = c.duration(r.UpstreamTimeout, "security.upstream_timeout", 30*time.Second)
+	s.LockoutFailures = int(c.integer(r.LockoutFailures, "security.lockout_failures", 5, 0, 1000))
+	s.LockoutWindow = c.duration(r.LockoutWindow, "security.lockout_window", 15*time.Minute)
+	s.LockoutDuration = c.duration(r.LockoutDuration, "security.lockout_duration", 15*time.Minute)
+	s.MaxUpstreamPerMailbox = int(c.integer(r.MaxUpstreamPerMailbox, "security.max_upstream_per_mailbox", 16, 1, 1000))
+}
+
+func (c *checker) log(r *rawLog, l *Log) {
+	l.Format = c.str(r.Format, "log.format", LogText)
+	if l.Format != LogText && l.Format != LogJSON && !c.bad["log.format"] {
+		c.errorf("log.format", "%s is not a log format: use \"text\" or \"json\"", q(l.Format))
+	}
+	level := c.str(r.Level, "log.level", "info")
+	switch level {
+	case "debug":
+		l.Level = slog.LevelDebug
+	case "info":
+		l.Level = slog.LevelInfo
+	case "warn":
+		l.Level = slog.LevelWarn
+	case "error":
+		l.Level = slog.LevelError
+	default:
+		if !c.bad["log.level"] {
+			c.errorf("log.level", "%s is not a log level: use debug, info, warn or error", q(level))
+		}
+	}
+}
+
+// listeners checks what involves several listen addresses.
+func (c *checker) listeners(cfg *Config) {
+	type listener struct{ key, addr string }
+	all := []listener{
+		{"imap.listen", cfg.IMAP.Listen},
+		{"imap.listen_tls", cfg.IMAP.ListenTLS},
+		{"smtp.listen", cfg.SMTP.Listen},
+		{"smtp.listen_tls", cfg.SMTP.ListenTLS},
+		{"admin.listen", cfg.Admin.Listen},
+	}
+	if all[0].addr == "" && all[1].addr == "" && all[2].addr == "" && all[3].addr == "" {
+		c.errorf("imap.listen", "every mail listener is off (imap.listen, imap.listen_tls, smtp.listen, smtp.listen_tls): set at least one")
+	}
+	for _, l := range all[:4] {
+		if l.addr == "" || c.bad[l.key] {
+			continue
+		}
+		if strings.HasSuffix(l.key, "_tls") {
+			if !cfg.TLS.Enabled() {
+				c.errorf(l.key, "needs a certificate: set tls.cert_file and tls.key_file, or tls.self_signed = true")
+			}
+			continue
+		}
+		if !c.bad["security.allow_plaintext_from"] {
+			c.plaintext(l.key, l.addr, cfg.Security.AllowPlaintextFrom)
+		}
+	}
+	for i, a := range all {
+		for _, b := range all[:i] {
+			if a.addr == "" || b.addr == "" || c.bad[a.key] || c.bad[b.key] {
+				continue
+			}
+			if sameSocket(a.addr, b.addr) {
+				c.errorf(a.key, "%s clashes with %s %s", q(a.addr), b.key, q(b.addr))
+			}
+		}
+	}
+}
+
+// plaintext enforces that listeners taking passwords in the clear stay on
+// loopback unless security.allow_plaintext_from says otherwise.
+func (c *checker) plaintext(key, addr string, allowed []netip.Prefix) {
+	kind, ip := classifyHost(addr)
+	switch {
+	case kind == hostLoopback:
+	case kind == hostIP && !containsAddr(allowed, ip):
+		c.errorf(key, "%s is not a loopback address and security.allow_plaintext_from does not cover it: passwords would cross the network in plain text; add its network to security.allow_plaintext_from, listen on 127.0.0.1, or use listen_tls", q(addr))
+	case kind == hostAny && len(allowed) == 0:
+		c.errorf(key, "%s can be reached on every address of this host (or on a name that cannot be checked) and passwords would cross the network in plain text; list the networks allowed to do that in security.allow_plaintext_from, listen on 127.0.0.1, or use listen_tls", q(addr))
+	}
+}
+
+type hostKind int
+
+const (
+	hostLoopback hostKind = iota
+	hostIP                // one non-loopback address
+	hostAny               // every address, or a name
+)
+
+// classifyHost sorts the host of a valid listen address.
+func classifyHost(addr string) (hostKind, netip.Addr) {
+	host, _, _ := net.SplitHostPort(addr)
+	if strings.EqualFold(host, "localhost") {
+		return hostLoopback, netip.Addr{}
+	}
+	ip, err := netip.ParseAddr(host)
+	switch {
+	case err != nil: // "" or a name
+		return hostAny, netip.Addr{}
+	case ip.Unmap().IsLoopback():
+		return hostLoopback, ip
+	case ip.IsUnspecified():
+		return hostAny, ip
+	}
+	return hostIP, ip.Unmap().WithZone("")
+}
+
+// sameSocket reports whether two valid listen addresses would fight over a
+// port. Port 0 picks a free port, so it never clashes.
+func sameSocket(a, b string) bool {
+	ha, pa, _ := net.SplitHostPort(a)
+	hb, pb, _ := net.SplitHostPort(b)
+	na, _ := strconv.Atoi(pa)
+	nb, _ := strconv.Atoi(pb)
+	if na == 0 || na != nb {
+		return false
+	}
+	wild := func(h string) bool {
+		ip, err := netip.ParseAddr(h)
+		return h == "" || err == nil && ip.IsUnspecified()
+	}
+	return wild(ha) || wild(hb) || strings.EqualFold(ha, hb)
+}
+
+func (c *checker) providers(rs []rawProvider, cfg *Config) {
+	redirectPort := "8025"
+	if cfg.Admin.Listen != "" && !c.bad["admin.listen"] {
+		_, redirectPort, _ = net.SplitHostPort(cfg.Admin.Listen)
+	}
+	names := map[string]int{}
+	for i := range rs {
+		p := c.provider(fmt.Sprintf("provider[%d]", i), &rs[i], redirectPort)
+		if j, dup := names[p.Name]; dup && p.Name != "" {
+			c.errorf(fmt.Sprintf("provider[%d].name", i), "%s is already the name of provider[%d]", q(p.Name), j)
+		} else {
+			names[p.Name] = i
+		}
+		cfg.Providers = append(cfg.Providers, p)
+	}
+}
+
+func (c *checker) provider(base string, r *rawProvider, redirectPort string) *Provider {
+	k := func(name string) string { return base + "." + name }
+	p := &Provider{}
+
+	p.Name = c.str(r.Name, k("name"), "")
+	switch {
+	case c.bad[k("name")]:
+	case p.Name == "":
+		c.errorf(k("name"), "required: accounts refer to the provider by it")
+	case !validName(p.Name):
+		c.errorf(k("name"), "%s: use letters, digits, '.', '_' and '-' (at most 64)", q(p.Name))
+	}
+
+	p.Type = c.strDef(r.Type, k("type"), TypeOffice365)
+	pre, known := presets[p.Type]
+	if !known && !c.bad[k("type")] {
+		c.errorf(k("type"), "%s is not a provider type: use office365, outlook, gmail or custom", q(p.Type))
+	}
+	custom := p.Type == TypeCustom
+
+	switch {
+	case pre.tenant != "":
+		p.Tenant = c.strDef(r.Tenant, k("tenant"), pre.tenant)
+		if !validName(p.Tenant) && !c.bad[k("tenant")] {
+			c.errorf(k("tenant"), "%s: use the tenant ID, a domain such as contoso.onmicrosoft.com, organizations, common or consumers", q(p.Tenant))
+		}
+	case r.Tenant.set && known:
+		c.errorf(k("tenant"), "only type office365 and outlook have a tenant")
+	}
+
+	p.ClientID = c.str(r.ClientID, k("client_id"), "")
+	if p.ClientID == "" && !c.bad[k("client_id")] {
+		c.errorf(k("client_id"), "required: the application (client) ID of the app registration")
+	} else if strings.ContainsFunc(p.ClientID, unicode.IsSpace) {
+		c.errorf(k("client_id"), "must not contain spaces")
+	}
+
+	p.ClientSecret = c.str(r.ClientSecret, k("client_secret"), "")
+	// "" means none for both, as in the example config.
+	if key := k("client_secret_file"); r.ClientSecretFile.set {
+		path := c.path(r.ClientSecretFile, key)
+		switch {
+		case c.bad[key] || path == "":
+		case p.ClientSecret != "":
+			c.errorf(key, "conflicts with client_secret: use one of them")
+		default:
+			data, err := readFile(path, maxSecretSize)
+			if err != nil {
+				c.add(key, "cannot read the client secret", err)
+				break
+			}
+			p.ClientSecret = strings.TrimRight(string(data), "\r\n")
+			if p.ClientSecret == "" {
+				c.errorf(key, "%s is empty", path)
+			} else if hasControl(p.ClientSecret) {
+				c.errorf(key, "%s holds a control character or several lines", path)
+			}
+		}
+	}
+
+	p.AuthURL = c.endpoint(r.AuthURL, k("auth_url"), withTenant(pre.authURL, p.Tenant), custom)
+	p.TokenURL = c.endpoint(r.TokenURL, k("token_url"), withTenant(pre.tokenURL, p.Tenant), custom)
+	p.DeviceAuthURL = c.endpoint(r.DeviceAuthURL, k("device_auth_url"), withTenant(pre.devURL, p.Tenant), false)
+	p.Scopes = c.scopes(r.Scopes, k("scopes"), pre.scopes, custom, true)
+	p.AppScopes = c.scopes(r.AppScopes, k("app_scopes"), pre.appScopes, false, false)
+	p.IMAPServer = c.server(r.IMAPServer, k("imap_server"), pre.imapServer, custom)
+	p.SMTPServer = c.server(r.SMTPServer, k("smtp_server"), pre.smtpServer, custom)
+
+	p.CAFile = c.path(r.CAFile, k("ca_file"))
+	if p.CAFile != "" && !c.bad[k("ca_file")] {
+		p.RootCAs = c.roots(k("ca_file"), p.CAFile)
+	}
+
+	def := "http://localhost:" + redirectPort + "/oauth2/callback"
+	p.RedirectURL = c.strDef(r.RedirectURL, k("redirect_url"), def)
+	if u, err := url.Parse(p.RedirectURL); !c.bad[k("redirect_url")] &&
+		(err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Fragment != "" || u.User != nil) {
+		c.errorf(k("redirect_url"), "%s is not an absolute http or https URL", q(p.RedirectURL))
+	}
+	return p
+}
+
+// validName accepts provider names and tenants: both end up in URLs, file
+// names and log lines.
+func validName(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !isBareKeyByte(s[i]) && s[i] != '.' {
+			return false
+		}
+	}
+	return true
+}
+
+// endpoint reads an identity provider URL: https, or http for loopback so
+// that local fakes work.
+func (c *checker) endpoint(v val, key, def string, required bool) string {
+	s := c.str(v, key, def)
+	if c.bad[key] {
+		return s
+	}
+	if s == "" {
+		if required {
+			c.errorf(key, "required for type custom")
+		}
+		return ""
+	}
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" || u.User != nil || u.Fragment != "" {
+		c.errorf(key, "%s is not an absolute URL", q(s))
+	} else if u.Scheme != "https" && !(u.Scheme == "http" && isLoopbackName(u.Hostname())) {
+		c.errorf(key, "%s: use https (http only for localhost)", q(s))
+	}
+	return s
+}
+
+func isLoopbackName(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
+}
+
+func (c *checker) scopes(v val, key string, def []string, required, nonEmpty bool) []string {
+	s := c.stringList(v, key, def)
+	if c.bad[key] {
+		return s
+	}
+	switch {
+	case !v.set && required:
+		c.errorf(key, "required for type custom")
+	case len(s) == 0 && v.set && nonEmpty:
+		c.errorf(key, "must not be empty")
+	}
+	for i, sc := range s {
+		if sc == "" || strings.ContainsFunc(sc, unicode.IsSpace) {
+			c.errorf(fmt.Sprintf("%s[%d]", key, i), "%s: a scope is one word, without spaces", q(sc))
+		}
+	}
+	return s
+}
+
+// server reads an upstream host:port.
+func (c *checker) server(v val, key, def string, required bool) string {
+	s := c.str(v, key, def)
+	if c.bad[key] {
+		return s
+	}
+	if s == "" {
+		if required {
+			c.errorf(key, "required for type custom")
+		} else {
+			c.errorf(key, "must not be empty")
+		}
+		return s
+	}
+	host, port, err := splitHostPort(s)
+	if err == nil && (host == "" || port == 0) {
+		err = errors.New("needs a host and a port other than 0")
+	}
+	if err != nil {
+		c.errorf(key, "%s: %v; write host:port, e.g. \"outlook.office365.com:993\"", q(s), err)
+	}
+	return s
+}
+
+// roots loads extra trust anchors on top of the system ones.
+func (c *checker) roots(key, path string) *x509.CertPool {
+	data, err := readFile(path, maxPEMSize)
+	if err != nil {
+		c.add(key, "cannot read the CA file", err)
+		return nil
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(data) {
+		c.errorf(key, "%s holds no PEM certificate", path)
+		return nil
+	}
+	return pool
+}
+
+func (c *checker) accounts(rs []rawAccount, cfg *Config) {
+	cfg.byUser = map[string]*Account{}
+	index := map[string]int{}
+	for i := range rs {
+		base := fmt.Sprintf("account[%d]", i)
+		a := c.account(base, &rs[i], cfg)
+		if a.Username == "" {
+			continue
+		}
+		f := foldUser(a.Username)
+		if j, dup := index[f]; dup {
+			c.errorf(base+".username", "%s is already account[%d] (usernames are compared case-insensitively)", q(a.Username), j)
+			continue
+		}
+		index[f] = i
+		cfg.byUser[f] = a
+		cfg.Accounts = append(cfg.Accounts, a)
+	}
+}
+
+func (c *checker) account(base string, r *rawAccount, cfg *Config) *Account {
+	k := func(name string) string { return base + "." + name }
+	a := &Account{}
+
+	a.Username = c.str(r.Username, k("username"), "")
+	switch {
+	case c.bad[k("username")]:
+		a.Username = ""
+	case a.Username == "":
+		c.errorf(k("username"), "required: what the mail client logs in with")
+	case strings.TrimSpace(a.Username) != a.Username || len(a.Username) > 256:
+		c.errorf(k("username"), "%s: no leading or trailing spaces, at most 256 bytes", q(a.Username))
+		a.Username = ""
+	}
+
+	switch name := c.str(r.Provider, k("provider"), ""); {
+	case c.bad[k("provider")]:
+	case name != "":
+		if a.Provider = cfg.Provider(name); a.Provider == nil {
+			c.errorf(k("provider"), "no [[provider]] is named %s", q(name))
+		}
+	case len(cfg.Providers) == 1:
+		a.Provider = cfg.Providers[0]
+	case len(cfg.Providers) == 0:
+		c.errorf(k("provider"), "there is no [[provider]] to use")
+	default:
+		c.errorf(k("provider"), "required when there are several [[provider]] tables")
+	}
+
+	a.Mailbox = c.strDef(r.Mailbox, k("mailbox"), a.Username)
+	if !c.bad[k("mailbox")] && a.Mailbox != "" {
+		at := strings.LastIndexByte(a.Mailbox, '@')
+		switch {
+		case at <= 0 || at == len(a.Mailbox)-1:
+			what := "mailbox"
+			if a.Mailbox == a.Username {
+				what = "the username (the default mailbox)"
+			}
+			c.errorf(k("mailbox"), "%s %s is not an email address; set mailbox to the address to open upstream", what, q(a.Mailbox))
+		case strings.ContainsFunc(a.Mailbox, unicode.IsSpace):
+			c.errorf(k("mailbox"), "%s must not contain spaces", q(a.Mailbox))
+		}
+	}
+
+	a.Flow = c.strDef(r.Flow, k("flow"), FlowAuthCode)
+	switch a.Flow {
+	case FlowAuthCode, FlowDevice, FlowClientCredentials:
+	default:
+		if !c.bad[k("flow")] {
+			c.errorf(k("flow"), "%s is not a flow: use authcode, device or client_credentials", q(a.Flow))
+		}
+	}
+
+	a.PasswordHash = c.phc(r.PasswordHash, k("password_hash"))
+	if a.Flow == FlowClientCredentials && a.PasswordHash == "" && !c.bad[k("password_hash")] {
+		c.errorf(k("password_hash"), "required for flow client_credentials: no sign-in sets a local password; create one with `mailproxy hash-password`")
+	}
+
+	p := a.Provider
+	if p == nil || c.bad[k("flow")] {
+		return a
+	}
+	pre, known := presets[p.Type]
+	switch {
+	case !known:
+	case a.Flow == FlowDevice && !pre.deviceFlow:
+		c.errorf(k("flow"), "provider %s is of type %s, whose device flow cannot grant mail access: use authcode", q(p.Name), p.Type)
+	case a.Flow == FlowDevice && p.DeviceAuthURL == "":
+		c.errorf(k("flow"), "provider %s has no device_auth_url", q(p.Name))
+	case a.Flow == FlowClientCredentials && !pre.appOnlyAllowed:
+		c.errorf(k("flow"), "provider %s is of type %s, which has no app-only mail access: use authcode", q(p.Name), p.Type)
+	case a.Flow == FlowClientCredentials && p.ClientSecret == "":
+		c.errorf(k("flow"), "client_credentials needs provider %s to have client_secret or client_secret_file", q(p.Name))
+	case a.Flow == FlowClientCredentials && len(p.AppScopes) == 0:
+		c.errorf(k("flow"), "client_credentials needs provider %s to have app_scopes", q(p.Name))
+	}
+	return a
+}
+
+// ---- values ----
+
+func (c *checker) str(v val, key, def string) string {
+	if !v.set {
+		return def
+	}
+	s, ok := v.v.(string)
+	if !ok {
+		c.errorf(key, "must be a string, not %s", tomlType(v.v))
+		return def
+	}
+	if hasControl(s) {
+		c.errorf(key, "must not contain control characters")
+		return def
+	}
+	return s
+}
+
+// strDef is str for keys where "" means the default.
+func (c *checker) strDef(v val, key, def string) string {
+	if s := c.str(v, key, def); s != "" {
+		return s
+	}
+	return def
+}
+
+func hasControl(s string) bool {
+	return strings.ContainsFunc(s, unicode.IsControl)
+}
+
+// path reads a file name, resolved against the config's directory.
+func (c *checker) path(v val, key string) string {
+	s := c.str(v, key, "")
+	if s != "" && c.dir != "" && !filepath.IsAbs(s) {
+		s = filepath.Join(c.dir, s)
+	}
+	return s
+}
+
+func (c *checker) boolean(v val, key string, def bool) bool {
+	if !v.set {
+		return def
+	}
+	b, ok := v.v.(bool)
+	if !ok {
+		c.errorf(key, "must be true or false, not %s", tomlType(v.v))
+		return def
+	}
+	return b
+}
+
+func (c *checker) integer(v val, key string, def, lo, hi int64) int64 {
+	if !v.set {
+		return def
+	}
+	n, ok := v.v.(int64)
+	switch {
+	case !ok:
+		c.errorf(key, "must be an integer, not %s", tomlType(v.v))
+	case n < lo || n > hi:
+		c.errorf(key, "%d is out of range: use %d to %d", n, lo, hi)
+	default:
+		return n
+	}
+	return def
+}
+
+// duration reads a positive duration written as a string with a unit.
+func (c *checker) duration(v val, key string, def time.Duration) time.Duration {
+	if !v.set {
+		return def
+	}
+	switch x := v.v.(type) {
+	case string:
+		d, err := time.ParseDuration(x)
+		switch {
+		case err != nil:
+			c.errorf(key, "%s is not a duration: write e.g. \"30s\", \"15m\" or \"1h\"", q(x))
+		case d <= 0:
+			c.errorf(key, "%s: must be positive, e.g. \"30s\"", q(x))
+		default:
+			return d
+		}
+	case int64:
+		c.errorf(key, "a bare number has no unit: write a string such as \"30s\", \"15m\" or \"1h\", not %d", x)
+	default:
+		c.errorf(key, "must be a duration string such as \"30s\", not %s", tomlType(v.v))
+	}
+	return def
+}
+
+func (c *checker) stringList(v val, key string, def []string) []string {
+	if !v.set {
+		return slices.Clone(def)
+	}
+	arr, ok := v.v.([]any)
+	if !ok {
+		c.errorf(key, "must be an array of strings, not %s", tomlType(v.v))
+		return slices.Clone(def)
+	}
+	out := make([]string, 0, len(arr))
+	for i, e := range arr {
+		ek := fmt.Sprintf("%s[%d]", key, i)
+		s, ok := e.(string)
+		switch {
+		case !ok:
+			c.errorf(ek, "must be a string, not %s", tomlType(e))
+		case hasControl(s):
+			c.errorf(ek, "must not contain control characters")
+		default:
+			out = append(out, s)
+			continue
+		}
+		c.bad[key] = true
+	}
+	if len(out) == 0 {
+		return nil // one way to say "none"
+	}
+	return out
+}
+
+// prefixes reads a list of CIDR networks; a bare address is a network of one.
+func (c *checker) prefixes(v val, key string, def []string) []netip.Prefix {
+	list := c.stringList(v, key, def)
+	out := make([]netip.Prefix, 0, len(list))
+	for i, s := range list {
+		p, err := parsePrefix(s)
+		if err != nil {
+			c.errorf(fmt.Sprintf("%s[%d]", key, i), "%s: %v; write a network such as \"192.168.1.0/24\" or an address", q(s), err)
+			c.bad[key] = true
+			continue
+		}
+		out = append(out, p)
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
+
+func parsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, errors.New("not a CIDR network")
+		}
+		if p.Addr().Is4In6() && p.Bits() >= 96 {
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
+		return p.Masked(), nil
+	}
+	ip, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, errors.New("not an address or CIDR network")
+	}
+	if ip.Zone() != "" {
+		return netip.Prefix{}, errors.New("zones are not allowed")
+	}
+	ip = ip.Unmap()
+	return netip.PrefixFrom(ip, ip.BitLen()), nil
+}
+
+// listen reads a listen address; "" turns the listener off.
+func (c *checker) listen(v val, key, def string) string {
+	s := c.str(v, key, def)
+	if s == "" || c.bad[key] {
+		return s
+	}
+	if _, _, err := splitHostPort(s); err != nil {
+		c.errorf(key, "%s: %v; write host:port, e.g. \"127.0.0.1:1143\", or \"\" for off", q(s), err)
+	}
+	return s
+}
+
+// splitHostPort accepts "host:port" with a numeric port and a host that is
+// empty, an IP address or a host name.
+func splitHostPort(s string) (string, uint16, error) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", 0, errors.New("not host:port")
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return "", 0, errors.New("the port must be a number from 0 to 65535")
+	}
+	if host != "" && !validDomain(host) {
+		if _, err := netip.ParseAddr(host); err != nil {
+			return "", 0, errors.New("the host is neither an IP address nor a host name")
+		}
+	}
+	return host, uint16(n), nil
+}
+
+// phc reads an optional Argon2id password hash. Messages never show it.
+func (c *checker) phc(v val, key string) string {
+	s := c.str(v, key, "")
+	if s == "" || c.bad[key] {
+		return s
+	}
+	if err := checkPHC(s); err != nil {
+		c.errorf(key, "not an Argon2id hash like \"$argon2id$v=19$m=65536,t=3,p=2$<salt>$<hash>\" (%v); create one with `mailproxy hash-password`", err)
+		return ""
+	}
+	return s
+}
+
+// checkPHC checks the shape of "$argon2id$v=19$m=..,t=..,p=..$salt$hash".
+// The bounds keep one login from taking unbounded memory or time.
+func checkPHC(s string) error {
+	parts := strings.Split(s, "$")
+	if len(parts) != 6 || parts[0] != "" {
+		return errors.New("wrong number of '$' fields")
+	}
+	if parts[1] != "argon2id" {
+		return errors.New("the algorithm is not argon2id")
+	}
+	if parts[2] != "v=19" {
+		return errors.New("the version is not v=19")
+	}
+	params := strings.Split(parts[3], ",")
+	if len(params) != 3 {
+		return errors.New("the parameters are not m=..,t=..,p=..")
+	}
+	var vals [3]uint64
+	for i, name := range []string{"m", "t", "p"} {
+		k, num, ok := strings.Cut(params[i], "=")
+		n, err := strconv.ParseUint(num, 10, 32)
+		if !ok || k != name || err != nil {
+			return errors.New("the parameters are not m=..,t=..,p=..")
+		}
+		vals[i] = n
+	}
+	m, t, p := vals[0], vals[1], vals[2]
+	switch {
+	case p < 1 || p > 64:
+		return errors.New("p must be 1 to 64")
+	case m < 8*p || m > 1<<20:
+		return errors.New("m must be 8*p to 1048576 KiB")
+	case t < 1 || t > 64:
+		return errors.New("t must be 1 to 64")
+	}
+	salt, err := base64.RawStdEncoding.DecodeString(parts[4])
+	if err != nil || len(salt) < 8 {
+		return errors.New("the salt is not at least 8 bytes of unpadded base64")
+	}
+	hash, err := base64.RawStdEncoding.DecodeString(parts[5])
+	if err != nil || len(hash) < 16 {
+		return errors.New("the hash is not at least 16 bytes of unpadded base64")
+	}
+	return nil
+}
+
+// q quotes a value for a message, shortened.
+func q(s string) string {
+	if len(s) > 80 {
+		s = s[:77] + "..."
+	}
+	return strconv.Quote(s)
+}
