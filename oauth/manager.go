@@ -1,0 +1,397 @@
+package oauth
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"mailproxy/oauth/store"
+	"mailproxy/proxy"
+)
+
+var _ proxy.Vault = (*Manager)(nil)
+
+// Account is a delegated account as the Manager needs it.
+type Account struct {
+	Username string
+	Flow     string // authcode, device...
+	Provider *Provider
+}
+
+// Manager opens the password-sealed token entries of delegated accounts and
+// keeps one Source per account (proxy.Vault).
+//
+// The first login of an account pays the KDF; later logins with the same
+// password compare an HMAC of it (under a random per-process key) in
+// constant time and cost microseconds, as long as the entry on disk is the
+// one that was opened. When `mailproxy login` replaced the entry meanwhile,
+// the next login opens it again and hands the new tokens to the existing
+// Source, so running sessions need no restart.
+type Manager struct {
+	// Now is the clock of the sources the Manager makes; nil means
+	// time.Now. Set it before first use.
+	Now func() time.Time
+
+	store   *store.Store
+	logger  *slog.Logger
+	hashKey [32]byte
+
+	unlocks atomic.Int64 // KDF runs, for tests
+
+	mu       sync.Mutex // protects accounts
+	accounts map[string]*account
+}
+
+// account is the Manager's state for one account.
+type account struct {
+	name string // lowercased username
+
+	slow chan struct{} // one token: serializes the slow path (KDF) of Open
+
+	mu       sync.Mutex // protects the fields below
+	cfg      Account
+	source   *Source
+	key      *store.Key  // the key of the entry on disk, to re-seal rotated tokens
+	stamp    store.Stamp // stamp of the entry source's tokens came from (or were saved to)
+	pwMAC    []byte      // HMAC of the password that opened it; nil: none
+	identity string      // who signed in
+	rtSum    [32]byte    // hash of the stored refresh token, to notice rotation
+	meta     store.Meta  // last known metadata
+	lastErr  string      // last error written to meta, to skip identical rewrites
+}
+
+// NewManager returns a Manager over st.
+func NewManager(st *store.Store, logger *slog.Logger) *Manager {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	m := &Manager{store: st, logger: logger, accounts: make(map[string]*account)}
+	if _, err := rand.Read(m.hashKey[:]); err != nil {
+		panic("oauth: no randomness: " + err.Error()) // crypto/rand does not fail on supported systems
+	}
+	return m
+}
+
+func (m *Manager) now() time.Time {
+	if m.Now != nil {
+		return m.Now()
+	}
+	return time.Now()
+}
+
+// SetAccount adds or updates an account (config load or reload). A live
+// Source of the account switches to the new provider.
+func (m *Manager) SetAccount(a Account) {
+	name := strings.ToLower(a.Username)
+	m.mu.Lock()
+	acc := m.accounts[name]
+	if acc == nil {
+		acc = &account{name: name, slow: make(chan struct{}, 1)}
+		m.accounts[name] = acc
+	}
+	m.mu.Unlock()
+	acc.mu.Lock()
+	acc.cfg = a
+	src := acc.source
+	acc.mu.Unlock()
+	if src != nil && a.Provider != nil {
+		src.SetProvider(a.Provider)
+	}
+}
+
+// RemoveAccount forgets an account (config reload). Sessions holding its
+// Source keep it; the next Open fails.
+func (m *Manager) RemoveAccount(username string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.accounts, strings.ToLower(username))
+}
+
+func (m *Manager) account(username string) *account {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.accounts[strings.ToLower(username)]
+}
+
+func (m *Manager) mac(name, password string) []byte {
+	h := hmac.New(sha256.New, m.hashKey[:])
+	h.Write([]byte(name))
+	h.Write([]byte{0})
+	h.Write([]byte(password))
+	return h.Sum(nil)
+}
+
+// cached returns the account's source when password is the one that opened
+// it and the entry on disk is still the one opened.
+func (a *account) cached(mac []byte, stamp store.Stamp) (*Source, string, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.source == nil || a.pwMAC == nil || stamp.IsZero() || stamp != a.stamp {
+		return nil, "", false
+	}
+	if !hmac.Equal(mac, a.pwMAC) {
+		return nil, "", false
+	}
+	return a.source, a.identity, true
+}
+
+// Open implements proxy.Vault: it returns the account's Source and who
+// signed in. A wrong password yields an error wrapping
+// proxy.ErrBadCredentials and a missing entry one wrapping
+// proxy.ErrNotSignedIn; neither changes the entry.
+func (m *Manager) Open(ctx context.Context, username, password string) (proxy.TokenSource, string, error) {
+	src, id, err := m.open(ctx, username, password)
+	if err != nil {
+		return nil, "", err
+	}
+	return src, id, nil
+}
+
+func (m *Manager) open(ctx context.Context, username, password string) (*Source, string, error) {
+	a := m.account(username)
+	if a == nil {
+		return nil, "", fmt.Errorf("open tokens for %q: account not configured for the token store", username)
+	}
+	mac := m.mac(a.name, password)
+	if stamp, err := m.store.Stamp(a.name); err == nil {
+		if src, id, ok := a.cached(mac, stamp); ok {
+			return src, id, nil
+		}
+	}
+
+	// Slow path: one KDF at a time per account, so that 50 clients logging
+	// in at once derive the key once and an attacker guessing passwords
+	// cannot make us run many KDFs in parallel.
+	select {
+	case a.slow <- struct{}{}:
+		defer func() { <-a.slow }()
+	case <-ctx.Done():
+		return nil, "", fmt.Errorf("open tokens for %q: %w", username, ctx.Err())
+	}
+	if stamp, err := m.store.Stamp(a.name); err == nil {
+		if src, id, ok := a.cached(mac, stamp); ok {
+			return src, id, nil
+		}
+	}
+	m.unlocks.Add(1)
+	e, key, err := m.store.Unlock(a.name, password)
+	if err != nil {
+		return nil, "", fmt.Errorf("open tokens for %q: %w", username, err)
+	}
+	stamp := e.Stamp
+	if want := m.store.Params(); key.Params() != want {
+		// The KDF parameters were changed in the config or code: re-seal
+		// with them now that we have the password.
+		if k2, err := m.store.NewKey(password); err == nil {
+			if st, err := m.store.SaveIf(a.name, k2, &store.Entry{Meta: e.Meta, Secret: e.Secret}, stamp); err == nil {
+				key, stamp = k2, st
+			} else {
+				m.logger.Warn("could not re-seal tokens with new KDF parameters", "account", a.name, "err", err)
+			}
+		}
+	}
+	identity := e.Meta.Identity
+	if identity == "" {
+		identity = IdentityFromIDToken(e.Secret.IDToken)
+	}
+
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cfg.Provider == nil {
+		return nil, "", fmt.Errorf("open tokens for %q: account has no provider", username)
+	}
+	switch {
+	case a.source == nil:
+		a.source = m.newSource(a, e.Secret)
+	case stamp != a.stamp:
+		// A new sign-in (or another process) replaced the entry: sessions
+		// sharing the Source pick the new tokens up.
+		a.source.SetTokens(e.Secret)
+	}
+	a.key, a.stamp, a.pwMAC, a.identity, a.meta = key, stamp, mac, identity, e.Meta
+	a.rtSum = sha256.Sum256([]byte(e.Secret.RefreshToken))
+	return a.source, identity, nil
+}
+
+func (m *Manager) newSource(a *account, ts TokenSet) *Source {
+	logger := m.logger.With("account", a.name)
+	src := NewSource(a.cfg.Provider, ts, func(ts TokenSet) error { return m.persist(a, ts) }, logger)
+	src.Now = m.Now
+	src.OnError = func(te *TokenError) { m.recordError(a, te) }
+	return src
+}
+
+// persist re-seals rotated tokens with the key of the entry they came from,
+// unless the entry was replaced meanwhile (then the newer sign-in wins and
+// the next Open picks it up).
+func (m *Manager) persist(a *account, ts TokenSet) error {
+	a.mu.Lock()
+	key, prev, meta, rtSum := a.key, a.stamp, a.meta, a.rtSum
+	a.mu.Unlock()
+	if key == nil {
+		return errors.New("persist tokens: no key")
+	}
+	if cur, err := m.store.ReadMeta(a.name); err == nil {
+		meta = *cur
+	}
+	now := m.now()
+	newSum := sha256.Sum256([]byte(ts.RefreshToken))
+	if newSum != rtSum {
+		meta.RefreshObtained = ts.Obtained
+		if meta.RefreshObtained.IsZero() {
+			meta.RefreshObtained = now
+		}
+	}
+	meta.LastRefresh = now
+	meta.AccessExpiry = ts.Expiry
+	meta.LastError, meta.LastErrorHint, meta.NeedsSignIn = "", "", false
+
+	stamp, err := m.store.SaveIf(a.name, key, &store.Entry{Meta: meta, Secret: ts}, prev)
+	if errors.Is(err, store.ErrChanged) {
+		m.logger.Info("token entry replaced by a new sign-in; not overwriting it", "account", a.name)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("persist tokens for %q: %w", a.name, err)
+	}
+	a.mu.Lock()
+	if a.stamp == prev {
+		a.stamp, a.meta, a.rtSum, a.lastErr = stamp, meta, newSum, ""
+	}
+	a.mu.Unlock()
+	return nil
+}
+
+// recordError writes a refresh failure into the entry's metadata, where
+// `mailproxy status` and the admin page look.
+func (m *Manager) recordError(a *account, te *TokenError) {
+	msg := te.Error()
+	a.mu.Lock()
+	same := a.lastErr == msg
+	a.lastErr = msg
+	a.mu.Unlock()
+	if same {
+		return
+	}
+	err := m.store.UpdateMeta(a.name, func(meta *store.Meta) {
+		meta.LastError, meta.LastErrorHint, meta.NeedsSignIn = msg, te.Hint(), te.NeedsSignIn()
+	})
+	if err != nil {
+		m.logger.Warn("could not record the refresh error in the token file", "account", a.name, "err", err)
+	}
+}
+
+// Seal writes a new entry for username, sealed with a fresh key derived from
+// password (`mailproxy login`, the admin page, demo), and forgets what was
+// cached for the account, so the next Open reads the new entry.
+func (m *Manager) Seal(username, password string, ts TokenSet, meta store.Meta) error {
+	key, err := m.store.NewKey(password)
+	if err != nil {
+		return fmt.Errorf("seal tokens for %q: %w", username, err)
+	}
+	now := m.now()
+	if meta.Created.IsZero() {
+		meta.Created = now
+	}
+	if meta.Identity == "" {
+		meta.Identity = IdentityFromIDToken(ts.IDToken)
+	}
+	if meta.RefreshObtained.IsZero() {
+		meta.RefreshObtained = ts.Obtained
+		if meta.RefreshObtained.IsZero() {
+			meta.RefreshObtained = now
+		}
+	}
+	meta.AccessExpiry = ts.Expiry
+	meta.LastError, meta.LastErrorHint, meta.NeedsSignIn = "", "", false
+	if err := m.store.Save(username, key, &store.Entry{Meta: meta, Secret: ts}); err != nil {
+		return fmt.Errorf("seal tokens for %q: %w", username, err)
+	}
+	if a := m.account(username); a != nil {
+		a.mu.Lock()
+		a.pwMAC = nil
+		a.lastErr = ""
+		a.mu.Unlock()
+	}
+	return nil
+}
+
+// AccountStatus describes an account for `status` and the admin page. It
+// holds no secret.
+type AccountStatus struct {
+	Username        string
+	SignedIn        bool // a token entry exists
+	Open            bool // a login opened the entry since this process started
+	Identity        string
+	Flow            string
+	AccessExpiry    time.Time
+	RefreshObtained time.Time // the refresh token's age counts from here (90 days of inactivity)
+	LastRefresh     time.Time
+	LastError       string
+	Hint            string
+	NeedsSignIn     bool
+}
+
+// Status returns what is known about username from its entry's metadata and,
+// when open, its live Source.
+func (m *Manager) Status(username string) AccountStatus {
+	st := AccountStatus{Username: strings.ToLower(username)}
+	if a := m.account(username); a != nil {
+		a.mu.Lock()
+		st.Flow = a.cfg.Flow
+		a.mu.Unlock()
+	}
+	meta, err := m.store.ReadMeta(username)
+	if err != nil {
+		st.NeedsSignIn = true
+		if errors.Is(err, proxy.ErrNotSignedIn) {
+			st.Hint = "not signed in: " + signInAgain
+		} else {
+			st.LastError = err.Error()
+		}
+		return st
+	}
+	st.SignedIn = true
+	st.Identity = meta.Identity
+	if meta.Flow != "" {
+		st.Flow = meta.Flow
+	}
+	st.AccessExpiry = meta.AccessExpiry
+	st.RefreshObtained = meta.RefreshObtained
+	st.LastRefresh = meta.LastRefresh
+	st.LastError, st.Hint, st.NeedsSignIn = meta.LastError, meta.LastErrorHint, meta.NeedsSignIn
+
+	a := m.account(username)
+	if a == nil {
+		return st
+	}
+	a.mu.Lock()
+	src := a.source
+	if a.pwMAC != nil && a.identity != "" {
+		st.Identity = a.identity
+	}
+	a.mu.Unlock()
+	if src == nil {
+		return st
+	}
+	st.Open = true
+	ss := src.State()
+	st.AccessExpiry = ss.Expiry
+	if ss.LastRefresh.After(st.LastRefresh) {
+		st.LastRefresh = ss.LastRefresh
+	}
+	if ss.LastError != nil {
+		st.LastError, st.Hint, st.NeedsSignIn = ss.LastError.Error(), ss.LastError.Hint(), ss.LastError.NeedsSignIn()
+	} else if !ss.LastRefresh.IsZero() {
+		st.LastError, st.Hint, st.NeedsSignIn = "", "", false
+	}
+	return st
+}

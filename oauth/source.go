@@ -1,0 +1,426 @@
+package oauth
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"mailproxy/proxy"
+)
+
+var (
+	_ proxy.TokenSource = (*Source)(nil)
+	_ proxy.TokenSource = (*AppSource)(nil)
+)
+
+// Source gives the access tokens of one delegated account and keeps them
+// fresh. One Source is shared by every session of the account:
+//
+//   - Token refreshes once less than half of the token's lifetime is left
+//     (30 minutes when the lifetime is unknown), so a new upstream session
+//     starts with most of the token's life ahead;
+//   - concurrent callers share one request to the token endpoint;
+//   - a rotated refresh token is handed to persist before the new access
+//     token is handed out; if persist fails the tokens are kept in memory
+//     and persisting is retried on the next call;
+//   - while the identity provider fails for a temporary reason, the current
+//     access token is handed out as long as it has a minute left, and no
+//     new attempt is made before a backoff has passed. The refresh token is
+//     never dropped.
+type Source struct {
+	// Now is the clock; nil means time.Now. Set it before first use.
+	Now func() time.Time
+	// OnError, if set, is called with every failed refresh, before the
+	// waiting callers get the error. Keep it short: it delays them.
+	OnError func(*TokenError)
+
+	fetch   func(ctx context.Context, p *Provider, cur TokenSet) (TokenSet, error)
+	persist func(TokenSet) error
+	logger  *slog.Logger
+
+	persistMu sync.Mutex // serializes persist calls, so an older set never overwrites a newer one
+
+	mu          sync.Mutex // protects the fields below
+	provider    *Provider
+	ts          TokenSet
+	gen         uint64        // incremented by SetTokens: refreshes started before are discarded
+	dirty       bool          // ts holds rotated tokens not yet persisted
+	call        *refreshCall  // the refresh in flight, if any
+	lastErr     *TokenError   // the last refresh failure; nil after a success
+	retryAt     time.Time     // no new refresh before this, after a failure
+	backoff     time.Duration // the last backoff, doubled on each failure
+	lastRefresh time.Time
+	warnedAt    time.Time
+}
+
+// refreshCall is one request to the token endpoint, shared by every caller
+// that arrives while it runs.
+type refreshCall struct {
+	done chan struct{} // closed when ts and err are set
+	ts   TokenSet
+	err  *TokenError
+}
+
+// NewSource makes the token source of a delegated account from its current
+// tokens. persist (nil: none) stores rotated tokens; it must not log them.
+func NewSource(p *Provider, ts TokenSet, persist func(TokenSet) error, logger *slog.Logger) *Source {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Source{
+		fetch:    refreshFetch,
+		persist:  persist,
+		logger:   logger,
+		provider: p,
+		ts:       ts,
+	}
+}
+
+func refreshFetch(ctx context.Context, p *Provider, cur TokenSet) (TokenSet, error) {
+	if cur.RefreshToken == "" {
+		return TokenSet{}, &TokenError{Code: "missing_refresh_token", Err: errors.New("no refresh token stored")}
+	}
+	start := clockFrom(ctx)
+	tok, err := p.refresh(ctx, cur.RefreshToken)
+	if err != nil {
+		return TokenSet{}, err
+	}
+	ts := TokenSetFrom(tok, start, cur.Scopes)
+	if ts.RefreshToken == "" {
+		ts.RefreshToken = cur.RefreshToken
+	}
+	if ts.IDToken == "" {
+		ts.IDToken = cur.IDToken
+	}
+	return ts, nil
+}
+
+// clockKey carries the source's clock to fetch functions, so that "obtained"
+// is measured with the same clock as expiry decisions.
+type clockKey struct{}
+
+func clockFrom(ctx context.Context) time.Time {
+	if now, ok := ctx.Value(clockKey{}).(func() time.Time); ok {
+		return now()
+	}
+	return time.Now()
+}
+
+func (s *Source) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+// needsRefresh reports whether ts should be refreshed before use.
+func needsRefresh(ts TokenSet, now time.Time) bool {
+	if ts.AccessToken == "" || ts.Expiry.IsZero() {
+		return true
+	}
+	left := ts.Expiry.Sub(now)
+	lifetime := ts.Expiry.Sub(ts.Obtained)
+	if ts.Obtained.IsZero() || lifetime <= 0 {
+		return left < refreshMargin
+	}
+	return left < lifetime/2
+}
+
+// usable reports whether ts may still be handed out when a refresh failed.
+func usable(ts TokenSet, now time.Time) bool {
+	return ts.AccessToken != "" && ts.Expiry.Sub(now) > minUsable
+}
+
+// Token returns an access token with at least half of its life left,
+// refreshing first when needed.
+func (s *Source) Token(ctx context.Context) (string, error) {
+	s.mu.Lock()
+	if c := s.call; c != nil {
+		s.mu.Unlock()
+		return s.wait(ctx, c, false)
+	}
+	now := s.now()
+	ts := s.ts
+	if !needsRefresh(ts, now) {
+		dirty := s.dirty
+		s.mu.Unlock()
+		if dirty {
+			s.persistCurrent(false)
+		}
+		return ts.AccessToken, nil
+	}
+	if now.Before(s.retryAt) {
+		err := s.lastErr
+		s.mu.Unlock()
+		if usable(ts, now) {
+			s.warnServing(err)
+			return ts.AccessToken, nil
+		}
+		return "", backingOff(err)
+	}
+	c := s.startLocked(ctx)
+	s.mu.Unlock()
+	return s.wait(ctx, c, false)
+}
+
+// Refresh is called after the upstream refused rejected. If the current
+// access token is another one, Refresh returns that (refreshing it if it is
+// due); else it forces one refresh, shared with concurrent callers.
+func (s *Source) Refresh(ctx context.Context, rejected string) (string, error) {
+	s.mu.Lock()
+	if c := s.call; c != nil {
+		s.mu.Unlock()
+		return s.wait(ctx, c, true)
+	}
+	if s.ts.AccessToken != rejected && s.ts.AccessToken != "" {
+		s.mu.Unlock()
+		return s.Token(ctx)
+	}
+	if s.now().Before(s.retryAt) {
+		err := s.lastErr
+		s.mu.Unlock()
+		return "", backingOff(err)
+	}
+	c := s.startLocked(ctx)
+	s.mu.Unlock()
+	return s.wait(ctx, c, true)
+}
+
+// startLocked starts a refresh. It runs in its own goroutine, detached from
+// ctx's cancellation, so that a caller giving up does not fail the others.
+func (s *Source) startLocked(ctx context.Context) *refreshCall {
+	c := &refreshCall{done: make(chan struct{})}
+	s.call = c
+	ctx = context.WithValue(context.WithoutCancel(ctx), clockKey{}, s.now)
+	go s.run(ctx, c, s.provider, s.ts, s.gen)
+	return c
+}
+
+func (s *Source) run(ctx context.Context, c *refreshCall, p *Provider, cur TokenSet, gen uint64) {
+	ctx, cancel := context.WithTimeout(ctx, tokenRequestTimeout)
+	defer cancel()
+	ts, err := s.fetch(ctx, p, cur)
+	now := s.now()
+
+	if err != nil {
+		te := classify(err)
+		backoff := s.fail(te, now, gen)
+		level := slog.LevelWarn
+		if te.NeedsSignIn() {
+			level = slog.LevelError
+		}
+		s.logger.Log(ctx, level, "token refresh failed",
+			"err", te, "hint", te.Hint(), "needs_sign_in", te.NeedsSignIn(), "retry_in", backoff.Round(time.Second))
+		if s.OnError != nil {
+			s.OnError(te)
+		}
+		s.mu.Lock()
+		c.err = te
+		s.call = nil
+		s.mu.Unlock()
+		close(c.done)
+		return
+	}
+
+	s.mu.Lock()
+	current := s.gen == gen
+	if current {
+		s.ts = ts
+		s.dirty = true
+		s.lastErr = nil
+		s.backoff = 0
+		s.retryAt = time.Time{}
+		s.lastRefresh = now
+	}
+	s.mu.Unlock()
+	if current {
+		// Persist before anyone gets the new access token: the old refresh
+		// token is dead, so this one must survive a crash.
+		s.persistCurrent(true)
+		s.logger.Debug("token refreshed", "expiry", ts.Expiry, "rotated", ts.RefreshToken != cur.RefreshToken)
+	}
+	s.mu.Lock()
+	c.ts = ts
+	s.call = nil
+	s.mu.Unlock()
+	close(c.done)
+}
+
+// fail records a failed refresh and returns the backoff before the next.
+func (s *Source) fail(te *TokenError, now time.Time, gen uint64) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gen != gen {
+		return 0
+	}
+	s.lastErr = te
+	switch {
+	case te.NeedsSignIn():
+		s.backoff = signInBackoff
+	case s.backoff == 0:
+		s.backoff = minBackoff
+	default:
+		s.backoff = min(2*s.backoff, maxBackoff)
+	}
+	s.retryAt = now.Add(s.backoff)
+	return s.backoff
+}
+
+// wait waits for c. A failed refresh that is not forced still yields the
+// current token while it is usable.
+func (s *Source) wait(ctx context.Context, c *refreshCall, forced bool) (string, error) {
+	select {
+	case <-c.done:
+		if c.err == nil {
+			return c.ts.AccessToken, nil
+		}
+		if !forced && c.err.Temporary() {
+			if ts, now := s.Tokens(), s.now(); usable(ts, now) {
+				s.warnServing(c.err)
+				return ts.AccessToken, nil
+			}
+		}
+		return "", c.err
+	case <-ctx.Done():
+		if !forced {
+			if ts, now := s.Tokens(), s.now(); usable(ts, now) {
+				s.warnServing(nil)
+				return ts.AccessToken, nil
+			}
+		}
+		return "", &TokenError{Err: ctx.Err()}
+	}
+}
+
+// backingOff is the error for a caller that arrives during the backoff
+// after a failed refresh: the failure itself.
+func backingOff(last *TokenError) error {
+	if last == nil {
+		return &TokenError{Err: errors.New("waiting before the next refresh attempt")}
+	}
+	return last
+}
+
+// warnServing logs, at most every warnEvery, that the current token is
+// handed out because refreshing it failed.
+func (s *Source) warnServing(err *TokenError) {
+	s.mu.Lock()
+	now := s.now()
+	if !s.warnedAt.IsZero() && now.Sub(s.warnedAt) < warnEvery {
+		s.mu.Unlock()
+		return
+	}
+	s.warnedAt = now
+	expiry := s.ts.Expiry
+	s.mu.Unlock()
+	attrs := []any{"expires_in", expiry.Sub(now).Round(time.Second)}
+	if err != nil {
+		attrs = append(attrs, "err", err)
+	}
+	s.logger.Warn("identity provider failing; using the current access token while it is valid", attrs...)
+}
+
+// persistCurrent hands the current tokens to persist if they are not stored
+// yet. With block false it gives up when another persist is running.
+func (s *Source) persistCurrent(block bool) {
+	if s.persist == nil {
+		s.mu.Lock()
+		s.dirty = false
+		s.mu.Unlock()
+		return
+	}
+	if block {
+		s.persistMu.Lock()
+	} else if !s.persistMu.TryLock() {
+		return
+	}
+	defer s.persistMu.Unlock()
+	s.mu.Lock()
+	if !s.dirty {
+		s.mu.Unlock()
+		return
+	}
+	snap, gen := s.ts, s.gen
+	s.mu.Unlock()
+
+	err := s.persist(snap)
+
+	s.mu.Lock()
+	if err == nil && s.gen == gen && s.ts.RefreshToken == snap.RefreshToken && s.ts.AccessToken == snap.AccessToken {
+		s.dirty = false
+	}
+	s.mu.Unlock()
+	if err != nil {
+		// Loud: if the process stops now, the account needs a new sign-in.
+		s.logger.Error("could not save the rotated refresh token; keeping it in memory and retrying on next use", "err", err)
+	}
+}
+
+// Tokens returns a copy of the current token set.
+func (s *Source) Tokens() TokenSet {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ts
+}
+
+// SetTokens replaces the token set (a new sign-in happened). A refresh in
+// flight finishes for its callers but its result is discarded, and the
+// error state and backoff are reset.
+func (s *Source) SetTokens(ts TokenSet) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ts = ts
+	s.gen++
+	s.dirty = false
+	s.lastErr = nil
+	s.backoff = 0
+	s.retryAt = time.Time{}
+}
+
+// SetProvider replaces the provider (config reload); the next refresh uses it.
+func (s *Source) SetProvider(p *Provider) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.provider = p
+}
+
+// SourceState describes a source for status pages. It holds no secret.
+type SourceState struct {
+	Expiry      time.Time   // of the current access token
+	LastRefresh time.Time   // last successful refresh by this process
+	LastError   *TokenError // last failure; nil after a success
+	Unsaved     bool        // rotated tokens could not be stored yet
+}
+
+// State returns the source's state.
+func (s *Source) State() SourceState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return SourceState{Expiry: s.ts.Expiry, LastRefresh: s.lastRefresh, LastError: s.lastErr, Unsaved: s.dirty}
+}
+
+// AppSource gives app-only access tokens (client credentials grant) with the
+// same sharing, refresh-ahead and failure handling as Source. Refresh after a
+// rejection fetches a new token.
+type AppSource struct {
+	Source
+}
+
+// NewAppSource makes a client credentials source for p.AppScopes.
+func NewAppSource(p *Provider, logger *slog.Logger) *AppSource {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &AppSource{Source{fetch: appFetch, logger: logger, provider: p}}
+}
+
+func appFetch(ctx context.Context, p *Provider, _ TokenSet) (TokenSet, error) {
+	start := clockFrom(ctx)
+	tok, err := p.appToken(ctx)
+	if err != nil {
+		return TokenSet{}, err
+	}
+	return TokenSetFrom(tok, start, p.AppScopes), nil
+}

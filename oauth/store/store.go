@@ -1,0 +1,673 @@
+// Package store owns mailproxy's token store on disk: one file per account,
+// whose secret part (the OAuth tokens) is sealed with XChaCha20-Poly1305
+// under a key derived with Argon2id from the account's local password.
+//
+// The store holds no password and no password hash: a password is right when
+// it opens the entry. Files are written atomically (temporary file, fsync,
+// rename, fsync of the directory), mode 0600, in a 0700 directory. A small
+// clear-text part (Meta) says who signed in and when tokens were refreshed,
+// so that `mailproxy status` works without passwords; it holds nothing
+// secret.
+package store
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/argon2"
+	"golang.org/x/crypto/chacha20poly1305"
+
+	"mailproxy/proxy"
+)
+
+// On-disk format constants. Changing any of them makes existing files
+// unreadable: bump fileVersion and keep reading the old format instead.
+const (
+	fileVersion = 1
+	kdfAlg      = "argon2id"
+	aeadAlg     = "xchacha20poly1305"
+	aadPrefix   = "mailproxy-token-v1\x00"
+
+	tokenSuffix = ".token"
+	lockSuffix  = ".lock"
+	tempSuffix  = ".tmp" // temporary files: <name>.token.<random>.tmp
+
+	keyLen  = 32
+	saltLen = 16
+
+	maxFileSize = 1 << 20 // a token file is a few KiB; refuse anything absurd
+	maxNameLen  = 200     // escaped name; leaves room for suffixes under NAME_MAX
+)
+
+// Bounds on KDF parameters read from a file, so that a damaged or hostile
+// file cannot make Unlock allocate gigabytes or spin for minutes.
+const (
+	maxKDFTime    = 64
+	maxKDFMemory  = 4 << 20 // KiB: 4 GiB
+	maxKDFThreads = 64
+)
+
+var (
+	// ErrCorrupt is wrapped by errors about a token file that cannot be
+	// parsed or does not belong to the account it is named after.
+	ErrCorrupt = errors.New("token file is damaged")
+	// ErrChanged is returned by SaveIf when the file changed since the
+	// caller read it (for example `mailproxy login` ran meanwhile).
+	ErrChanged = errors.New("token file changed since it was read")
+)
+
+// Params are the Argon2id parameters of a key. They are stored in each file,
+// so that they can be raised later without breaking existing entries.
+type Params struct {
+	Time    uint32 `json:"time"`
+	Memory  uint32 `json:"memory"` // KiB
+	Threads uint8  `json:"threads"`
+}
+
+// DefaultParams cost about 64 MiB of memory and a few tenths of a second.
+var DefaultParams = Params{Time: 3, Memory: 64 * 1024, Threads: 2}
+
+func (p Params) validate() error {
+	if p.Time < 1 || p.Time > maxKDFTime {
+		return fmt.Errorf("argon2id time %d out of range 1..%d", p.Time, maxKDFTime)
+	}
+	if p.Threads < 1 || p.Threads > maxKDFThreads {
+		return fmt.Errorf("argon2id threads %d out of range 1..%d", p.Threads, maxKDFThreads)
+	}
+	if p.Memory < 8*uint32(p.Threads) || p.Memory > maxKDFMemory {
+		return fmt.Errorf("argon2id memory %d KiB out of range %d..%d", p.Memory, 8*uint32(p.Threads), maxKDFMemory)
+	}
+	return nil
+}
+
+// Meta is the clear-text part of an entry. Nothing in it is secret.
+type Meta struct {
+	Identity        string    `json:"identity,omitempty"` // who signed in (UPN), may differ from the local username
+	Flow            string    `json:"flow,omitempty"`     // authcode, device, ...
+	Created         time.Time `json:"created,omitzero"`
+	AccessExpiry    time.Time `json:"access_expiry,omitzero"`
+	RefreshObtained time.Time `json:"refresh_obtained,omitzero"` // when the current refresh token was issued
+	LastRefresh     time.Time `json:"last_refresh,omitzero"`
+	LastError       string    `json:"last_error,omitempty"`
+	LastErrorHint   string    `json:"last_error_hint,omitempty"`
+	NeedsSignIn     bool      `json:"needs_sign_in,omitempty"` // LastError means a person must sign in again
+}
+
+// Secret is the sealed part of an entry: an OAuth token set.
+type Secret struct {
+	AccessToken  string    `json:"access_token"`
+	RefreshToken string    `json:"refresh_token,omitempty"`
+	IDToken      string    `json:"id_token,omitempty"`
+	Expiry       time.Time `json:"expiry,omitzero"`   // of the access token
+	Obtained     time.Time `json:"obtained,omitzero"` // when the access token was requested
+	Scopes       []string  `json:"scopes,omitempty"`
+}
+
+// String keeps tokens out of logs and error messages that print a Secret.
+func (s Secret) String() string {
+	return fmt.Sprintf("{access_token:%s refresh_token:%s id_token:%s expiry:%s scopes:%v}",
+		redacted(s.AccessToken), redacted(s.RefreshToken), redacted(s.IDToken),
+		s.Expiry.Format(time.RFC3339), s.Scopes)
+}
+
+// GoString keeps tokens out of %#v.
+func (s Secret) GoString() string { return "store.Secret" + s.String() }
+
+// LogValue keeps tokens out of slog output.
+func (s Secret) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.Bool("access_token", s.AccessToken != ""),
+		slog.Bool("refresh_token", s.RefreshToken != ""),
+		slog.Time("expiry", s.Expiry),
+	)
+}
+
+func redacted(s string) string {
+	if s == "" {
+		return `""`
+	}
+	return "<redacted>"
+}
+
+// Entry is one account's entry.
+type Entry struct {
+	Meta   Meta
+	Secret Secret
+	// Stamp is the stamp of the file Unlock read. Save ignores it.
+	Stamp Stamp
+}
+
+// Key is a key derived from a password, with the parameters and salt that
+// derive it again. Keep it to re-seal rotated tokens without the password.
+type Key struct {
+	key    [keyLen]byte
+	params Params
+	salt   []byte
+}
+
+// Params returns the KDF parameters the key was derived with.
+func (k *Key) Params() Params { return k.params }
+
+// NewKey derives a key from password with a fresh salt and DefaultParams.
+func NewKey(password string) (*Key, error) { return NewKeyParams(password, DefaultParams) }
+
+// NewKeyParams derives a key from password with a fresh salt and p.
+func NewKeyParams(password string, p Params) (*Key, error) {
+	if err := p.validate(); err != nil {
+		return nil, fmt.Errorf("new key: %w", err)
+	}
+	salt := make([]byte, saltLen)
+	if _, err := rand.Read(salt); err != nil {
+		return nil, fmt.Errorf("new key: %w", err)
+	}
+	return deriveKey(password, salt, p), nil
+}
+
+func deriveKey(password string, salt []byte, p Params) *Key {
+	k := &Key{params: p, salt: bytes.Clone(salt)}
+	copy(k.key[:], argon2.IDKey([]byte(password), salt, p.Time, p.Memory, p.Threads, keyLen))
+	return k
+}
+
+// Stamp identifies the secret content of a token file: it changes whenever
+// the tokens or the key change (every Save), not when only Meta changes.
+// The zero Stamp means "no file". Stamps are comparable with ==.
+type Stamp struct{ sum [sha256.Size]byte }
+
+// IsZero reports whether s is the stamp of a missing file.
+func (s Stamp) IsZero() bool { return s == Stamp{} }
+
+// fileJSON is the on-disk format.
+type fileJSON struct {
+	Version    int     `json:"version"`
+	Username   string  `json:"username"`
+	Meta       Meta    `json:"meta"`
+	KDF        kdfJSON `json:"kdf"`
+	AEAD       string  `json:"aead"`
+	Nonce      []byte  `json:"nonce"`
+	Ciphertext []byte  `json:"ciphertext"`
+}
+
+type kdfJSON struct {
+	Alg string `json:"alg"`
+	Params
+	Salt []byte `json:"salt"`
+}
+
+func (f *fileJSON) stamp() Stamp {
+	h := sha256.New()
+	// Every Save draws a new nonce, so the stamp changes with every Save.
+	h.Write(f.KDF.Salt)
+	h.Write([]byte{0})
+	h.Write(f.Nonce)
+	h.Write([]byte{0})
+	h.Write(f.Ciphertext)
+	var s Stamp
+	h.Sum(s.sum[:0])
+	return s
+}
+
+// Store is a directory of token files.
+type Store struct {
+	// KDF are the parameters for new keys made by Store.NewKey; the zero
+	// value means DefaultParams. Existing files keep the parameters they
+	// were written with. Set it before use.
+	KDF Params
+
+	dir string
+
+	mu    sync.Mutex             // protects locks
+	locks map[string]*sync.Mutex // per file name: serializes writers inside this process
+}
+
+// Open opens (creating it if needed) the store in dir. dir must be a
+// directory (not a symbolic link) owned by the current user; looser
+// permissions than 0700 are tightened. Temporary files left by a crash
+// between write and rename are removed.
+func Open(dir string) (*Store, error) {
+	if dir == "" {
+		return nil, errors.New("open token store: no directory given")
+	}
+	fi, err := os.Lstat(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("open token store: %w", err)
+		}
+		fi, err = os.Lstat(dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open token store: %w", err)
+	}
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		return nil, fmt.Errorf("open token store: %s is a symbolic link; give the real directory", dir)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("open token store: %s is not a directory", dir)
+	}
+	if err := checkDir(dir, fi); err != nil {
+		return nil, fmt.Errorf("open token store: %w", err)
+	}
+	s := &Store{dir: dir, locks: make(map[string]*sync.Mutex)}
+	if err := s.cleanTemp(); err != nil {
+		return nil, fmt.Errorf("open token store: %w", err)
+	}
+	return s, nil
+}
+
+// Dir returns the store's directory.
+func (s *Store) Dir() string { return s.dir }
+
+// Params returns the parameters Store.NewKey uses.
+func (s *Store) Params() Params {
+	if s.KDF == (Params{}) {
+		return DefaultParams
+	}
+	return s.KDF
+}
+
+// NewKey derives a key from password with a fresh salt and s.Params().
+func (s *Store) NewKey(password string) (*Key, error) { return NewKeyParams(password, s.Params()) }
+
+// cleanTemp removes temporary files left behind by a crash. It takes each
+// account's lock first so that a Save running in another process right now
+// keeps its file.
+func (s *Store) cleanTemp() error {
+	des, err := os.ReadDir(s.dir)
+	if err != nil {
+		return err
+	}
+	for _, de := range des {
+		n := de.Name()
+		if !strings.HasSuffix(n, tempSuffix) {
+			continue
+		}
+		i := strings.Index(n, tokenSuffix+".")
+		if i <= 0 {
+			continue
+		}
+		unlock, err := s.lockName(n[:i])
+		if err != nil {
+			return err
+		}
+		err = os.Remove(filepath.Join(s.dir, n))
+		unlock()
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+// fileName maps a username to the base name of its files: lowercased, with
+// every byte outside [a-z0-9._@+-] written as %XX.
+func fileName(username string) (string, error) {
+	u := strings.ToLower(username)
+	if u == "" {
+		return "", errors.New("empty username")
+	}
+	var b strings.Builder
+	for i := 0; i < len(u); i++ {
+		c := u[i]
+		switch {
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '.', c == '_', c == '@', c == '+', c == '-':
+			b.WriteByte(c)
+		default:
+			fmt.Fprintf(&b, "%%%02X", c)
+		}
+	}
+	if b.Len() > maxNameLen {
+		return "", fmt.Errorf("username too long (%d bytes)", len(username))
+	}
+	return b.String(), nil
+}
+
+// unescapeName reverses fileName (the result is the lowercased username).
+func unescapeName(name string) (string, bool) {
+	var b strings.Builder
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if c != '%' {
+			b.WriteByte(c)
+			continue
+		}
+		if i+2 >= len(name) {
+			return "", false
+		}
+		var v byte
+		for _, h := range []byte{name[i+1], name[i+2]} {
+			v <<= 4
+			switch {
+			case '0' <= h && h <= '9':
+				v |= h - '0'
+			case 'A' <= h && h <= 'F':
+				v |= h - 'A' + 10
+			default:
+				return "", false
+			}
+		}
+		b.WriteByte(v)
+		i += 2
+	}
+	return b.String(), b.Len() > 0
+}
+
+func aad(username string) []byte {
+	return []byte(aadPrefix + strings.ToLower(username))
+}
+
+func (s *Store) path(name string) string { return filepath.Join(s.dir, name+tokenSuffix) }
+
+// Lock takes the account's lock: an in-process mutex plus, on Linux, the BSDs,
+// macOS and illumos, flock(2) on "<name>.lock" so that two processes (serve
+// and login) do not lose each other's writes. On other systems only the
+// in-process mutex is taken. Save, SaveIf, UpdateMeta and Remove take the
+// lock themselves; do not call them while holding it.
+func (s *Store) Lock(username string) (unlock func(), err error) {
+	name, err := fileName(username)
+	if err != nil {
+		return nil, fmt.Errorf("lock token file: %w", err)
+	}
+	return s.lockName(name)
+}
+
+func (s *Store) lockName(name string) (func(), error) {
+	s.mu.Lock()
+	mu := s.locks[name]
+	if mu == nil {
+		mu = new(sync.Mutex)
+		s.locks[name] = mu
+	}
+	s.mu.Unlock()
+
+	mu.Lock()
+	f, err := lockFile(filepath.Join(s.dir, name+lockSuffix))
+	if err != nil {
+		mu.Unlock()
+		return nil, fmt.Errorf("lock token file %s: %w", name, err)
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			unlockFile(f)
+			mu.Unlock()
+		})
+	}, nil
+}
+
+// read reads and parses the file called name. A missing file yields an
+// error wrapping proxy.ErrNotSignedIn.
+func (s *Store) read(name, username string) (*fileJSON, error) {
+	f, err := os.Open(s.path(name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("no token file for %q: %w", username, proxy.ErrNotSignedIn)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxFileSize {
+		return nil, fmt.Errorf("token file for %q larger than %d bytes: %w", username, maxFileSize, ErrCorrupt)
+	}
+	var fj fileJSON
+	if err := json.Unmarshal(data, &fj); err != nil {
+		return nil, fmt.Errorf("token file for %q: %w (%v)", username, ErrCorrupt, err)
+	}
+	switch {
+	case fj.Version != fileVersion:
+		return nil, fmt.Errorf("token file for %q has version %d, want %d: %w", username, fj.Version, fileVersion, ErrCorrupt)
+	case fj.Username != strings.ToLower(username):
+		return nil, fmt.Errorf("token file for %q names account %q: %w", username, fj.Username, ErrCorrupt)
+	case fj.KDF.Alg != kdfAlg || fj.AEAD != aeadAlg:
+		return nil, fmt.Errorf("token file for %q uses %s/%s, want %s/%s: %w", username, fj.KDF.Alg, fj.AEAD, kdfAlg, aeadAlg, ErrCorrupt)
+	case len(fj.Nonce) != chacha20poly1305.NonceSizeX || len(fj.KDF.Salt) < 8 || len(fj.Ciphertext) < chacha20poly1305.Overhead:
+		return nil, fmt.Errorf("token file for %q: bad nonce, salt or ciphertext size: %w", username, ErrCorrupt)
+	}
+	if err := fj.KDF.Params.validate(); err != nil {
+		return nil, fmt.Errorf("token file for %q: %w (%v)", username, ErrCorrupt, err)
+	}
+	return &fj, nil
+}
+
+// Unlock reads username's entry and opens it with password, deriving the key
+// with the parameters stored in the file. A wrong password yields an error
+// wrapping proxy.ErrBadCredentials, a missing entry one wrapping
+// proxy.ErrNotSignedIn. Unlock never changes the file.
+func (s *Store) Unlock(username, password string) (*Entry, *Key, error) {
+	name, err := fileName(username)
+	if err != nil {
+		return nil, nil, fmt.Errorf("unlock tokens: %w", err)
+	}
+	fj, err := s.read(name, username)
+	if err != nil {
+		return nil, nil, fmt.Errorf("unlock tokens: %w", err)
+	}
+	k := deriveKey(password, fj.KDF.Salt, fj.KDF.Params)
+	aead, err := chacha20poly1305.NewX(k.key[:])
+	if err != nil {
+		return nil, nil, fmt.Errorf("unlock tokens for %q: %w", username, err)
+	}
+	pt, err := aead.Open(nil, fj.Nonce, fj.Ciphertext, aad(username))
+	if err != nil {
+		// A wrong password and a tampered ciphertext look the same.
+		return nil, nil, fmt.Errorf("unlock tokens for %q: %w", username, proxy.ErrBadCredentials)
+	}
+	e := &Entry{Meta: fj.Meta, Stamp: fj.stamp()}
+	if err := json.Unmarshal(pt, &e.Secret); err != nil {
+		return nil, nil, fmt.Errorf("unlock tokens for %q: %w (sealed part: %v)", username, ErrCorrupt, err)
+	}
+	return e, k, nil
+}
+
+// ReadMeta returns username's clear-text metadata; no password needed.
+func (s *Store) ReadMeta(username string) (*Meta, error) {
+	name, err := fileName(username)
+	if err != nil {
+		return nil, fmt.Errorf("read token metadata: %w", err)
+	}
+	fj, err := s.read(name, username)
+	if err != nil {
+		return nil, fmt.Errorf("read token metadata: %w", err)
+	}
+	return &fj.Meta, nil
+}
+
+// Stamp returns the stamp of username's entry: a cheap way to notice that
+// another process (`mailproxy login`) replaced it. A missing entry yields
+// the zero Stamp and an error wrapping proxy.ErrNotSignedIn.
+func (s *Store) Stamp(username string) (Stamp, error) {
+	name, err := fileName(username)
+	if err != nil {
+		return Stamp{}, fmt.Errorf("stamp token file: %w", err)
+	}
+	fj, err := s.read(name, username)
+	if err != nil {
+		return Stamp{}, fmt.Errorf("stamp token file: %w", err)
+	}
+	return fj.stamp(), nil
+}
+
+// Save seals e.Secret with k and writes the entry atomically, replacing any
+// previous one.
+func (s *Store) Save(username string, k *Key, e *Entry) error {
+	_, err := s.save(username, k, e, nil)
+	return err
+}
+
+// SaveIf is Save, but only when the file's stamp still equals prev (the
+// zero Stamp: only when there is no file); else it returns ErrChanged and
+// writes nothing. It returns the stamp of the file it wrote.
+func (s *Store) SaveIf(username string, k *Key, e *Entry, prev Stamp) (Stamp, error) {
+	return s.save(username, k, e, &prev)
+}
+
+func (s *Store) save(username string, k *Key, e *Entry, prev *Stamp) (Stamp, error) {
+	if k == nil || e == nil {
+		return Stamp{}, errors.New("save tokens: nil key or entry")
+	}
+	name, err := fileName(username)
+	if err != nil {
+		return Stamp{}, fmt.Errorf("save tokens: %w", err)
+	}
+	pt, err := json.Marshal(&e.Secret)
+	if err != nil {
+		return Stamp{}, fmt.Errorf("save tokens for %q: %w", username, err)
+	}
+	aead, err := chacha20poly1305.NewX(k.key[:])
+	if err != nil {
+		return Stamp{}, fmt.Errorf("save tokens for %q: %w", username, err)
+	}
+	fj := &fileJSON{
+		Version:  fileVersion,
+		Username: strings.ToLower(username),
+		Meta:     e.Meta,
+		KDF:      kdfJSON{Alg: kdfAlg, Params: k.params, Salt: k.salt},
+		AEAD:     aeadAlg,
+		Nonce:    make([]byte, chacha20poly1305.NonceSizeX),
+	}
+	if _, err := rand.Read(fj.Nonce); err != nil {
+		return Stamp{}, fmt.Errorf("save tokens for %q: %w", username, err)
+	}
+	fj.Ciphertext = aead.Seal(nil, fj.Nonce, pt, aad(username))
+
+	unlock, err := s.lockName(name)
+	if err != nil {
+		return Stamp{}, fmt.Errorf("save tokens for %q: %w", username, err)
+	}
+	defer unlock()
+	if prev != nil {
+		cur, err := s.read(name, username)
+		switch {
+		case errors.Is(err, proxy.ErrNotSignedIn):
+			if !prev.IsZero() {
+				return Stamp{}, fmt.Errorf("save tokens for %q: %w", username, ErrChanged)
+			}
+		case err != nil:
+			return Stamp{}, fmt.Errorf("save tokens for %q: %w", username, err)
+		case cur.stamp() != *prev:
+			return Stamp{}, fmt.Errorf("save tokens for %q: %w", username, ErrChanged)
+		}
+	}
+	if err := s.write(name, fj); err != nil {
+		return Stamp{}, fmt.Errorf("save tokens for %q: %w", username, err)
+	}
+	return fj.stamp(), nil
+}
+
+// UpdateMeta rewrites username's metadata with fn, keeping the sealed part
+// (and so the stamp) as it is.
+func (s *Store) UpdateMeta(username string, fn func(*Meta)) error {
+	name, err := fileName(username)
+	if err != nil {
+		return fmt.Errorf("update token metadata: %w", err)
+	}
+	unlock, err := s.lockName(name)
+	if err != nil {
+		return fmt.Errorf("update token metadata for %q: %w", username, err)
+	}
+	defer unlock()
+	fj, err := s.read(name, username)
+	if err != nil {
+		return fmt.Errorf("update token metadata: %w", err)
+	}
+	fn(&fj.Meta)
+	if err := s.write(name, fj); err != nil {
+		return fmt.Errorf("update token metadata for %q: %w", username, err)
+	}
+	return nil
+}
+
+// Remove deletes username's entry. A missing entry yields an error wrapping
+// proxy.ErrNotSignedIn.
+func (s *Store) Remove(username string) error {
+	name, err := fileName(username)
+	if err != nil {
+		return fmt.Errorf("remove tokens: %w", err)
+	}
+	unlock, err := s.lockName(name)
+	if err != nil {
+		return fmt.Errorf("remove tokens for %q: %w", username, err)
+	}
+	defer unlock()
+	err = os.Remove(s.path(name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove tokens for %q: %w", username, proxy.ErrNotSignedIn)
+	}
+	if err != nil {
+		return fmt.Errorf("remove tokens for %q: %w", username, err)
+	}
+	if err := syncDir(s.dir); err != nil {
+		return fmt.Errorf("remove tokens for %q: %w", username, err)
+	}
+	return nil
+}
+
+// List returns the (lowercased) usernames that have an entry, sorted.
+func (s *Store) List() ([]string, error) {
+	des, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("list token files: %w", err)
+	}
+	var users []string
+	for _, de := range des {
+		n, ok := strings.CutSuffix(de.Name(), tokenSuffix)
+		if !ok || !de.Type().IsRegular() {
+			continue
+		}
+		if u, ok := unescapeName(n); ok {
+			users = append(users, u)
+		}
+	}
+	sort.Strings(users)
+	return users, nil
+}
+
+// write replaces the file called name with fj, atomically. The caller holds
+// the lock.
+func (s *Store) write(name string, fj *fileJSON) (err error) {
+	data, err := json.MarshalIndent(fj, "", "  ")
+	if err != nil {
+		return err
+	}
+	data = append(data, '\n')
+	f, err := os.CreateTemp(s.dir, name+tokenSuffix+".*"+tempSuffix) // mode 0600
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if _, err = f.Write(data); err != nil {
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	if err = os.Rename(tmp, s.path(name)); err != nil {
+		return err
+	}
+	return syncDir(s.dir)
+}
