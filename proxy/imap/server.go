@@ -1,0 +1,272 @@
+// Package imap is the IMAP front of mailproxy. It answers the commands
+// allowed before login itself (CAPABILITY, NOOP, LOGOUT, ID, STARTTLS, LOGIN,
+// AUTHENTICATE PLAIN/LOGIN), checks the local password through a
+// proxy.Authenticator, logs in to the account's upstream server with
+// XOAUTH2, and from then on relays bytes both ways without parsing them.
+package imap
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"mailproxy/proxy"
+)
+
+// Defaults for the Server fields left zero, and the fixed timeouts.
+const (
+	DefaultPreAuthTimeout  = 60 * time.Second // whole pre-auth phase, from accept to login
+	DefaultUpstreamTimeout = 30 * time.Second // token + dial + TLS + greeting + XOAUTH2, the retry included
+	DefaultMaxLine         = 8192             // command text bytes per command
+	DefaultMaxLiteral      = 64 << 10         // literal bytes per command
+
+	byeWriteTimeout   = 5 * time.Second       // writing a last reply when a deadline has passed
+	lingerTimeout     = time.Second           // draining input after a protocol error
+	lingerMaxBytes    = 32 << 20              // ... at most this much
+	acceptBackoffMin  = 5 * time.Millisecond  // after a failed Accept
+	acceptBackoffMax  = time.Second           // ...
+	maxBadCommands    = 10                    // BAD replies (and failed logins) before BYE
+	ioBufferSize      = 4 << 10               // pre-auth bufio reader/writer, upstream reader
+	maxUpstreamLine   = 64 << 10              // one upstream response during login
+	maxUpstreamBefore = 64 << 10              // untagged upstream data before the tagged reply
+	shutdownKick      = 50 * time.Millisecond // how often Shutdown re-checks live connections
+	pastDeadline      = -1 * time.Millisecond // a read deadline in the past wakes a blocked read
+)
+
+// ErrServerClosed is returned by Serve after Close or Shutdown.
+var ErrServerClosed = errors.New("imap: server closed")
+
+// Server is the IMAP front. Set the exported fields before calling Serve;
+// one Server may serve several listeners (plain and implicit TLS).
+//
+// Shutdown stops accepting, tells pre-auth connections "* BYE server
+// shutting down" and waits for the remaining sessions to end. Relayed
+// sessions are never written to by the proxy (a BYE could land inside a
+// literal the upstream is sending): they are closed, without a word, when
+// the Shutdown context is done. Clients reconnect.
+type Server struct {
+	Auth           proxy.Authenticator
+	TLSConfig      *tls.Config // nil: no STARTTLS
+	Logger         *slog.Logger
+	Dial           proxy.Dialer // nil: net.Dialer
+	PreAuthTimeout time.Duration
+	// UpstreamTimeout bounds the upstream login: getting the token, dial,
+	// TLS, greeting and XOAUTH2 exchange, and the one retry after a forced
+	// refresh.
+	UpstreamTimeout time.Duration
+	MaxLine         int // bytes of command text per pre-auth command
+	MaxLiteral      int // literal bytes per pre-auth command
+
+	nextID   atomic.Uint64
+	shutting atomic.Bool
+
+	mu        sync.Mutex // protects the fields below
+	closed    bool
+	listeners map[*net.Listener]struct{}
+	sessions  map[*session]struct{}
+	ctx       context.Context // canceled by Close; parent of every session's context
+	cancel    context.CancelFunc
+	active    sync.WaitGroup // one per session; Add only under mu while !closed
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Logger != nil {
+		return s.Logger
+	}
+	return slog.Default()
+}
+
+func (s *Server) preAuthTimeout() time.Duration {
+	if s.PreAuthTimeout > 0 {
+		return s.PreAuthTimeout
+	}
+	return DefaultPreAuthTimeout
+}
+
+func (s *Server) upstreamTimeout() time.Duration {
+	if s.UpstreamTimeout > 0 {
+		return s.UpstreamTimeout
+	}
+	return DefaultUpstreamTimeout
+}
+
+func (s *Server) maxLine() int {
+	if s.MaxLine > 0 {
+		return s.MaxLine
+	}
+	return DefaultMaxLine
+}
+
+func (s *Server) maxLiteral() int {
+	if s.MaxLiteral > 0 {
+		return s.MaxLiteral
+	}
+	return DefaultMaxLiteral
+}
+
+// initLocked sets up the maps and the base context. s.mu must be held.
+func (s *Server) initLocked() {
+	if s.listeners == nil {
+		s.listeners = make(map[*net.Listener]struct{})
+		s.sessions = make(map[*session]struct{})
+		s.ctx, s.cancel = context.WithCancel(context.Background())
+	}
+}
+
+// Serve accepts connections on ln until Close or Shutdown and serves each in
+// its own goroutine. A connection that ln returns as a *tls.Conn is implicit
+// TLS: STARTTLS is not offered on it. Serve always returns a non-nil error,
+// ErrServerClosed after Close or Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	lnp := &ln
+	s.mu.Lock()
+	s.initLocked()
+	if s.closed {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[lnp] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, lnp)
+		s.mu.Unlock()
+	}()
+
+	var backoff time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if closed {
+				return ErrServerClosed
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			// Out of file descriptors and the like: wait and retry.
+			backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
+			s.logger().Warn("imap accept failed", "err", err, "retry_in", backoff)
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-s.ctx.Done():
+				t.Stop()
+			}
+			continue
+		}
+		backoff = 0
+		c := s.newSession(nc)
+		if c == nil {
+			nc.Close()
+			continue
+		}
+		go c.serve()
+	}
+}
+
+// newSession registers a session for nc, or returns nil when the server is
+// closed.
+func (s *Server) newSession(nc net.Conn) *session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	c := &session{s: s, nc: nc, id: s.nextID.Add(1)}
+	c.ctx, c.cancel = context.WithCancel(s.ctx)
+	s.sessions[c] = struct{}{}
+	s.active.Add(1)
+	return c
+}
+
+func (s *Server) removeSession(c *session) {
+	s.mu.Lock()
+	delete(s.sessions, c)
+	s.mu.Unlock()
+	c.cancel()
+	s.active.Done()
+}
+
+// closeListenersLocked stops accepting. s.mu must be held.
+func (s *Server) closeListenersLocked() error {
+	var err error
+	for lnp := range s.listeners {
+		if e := (*lnp).Close(); e != nil && err == nil && !errors.Is(e, net.ErrClosed) {
+			err = e
+		}
+		delete(s.listeners, lnp)
+	}
+	return err
+}
+
+// Close closes the listeners and every connection, client and upstream, at
+// once.
+func (s *Server) Close() error {
+	s.shutting.Store(true)
+	s.mu.Lock()
+	s.initLocked()
+	s.closed = true
+	err := s.closeListenersLocked()
+	for c := range s.sessions {
+		c.closeConns()
+	}
+	s.cancel()
+	s.mu.Unlock()
+	return err
+}
+
+// Shutdown stops accepting and ends pre-auth connections with
+// "* BYE server shutting down", then waits until every session has ended or
+// ctx is done; then it closes what is left (relayed sessions, silently) and
+// returns ctx.Err().
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutting.Store(true)
+	s.mu.Lock()
+	s.initLocked()
+	s.closed = true
+	err := s.closeListenersLocked()
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		s.active.Wait()
+		close(done)
+	}()
+	// A session that was busy (checking a password, logging in upstream)
+	// when it was first kicked may be back to reading commands later: kick
+	// pre-auth sessions again until all are gone.
+	tick := time.NewTicker(shutdownKick)
+	defer tick.Stop()
+	for {
+		s.kickPreAuth()
+		select {
+		case <-done:
+			return err
+		case <-ctx.Done():
+			s.Close()
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// kickPreAuth wakes the reads of pre-auth sessions; they see s.shutting and
+// say BYE.
+func (s *Server) kickPreAuth() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.sessions {
+		if c.state.Load() == statePreAuth {
+			c.nc.SetReadDeadline(time.Now().Add(pastDeadline))
+		}
+	}
+}
