@@ -1,0 +1,524 @@
+// Package smtp owns the SMTP front of the proxy: a go-smtp server that takes
+// local AUTH PLAIN / AUTH LOGIN logins, and for each client session one
+// go-smtp client connection to the provider's SMTP server, authenticated with
+// XOAUTH2 and opened at the first MAIL. Envelopes and their options are
+// passed on, message data streams through, and the upstream's replies reach
+// the client with their own codes.
+package smtp
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"mailproxy/proxy"
+)
+
+// Defaults for the zero values of Server's fields, and the fixed timeouts of
+// the upstream side.
+const (
+	defaultReadTimeout     = 10 * time.Minute // one client command, or the whole DATA phase
+	defaultWriteTimeout    = time.Minute      // one reply to the client
+	defaultUpstreamTimeout = 30 * time.Second // token + dial + TLS + EHLO + AUTH, all together
+	defaultMaxMessageBytes = 35 << 20         // what Exchange Online accepts
+	defaultDomain          = "localhost"
+
+	upstreamCommandTimeout = 2 * time.Minute  // reply to MAIL, RCPT, DATA, RSET on an open upstream
+	upstreamSubmitTimeout  = 10 * time.Minute // reply after the final dot
+	upstreamWriteTimeout   = time.Minute      // each write of message data
+	upstreamQuitTimeout    = 5 * time.Second  // polite QUIT when the client leaves
+	shutdownNoticeTimeout  = time.Second      // writing "421 shutting down" to an idle client
+
+	// maxLineLength bounds command lines and, because go-smtp applies the
+	// same limit inside DATA, message lines too: generous enough for the
+	// long unwrapped lines that real programs produce (RFC 5322's 998 is
+	// often ignored), small enough to bound memory per connection.
+	maxLineLength = 64 << 10
+)
+
+// ErrServerClosed is returned by Serve after Close or Shutdown.
+var ErrServerClosed = errors.New("smtp front: server closed")
+
+// Server is the SMTP front. Set the fields, then call Serve for each
+// listener. Fields must not change after the first Serve.
+type Server struct {
+	Auth proxy.Authenticator // required
+	// TLSConfig enables STARTTLS on plain listeners. A listener whose
+	// connections already are *tls.Conn (tls.NewListener) is implicit TLS
+	// and offers no STARTTLS.
+	TLSConfig *tls.Config
+	Logger    *slog.Logger // nil: slog.Default()
+	Dial      proxy.Dialer // upstream dialer; nil: net.Dialer
+
+	Domain          string        // greeting and upstream EHLO name; "" = "localhost"
+	MaxMessageBytes int64         // advertised SIZE; 0 = 35 MiB
+	MaxRecipients   int           // per message; 0 = no local limit (the upstream has its own)
+	ReadTimeout     time.Duration // one client command, or a whole DATA; 0 = 10m
+	WriteTimeout    time.Duration // one reply to the client; 0 = 1m
+	UpstreamTimeout time.Duration // token, dial, TLS, EHLO and AUTH upstream together; 0 = 30s
+
+	mu       sync.Mutex // protects the fields below
+	started  bool
+	closing  bool // Close or Shutdown was called
+	plain    *smtp.Server
+	implicit *smtp.Server
+	plainL   *pipeListener
+	implL    *pipeListener
+	lns      map[net.Listener]struct{}
+	conns    map[*conn]struct{}
+	baseCtx  context.Context
+	cancel   context.CancelFunc
+
+	hardClose atomic.Bool // Close was called: cut upstreams instead of QUIT
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Logger != nil {
+		return s.Logger
+	}
+	return slog.Default()
+}
+
+func (s *Server) domain() string {
+	if s.Domain != "" {
+		return s.Domain
+	}
+	return defaultDomain
+}
+
+func (s *Server) upstreamTimeout() time.Duration {
+	if s.UpstreamTimeout > 0 {
+		return s.UpstreamTimeout
+	}
+	return defaultUpstreamTimeout
+}
+
+func (s *Server) readTimeout() time.Duration {
+	if s.ReadTimeout > 0 {
+		return s.ReadTimeout
+	}
+	return defaultReadTimeout
+}
+
+// newSMTP configures one go-smtp server; tlsConfig nil means no STARTTLS.
+func (s *Server) newSMTP(tlsConfig *tls.Config) *smtp.Server {
+	gs := smtp.NewServer(backend{s})
+	gs.Domain = s.domain()
+	gs.TLSConfig = tlsConfig
+	// Whether a password may cross the network in plain text is decided
+	// by the configuration (loopback or allow_plaintext_from), not here.
+	gs.AllowInsecureAuth = true
+	gs.EnableSMTPUTF8 = true
+	gs.EnableDSN = true
+	// The go-smtp client has no BDAT, so BINARYMIME cannot be relayed.
+	gs.EnableBINARYMIME = false
+	gs.MaxLineLength = maxLineLength
+	gs.MaxMessageBytes = s.MaxMessageBytes
+	if gs.MaxMessageBytes <= 0 {
+		gs.MaxMessageBytes = defaultMaxMessageBytes
+	}
+	gs.MaxRecipients = s.MaxRecipients
+	gs.ReadTimeout = s.readTimeout()
+	gs.WriteTimeout = s.WriteTimeout
+	if gs.WriteTimeout <= 0 {
+		gs.WriteTimeout = defaultWriteTimeout
+	}
+	gs.ErrorLog = errorLog{s.logger()}
+	return gs
+}
+
+// start creates the two go-smtp servers on first use: one for plain
+// listeners (STARTTLS when TLSConfig is set) and one for implicit TLS. Our
+// own accept loop hands each connection to one of them, so that every
+// connection can be wrapped for its start and end log lines.
+func (s *Server) start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return ErrServerClosed
+	}
+	if s.started {
+		return nil
+	}
+	s.started = true
+	s.baseCtx, s.cancel = context.WithCancel(context.Background())
+	s.lns = make(map[net.Listener]struct{})
+	s.conns = make(map[*conn]struct{})
+	s.plain = s.newSMTP(s.TLSConfig)
+	s.implicit = s.newSMTP(nil)
+	s.plainL = newPipeListener()
+	s.implL = newPipeListener()
+	go s.plain.Serve(s.plainL)
+	go s.implicit.Serve(s.implL)
+	return nil
+}
+
+// Serve accepts connections on ln until Close or Shutdown, and returns
+// ErrServerClosed then; like net/http it always closes ln. Connections that
+// are *tls.Conn are implicit TLS.
+func (s *Server) Serve(ln net.Listener) error {
+	defer ln.Close()
+	if s.Auth == nil {
+		return errors.New("smtp front: Server.Auth is nil")
+	}
+	if err := s.start(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	s.lns[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.lns, ln)
+		s.mu.Unlock()
+	}()
+
+	var delay time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if s.isClosing() {
+				return ErrServerClosed
+			}
+			var te interface{ Temporary() bool }
+			if errors.As(err, &te) && te.Temporary() {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.logger().Warn("smtp accept failed; retrying", "err", err, "in", delay)
+				time.Sleep(delay)
+				continue
+			}
+			return fmt.Errorf("smtp accept: %w", err)
+		}
+		delay = 0
+		c := s.track(nc)
+		pl := s.plainL
+		if c.implicitTLS {
+			pl = s.implL
+		}
+		if !pl.hand(c) {
+			c.Close()
+		}
+	}
+}
+
+func (s *Server) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+// closeListeners marks the server closing and closes every listener; it
+// returns the go-smtp servers to stop, nil if Close or Shutdown already ran.
+func (s *Server) closeListeners() (servers []*smtp.Server, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return nil, ErrServerClosed
+	}
+	s.closing = true
+	for ln := range s.lns {
+		if cerr := ln.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}
+	if !s.started {
+		return nil, err
+	}
+	// go-smtp closes its listeners too, but only those its Serve has
+	// registered already.
+	s.plainL.Close()
+	s.implL.Close()
+	return []*smtp.Server{s.plain, s.implicit}, err
+}
+
+// Close closes the listeners and every connection at once, cutting
+// upstream connections (a message in flight is not acknowledged, so the
+// client will send it again).
+func (s *Server) Close() error {
+	s.hardClose.Store(true)
+	servers, err := s.closeListeners()
+	if servers == nil {
+		return err
+	}
+	s.cancel()
+	for _, gs := range servers {
+		gs.Close()
+	}
+	return err
+}
+
+// Shutdown stops accepting, closes idle connections (with a 421 reply)
+// and lets open transactions finish, closing each connection as soon as it
+// is idle. It returns when every connection is gone, or ctx's error when
+// ctx ends first; call Close then.
+func (s *Server) Shutdown(ctx context.Context) error {
+	servers, err := s.closeListeners()
+	if servers == nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() {
+		var err error
+		for _, gs := range servers {
+			if serr := gs.Shutdown(ctx); serr != nil && err == nil {
+				err = serr
+			}
+		}
+		done <- err
+	}()
+	// Like net/http: poll for idle connections with a growing interval.
+	wait := time.Millisecond
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case serr := <-done:
+			if err == nil {
+				err = serr
+			}
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timer.C:
+			s.closeIdle()
+			timer.Reset(wait)
+			wait = min(2*wait, 500*time.Millisecond)
+		}
+	}
+}
+
+func (s *Server) closeIdle() {
+	s.mu.Lock()
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.closeIfIdle()
+	}
+}
+
+// backend creates a session per client connection (and a fresh one after
+// STARTTLS, as go-smtp requires).
+type backend struct{ s *Server }
+
+func (b backend) NewSession(sc *smtp.Conn) (smtp.Session, error) {
+	c := connOf(sc.Conn())
+	if c == nil {
+		// Cannot happen: every connection comes from our accept loop.
+		return nil, &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "internal error"}
+	}
+	sess := &session{srv: b.s, c: c, nc: sc.Conn(), log: c.log}
+	c.setSession(sess)
+	return sess, nil
+}
+
+// errorLog sends go-smtp's own messages (connection errors, recovered
+// panics) to slog. They carry addresses and network errors, no secrets.
+type errorLog struct{ l *slog.Logger }
+
+func (e errorLog) Printf(format string, v ...any) { e.log(fmt.Sprintf(format, v...)) }
+func (e errorLog) Println(v ...any)               { e.log(strings.TrimSuffix(fmt.Sprintln(v...), "\n")) }
+
+func (e errorLog) log(msg string) {
+	if strings.Contains(msg, "panic") {
+		e.l.Error("smtp server panic", "detail", msg)
+		return
+	}
+	e.l.Debug("smtp server", "detail", msg)
+}
+
+// pipeListener feeds connections from our accept loop to a go-smtp server.
+type pipeListener struct {
+	ch     chan net.Conn
+	done   chan struct{}
+	closed sync.Once
+}
+
+func newPipeListener() *pipeListener {
+	return &pipeListener{ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+// hand passes c to the go-smtp server; false if the listener is closed.
+func (l *pipeListener) hand(c net.Conn) bool {
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+func (l *pipeListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *pipeListener) Close() error {
+	l.closed.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *pipeListener) Addr() net.Addr { return pipeAddr{} }
+
+type pipeAddr struct{}
+
+func (pipeAddr) Network() string { return "pipe" }
+func (pipeAddr) String() string  { return "smtp-front" }
+
+// conn wraps every client connection: it owns the connection's id, its
+// logger, the counters of the end line, and notices the close.
+type conn struct {
+	net.Conn
+	srv         *Server
+	id          string
+	log         *slog.Logger
+	start       time.Time
+	implicitTLS bool
+
+	messages atomic.Int64
+	bytes    atomic.Int64
+
+	mu       sync.Mutex // protects the fields below
+	sess     *session   // the current go-smtp session, nil before EHLO and right after STARTTLS
+	account  string
+	upstream string
+	outcome  string
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+func (s *Server) track(nc net.Conn) *conn {
+	_, implicitTLS := nc.(*tls.Conn)
+	c := &conn{
+		Conn:        nc,
+		srv:         s,
+		id:          newID(),
+		start:       time.Now(),
+		implicitTLS: implicitTLS,
+	}
+	c.log = s.logger().With("conn", c.id, "remote", nc.RemoteAddr().String())
+	if implicitTLS {
+		// go-smtp does not see the *tls.Conn (it is wrapped), so the
+		// handshake runs on the first write; bound its reads here.
+		nc.SetReadDeadline(time.Now().Add(s.readTimeout()))
+	}
+	s.mu.Lock()
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+	c.log.Info("smtp connection start", "implicit_tls", implicitTLS)
+	return c
+}
+
+// connOf finds our conn under what go-smtp holds (our conn, or a
+// *tls.Conn around it after STARTTLS).
+func connOf(nc net.Conn) *conn {
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	c, _ := nc.(*conn)
+	return c
+}
+
+func (c *conn) setSession(s *session) {
+	c.mu.Lock()
+	c.sess = s
+	c.mu.Unlock()
+}
+
+// clearSession forgets s when it ends (QUIT, STARTTLS).
+func (c *conn) clearSession(s *session) {
+	c.mu.Lock()
+	if c.sess == s {
+		c.sess = nil
+	}
+	c.mu.Unlock()
+}
+
+func (c *conn) setAccount(account, upstream string) {
+	c.mu.Lock()
+	c.account, c.upstream = account, upstream
+	c.mu.Unlock()
+}
+
+// setOutcome records the last notable event for the end line.
+func (c *conn) setOutcome(o string) {
+	c.mu.Lock()
+	c.outcome = o
+	c.mu.Unlock()
+}
+
+func (c *conn) Close() error {
+	c.closeOnce.Do(func() {
+		c.closeErr = c.Conn.Close()
+		c.srv.mu.Lock()
+		delete(c.srv.conns, c)
+		c.srv.mu.Unlock()
+		c.mu.Lock()
+		account, upstream, outcome := c.account, c.upstream, c.outcome
+		c.mu.Unlock()
+		if outcome == "" {
+			outcome = "ok"
+		}
+		c.log.Info("smtp connection end",
+			"account", account,
+			"upstream", upstream,
+			"messages", c.messages.Load(),
+			"bytes", c.bytes.Load(),
+			"duration", time.Since(c.start).Round(time.Millisecond),
+			"outcome", outcome)
+	})
+	return c.closeErr
+}
+
+// closeIfIdle closes the connection during Shutdown unless a session
+// method runs or a mail transaction is open. A client in a session is told
+// 421 first; before EHLO (maybe after STARTTLS) the connection just closes.
+func (c *conn) closeIfIdle() {
+	c.mu.Lock()
+	sess := c.sess
+	c.mu.Unlock()
+	if sess != nil {
+		if !sess.mu.TryLock() {
+			return
+		}
+		defer sess.mu.Unlock()
+		if sess.inTx {
+			return
+		}
+		// Keep a command that go-smtp is about to dispatch from reaching
+		// the upstream.
+		sess.markClosed()
+		sess.nc.SetWriteDeadline(time.Now().Add(shutdownNoticeTimeout))
+		sess.nc.Write([]byte("421 4.3.2 Service shutting down\r\n"))
+	}
+	c.setOutcome("closed by shutdown")
+	c.Close()
+}
+
+func newID() string {
+	var b [4]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

@@ -1,0 +1,320 @@
+package smtp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"mailproxy/proxy"
+)
+
+// upstream is one authenticated connection to the provider's SMTP server,
+// used for every transaction of one client session.
+type upstream struct {
+	c    *smtp.Client
+	raw  net.Conn // the TCP connection under c and its TLS
+	used bool     // a transaction ran on it: it may have gone stale while idle
+}
+
+// quit ends the connection politely, bounded by upstreamQuitTimeout.
+func (u *upstream) quit() {
+	u.c.CommandTimeout = upstreamQuitTimeout
+	if err := u.c.Quit(); err != nil {
+		u.raw.Close()
+	}
+}
+
+// abort drops the connection without another command: used when a message
+// must not be completed (the final dot is never sent).
+func (u *upstream) abort() { u.raw.Close() }
+
+// connect opens the upstream for the session's grant under one deadline:
+// token, dial, TLS, EHLO and AUTH XOAUTH2. A refused token is refreshed
+// once and tried on a fresh connection. The error is a reply for the
+// client; the cause is logged here.
+func (s *session) connect() (*upstream, error) {
+	ctx, cancel := context.WithTimeout(s.srv.baseCtx, s.srv.upstreamTimeout())
+	defer cancel()
+	g := s.grant
+	if g.Upstream == nil || g.Upstream.SMTPAddr == "" || g.Tokens == nil {
+		s.log.Error("account has no upstream SMTP server or token source")
+		s.c.setOutcome("no upstream")
+		return nil, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 5},
+			Message: "no upstream mail server configured for this account"}
+	}
+	tok, err := g.Tokens.Token(ctx)
+	if err != nil {
+		return nil, s.tokenFailure("get access token", err)
+	}
+	up, err := s.openAuthed(ctx, tok)
+	if se := (*smtp.SMTPError)(nil); errors.As(err, &se) && tokenRefused(se) {
+		s.log.Info("upstream refused the access token; refreshing it once",
+			"identity", g.Identity, "reply", replyText(se))
+		tok, err = g.Tokens.Refresh(ctx, tok)
+		if err != nil {
+			return nil, s.tokenFailure("refresh refused access token", err)
+		}
+		up, err = s.openAuthed(ctx, tok)
+		if errors.As(err, &se) && tokenRefused(se) {
+			s.log.Warn("upstream refused the refreshed access token; the account needs a new sign-in",
+				"identity", g.Identity, "reply", replyText(se))
+			s.c.setOutcome("upstream refused token")
+			return nil, &smtp.SMTPError{
+				Code:         454,
+				EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+				Message: oneLine(fmt.Sprintf("upstream refused the access token for %s; "+
+					"the account needs attention (sign in again)", g.Username)),
+			}
+		}
+	}
+	if err != nil {
+		return nil, s.connectFailure(ctx, err)
+	}
+	up.c.CommandTimeout = upstreamCommandTimeout
+	return up, nil
+}
+
+// openAuthed dials and authenticates with tok. Some servers refuse an AUTH
+// line as long as an Entra token makes it (~2 KB); then the token is sent
+// after the 334 prompt instead, on a new connection if the server hung up.
+func (s *session) openAuthed(ctx context.Context, tok string) (*upstream, error) {
+	identity := s.grant.Identity
+	up, err := s.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	err = s.auth(ctx, up, newXOAuth2(identity, tok, true))
+	if se := (*smtp.SMTPError)(nil); errors.As(err, &se) && (se.Code == 500 || se.Code == 501) {
+		s.log.Debug("upstream refused the AUTH line with the token; sending it after the 334 prompt",
+			"reply", replyText(se))
+		err = s.auth(ctx, up, newXOAuth2(identity, tok, false))
+		if err != nil && !errors.As(err, &se) {
+			up.abort()
+			if up, err = s.dial(ctx); err != nil {
+				return nil, err
+			}
+			err = s.auth(ctx, up, newXOAuth2(identity, tok, false))
+		}
+	}
+	if err != nil {
+		up.abort()
+		return nil, err
+	}
+	return up, nil
+}
+
+// auth runs AUTH XOAUTH2 under ctx.
+func (s *session) auth(ctx context.Context, up *upstream, a sasl.Client) error {
+	stop := context.AfterFunc(ctx, func() { up.raw.Close() })
+	err := up.c.Auth(a)
+	if !stop() {
+		return fmt.Errorf("upstream AUTH: %w", context.Cause(ctx))
+	}
+	if err != nil {
+		var se *smtp.SMTPError
+		if errors.As(err, &se) {
+			return se
+		}
+		return fmt.Errorf("upstream AUTH: %w", err)
+	}
+	return nil
+}
+
+// dial connects to the upstream (implicit TLS on port 465, else
+// STARTTLS, certificates checked against the configured roots) and says
+// EHLO. Everything runs under ctx.
+func (s *session) dial(ctx context.Context) (*upstream, error) {
+	addr := s.grant.Upstream.SMTPAddr
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("upstream address %q: %w", addr, err)
+	}
+	var raw net.Conn
+	implicit := port == "465"
+	if implicit {
+		tc, err := proxy.DialTLS(ctx, s.srv.Dial, addr, s.grant.Upstream.TLS)
+		if err != nil {
+			return nil, fmt.Errorf("upstream: %w", err)
+		}
+		raw = tc.NetConn()
+		if err := s.setRaw(raw); err != nil {
+			tc.Close()
+			return nil, err
+		}
+		return s.hello(ctx, smtp.NewClient(tc), raw, addr)
+	}
+	dial := s.srv.Dial
+	if dial == nil {
+		var d net.Dialer
+		dial = d.DialContext
+	}
+	raw, err = dial(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial upstream %s: %w", addr, err)
+	}
+	if err := s.setRaw(raw); err != nil {
+		raw.Close()
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
+	c, err := smtp.NewClientStartTLS(raw, s.grant.Upstream.TLSFor(addr))
+	if !stop() {
+		return nil, fmt.Errorf("upstream STARTTLS %s: %w", addr, context.Cause(ctx))
+	}
+	if err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("upstream STARTTLS %s: %w", addr, err)
+	}
+	return s.hello(ctx, c, raw, addr)
+}
+
+// hello says EHLO with our domain (after STARTTLS: the first EHLO, which
+// NewClientStartTLS sends, says "localhost").
+func (s *session) hello(ctx context.Context, c *smtp.Client, raw net.Conn, addr string) (*upstream, error) {
+	c.CommandTimeout = s.srv.upstreamTimeout()
+	c.SubmissionTimeout = upstreamSubmitTimeout
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
+	err := c.Hello(s.srv.domain())
+	if !stop() {
+		return nil, fmt.Errorf("upstream EHLO %s: %w", addr, context.Cause(ctx))
+	}
+	if err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("upstream EHLO %s: %w", addr, err)
+	}
+	return &upstream{c: c, raw: raw}, nil
+}
+
+// tokenFailure turns an error of the token source into the client's reply.
+func (s *session) tokenFailure(op string, err error) error {
+	ae := proxy.TokenAuthError(s.grant.Username, err)
+	s.log.Warn("cannot get an access token", "op", op, "err", err)
+	if ae.Kind == proxy.AuthNeedsSignIn {
+		s.c.setOutcome("needs sign-in")
+	} else {
+		s.c.setOutcome("token unavailable")
+	}
+	return &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: oneLine(ae.Msg)}
+}
+
+const authDisabledText = "SMTP AUTH is disabled for this mailbox or tenant; an admin must enable " +
+	"Authenticated SMTP (Set-CASMailbox -SmtpClientAuthenticationDisabled $false)"
+
+// connectFailure turns a failure to open the upstream into the client's
+// reply.
+func (s *session) connectFailure(ctx context.Context, err error) error {
+	var se *smtp.SMTPError
+	switch {
+	case errors.As(err, &se) && se.Code == 535 && se.EnhancedCode == smtp.EnhancedCode{5, 7, 139}:
+		s.log.Warn(authDisabledText, "identity", s.grant.Identity, "reply", replyText(se))
+		s.c.setOutcome("smtp auth disabled")
+		return &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 139}, Message: authDisabledText}
+	case errors.As(err, &se):
+		s.log.Warn("upstream refused the connection or login", "reply", replyText(se))
+		s.c.setOutcome("upstream refused login")
+		return passReply(se)
+	case ctx.Err() != nil:
+		s.log.Warn("upstream did not answer in time", "err", err)
+		s.c.setOutcome("upstream timeout")
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 1},
+			Message: "upstream mail server did not answer in time; try again later"}
+	default:
+		s.log.Warn("cannot reach upstream", "err", err)
+		s.c.setOutcome("upstream unreachable")
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 1},
+			Message: "cannot reach the upstream mail server; try again later"}
+	}
+}
+
+// tokenRefused says whether an AUTH reply means the token was not
+// accepted (Exchange: 535 5.7.3; Gmail: 535 5.7.8), as opposed to SMTP AUTH
+// being switched off (535 5.7.139).
+func tokenRefused(se *smtp.SMTPError) bool {
+	return se.Code == 535 && se.EnhancedCode != smtp.EnhancedCode{5, 7, 139}
+}
+
+// xoauth2 is a SASL client for XOAUTH2. With ir false it waits for the
+// server's 334 before sending the token, for servers whose command line is
+// too short for it. A challenge after the token is the server's error
+// report: it is answered with an empty response, and the server then sends
+// its final error reply.
+type xoauth2 struct {
+	resp  []byte
+	ir    bool
+	state int // 0: token not sent, 1: token sent, 2: error challenge answered
+}
+
+func newXOAuth2(user, token string, ir bool) *xoauth2 {
+	return &xoauth2{resp: proxy.XOAuth2(user, token), ir: ir}
+}
+
+func (x *xoauth2) Start() (string, []byte, error) {
+	if !x.ir {
+		return "XOAUTH2", nil, nil
+	}
+	x.state = 1
+	return "XOAUTH2", x.resp, nil
+}
+
+func (x *xoauth2) Next(challenge []byte) ([]byte, error) {
+	switch x.state {
+	case 0:
+		x.state = 1
+		return x.resp, nil
+	case 1:
+		x.state = 2
+		return []byte{}, nil
+	default:
+		return nil, sasl.ErrUnexpectedServerChallenge
+	}
+}
+
+// passReply copies an upstream reply for the client: its own code, enhanced
+// code and text, on one line.
+func passReply(se *smtp.SMTPError) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: se.Code, EnhancedCode: se.EnhancedCode, Message: oneLine(se.Message)}
+}
+
+// replyText renders an upstream reply for the log.
+func replyText(se *smtp.SMTPError) string {
+	s := strconv.Itoa(se.Code)
+	if se.EnhancedCode != smtp.EnhancedCodeNotSet && se.EnhancedCode != smtp.NoEnhancedCode {
+		s += fmt.Sprintf(" %d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
+	}
+	return s + " " + oneLine(se.Message)
+}
+
+// oneLine joins a multi-line reply text and drops control characters.
+func oneLine(s string) string {
+	return strings.TrimSpace(strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s))
+}
+
+// parseStatus splits an upstream reply text like "2.0.0 OK <id> Queued"
+// into its enhanced code and the rest.
+func parseStatus(text string) (smtp.EnhancedCode, string) {
+	code, rest, _ := strings.Cut(text, " ")
+	parts := strings.Split(code, ".")
+	if len(parts) != 3 {
+		return smtp.EnhancedCodeNotSet, text
+	}
+	var ec smtp.EnhancedCode
+	for i, p := range parts {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 0 || n > 999 {
+			return smtp.EnhancedCodeNotSet, text
+		}
+		ec[i] = n
+	}
+	return ec, rest
+}
