@@ -105,3 +105,22 @@ func (e *AuthError) Error() string {
 }
 
 func (e *AuthError) Unwrap() error { return e.Err }
+
+// Metrics receives counts from the fronts for /metrics. Every method must be
+// cheap and safe for concurrent use; fronts call them through a nil-safe
+// wrapper so a nil Metrics costs nothing.
+type Metrics interface {
+	ConnOpened(proto string)
+	ConnClosed(proto string)
+	// Login counts a local login attempt; ok is false for a refused one.
+	Login(proto string, ok bool)
+	// UpstreamAuthFailed counts an upstream refusing our token (after the
+	// retry).
+	UpstreamAuthFailed(proto string)
+	// Relayed adds bytes moved between client and upstream.
+	Relayed(proto string, toUpstream, toClient int64)
+	// Message counts an SMTP message the upstream accepted or rejected.
+	Message(accepted bool)
+	// Session tracks relayed sessions open per account (delta +1 or -1).
+	Session(account string, delta int)
+}
