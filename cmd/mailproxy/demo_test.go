@@ -1,0 +1,118 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
+
+// startTestDemo runs the demo in-process on ports the kernel picks.
+func startTestDemo(t *testing.T) *demo {
+	t.Helper()
+	var logs bytes.Buffer
+	dm, err := startDemo(demoOptions{imap: "127.0.0.1:0", smtp: "127.0.0.1:0", admin: "", stateDir: t.TempDir(), logOut: &lockedWriter{w: &logs}})
+	if err != nil {
+		t.Fatalf("startDemo() = %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		dm.close(ctx)
+	})
+	return dm
+}
+
+func TestDemoReadAndSend(t *testing.T) {
+	dm := startTestDemo(t)
+	imapAddr := dm.d.addr("imap").String()
+
+	c, err := imapclient.DialInsecure(imapAddr, nil)
+	if err != nil {
+		t.Fatalf("DialInsecure(%s) = %v", imapAddr, err)
+	}
+	defer c.Close()
+	if err := c.Login(demoUser, demoPassword).Wait(); err != nil {
+		t.Fatalf("Login(%s) = %v", demoUser, err)
+	}
+	sel, err := c.Select("INBOX", nil).Wait()
+	if err != nil {
+		t.Fatalf("Select(INBOX) = %v", err)
+	}
+	if sel.NumMessages != demoSeedPerUser {
+		t.Errorf("INBOX has %d messages, want %d", sel.NumMessages, demoSeedPerUser)
+	}
+
+	// Send through the SMTP port; the demo delivers it to the INBOX.
+	sc, err := smtp.Dial(dm.d.addr("smtp").String())
+	if err != nil {
+		t.Fatalf("smtp.Dial = %v", err)
+	}
+	defer sc.Close()
+	if err := sc.Auth(sasl.NewPlainClient("", demoUser, demoPassword)); err != nil {
+		t.Fatalf("Auth(PLAIN) = %v", err)
+	}
+	body := "Subject: round trip\r\n\r\nsent through the demo\r\n"
+	if err := sc.SendMail(demoUser, []string{demoUser}, strings.NewReader(body)); err != nil {
+		t.Fatalf("SendMail = %v", err)
+	}
+	if err := sc.Quit(); err != nil {
+		t.Fatalf("Quit = %v", err)
+	}
+
+	msgs, err := c.Fetch(imap.UIDSetNum(imap.UID(demoSeedPerUser+1)), &imap.FetchOptions{BodySection: []*imap.FetchItemBodySection{{}}}).Collect()
+	if err != nil {
+		t.Fatalf("Fetch(UID %d) = %v", demoSeedPerUser+1, err)
+	}
+	if len(msgs) != 1 {
+		t.Fatalf("Fetch(UID %d) returned %d messages, want 1", demoSeedPerUser+1, len(msgs))
+	}
+	var got []byte
+	for _, b := range msgs[0].BodySection {
+		got = b.Bytes
+	}
+	if string(got) != body {
+		t.Errorf("fetched message = %q, want %q", got, body)
+	}
+	if err := c.Logout().Wait(); err != nil {
+		t.Errorf("Logout = %v", err)
+	}
+}
+
+func TestDemoPendingAccountNeedsSignIn(t *testing.T) {
+	dm := startTestDemo(t)
+	c, err := imapclient.DialInsecure(dm.d.addr("imap").String(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	err = c.Login(demoPending, "anything").Wait()
+	if err == nil || !strings.Contains(err.Error(), "mailproxy login "+demoPending) {
+		t.Errorf("Login(%s) = %v, want a refusal naming `mailproxy login`", demoPending, err)
+	}
+}
+
+func TestDemoWrongPassword(t *testing.T) {
+	dm := startTestDemo(t)
+	conn, err := net.Dial("tcp", dm.d.addr("imap").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "a LOGIN "+demoUser+" wrong\r\nb LOGOUT\r\n")
+	all, _ := io.ReadAll(conn)
+	if !strings.Contains(string(all), "a NO [AUTHENTICATIONFAILED]") {
+		t.Errorf("reply to a wrong password = %q, want a NO [AUTHENTICATIONFAILED]", all)
+	}
+	if n := dm.imapUp.Logins(); n != 0 {
+		t.Errorf("upstream logins after a wrong password = %d, want 0", n)
+	}
+}

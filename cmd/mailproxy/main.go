@@ -1,0 +1,140 @@
+// Command mailproxy accepts plain IMAP and SMTP logins from legacy clients
+// and relays the sessions to Microsoft 365 (or Gmail) with OAuth 2.0 XOAUTH2.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+const usage = `mailproxy: plain IMAP/SMTP logins in, OAuth 2.0 (XOAUTH2) out.
+
+Usage:
+  mailproxy serve   [-config FILE] [-debug]   run the proxy
+  mailproxy demo                              run against a built-in fake Microsoft 365
+  mailproxy login   [-config FILE] [-device|-browser|-manual] [-password-stdin] USER
+  mailproxy logout  [-config FILE] USER
+  mailproxy status  [-config FILE]
+  mailproxy check   [-config FILE]
+  mailproxy hash-password                     print an Argon2id hash for password_hash
+  mailproxy version
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad config.
+`
+
+// Exit codes; 2 is systemd's RestartPreventExitStatus.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+// usageError marks errors that exit with status 2.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error {
+	return usageError{fmt.Errorf(format, args...)}
+}
+
+type command struct {
+	name string
+	run  func(ctx context.Context, env *cmdEnv, args []string) error
+}
+
+// cmdEnv is what a subcommand may touch of the outside world, so tests can
+// run subcommands in-process.
+type cmdEnv struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	getenv         func(string) string
+	// readPassword reads a password without echo; nil means stdin is not a
+	// terminal.
+	readPassword func(prompt string) (string, error)
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	env := &cmdEnv{
+		stdin:        os.Stdin,
+		stdout:       os.Stdout,
+		stderr:       os.Stderr,
+		getenv:       os.Getenv,
+		readPassword: terminalPassword(),
+	}
+	os.Exit(run(ctx, env, os.Args[1:]))
+}
+
+func commands() []command {
+	return []command{
+		{"serve", runServe},
+		{"demo", runDemo},
+		{"hash-password", runHashPassword},
+		{"version", func(_ context.Context, env *cmdEnv, args []string) error {
+			if len(args) > 0 {
+				return usagef("version takes no arguments")
+			}
+			printVersion(env.stdout)
+			return nil
+		}},
+	}
+}
+
+func run(ctx context.Context, env *cmdEnv, args []string) int {
+	if len(args) == 0 {
+		fmt.Fprint(env.stderr, usage)
+		return exitUsage
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(env.stdout, usage)
+		return exitOK
+	}
+	for _, c := range commands() {
+		if c.name != args[0] {
+			continue
+		}
+		err := c.run(ctx, env, args[1:])
+		switch {
+		case err == nil:
+			return exitOK
+		case errors.Is(err, flag.ErrHelp):
+			return exitOK
+		case errors.As(err, new(usageError)):
+			fmt.Fprintf(env.stderr, "mailproxy %s: %v\n", c.name, err)
+			return exitUsage
+		default:
+			fmt.Fprintf(env.stderr, "mailproxy %s: %v\n", c.name, err)
+			return exitFailure
+		}
+	}
+	fmt.Fprintf(env.stderr, "mailproxy: unknown command %q\n\n%s", args[0], usage)
+	return exitUsage
+}
+
+// newFlags returns a flag set that reports errors instead of exiting.
+func newFlags(env *cmdEnv, name string) *flag.FlagSet {
+	fs := flag.NewFlagSet("mailproxy "+name, flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	return fs
+}
+
+// parseFlags parses args and turns flag errors into usage errors.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err}
+	}
+	return nil
+}

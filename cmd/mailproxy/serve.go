@@ -1,0 +1,372 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"mailproxy/config"
+	"mailproxy/oauth"
+	"mailproxy/oauth/store"
+	"mailproxy/proxy"
+	imapfront "mailproxy/proxy/imap"
+	smtpfront "mailproxy/proxy/smtp"
+)
+
+func runServe(ctx context.Context, env *cmdEnv, args []string) error {
+	fs := newFlags(env, "serve")
+	cfgPath := configFlag(env, fs)
+	debug := fs.Bool("debug", false, "log protocol steps at debug level (credentials and tokens are never logged)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usagef("serve takes no arguments")
+	}
+	cfg, err := loadConfig(*cfgPath)
+	if err != nil {
+		return err
+	}
+	logger := newLogger(cfg, env.stderr, *debug)
+	d, err := newDaemon(cfg, logger)
+	if err != nil {
+		return err
+	}
+	if err := d.start(); err != nil {
+		return err
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-hup:
+			next, err := config.Load(*cfgPath)
+			if err != nil {
+				logger.Error("reload refused: keeping the running config", "err", err)
+				continue
+			}
+			d.reload(next)
+		case err := <-d.failed:
+			d.shutdown(context.Background())
+			return err
+		case <-ctx.Done():
+			logger.Info("shutting down", "deadline", cfg.ShutdownTimeout)
+			sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+			err := d.shutdown(sctx)
+			cancel()
+			return err
+		}
+	}
+}
+
+// daemon is a running mailproxy: the listeners, the fronts and the account
+// table built from one config. serve and demo both use it.
+type daemon struct {
+	logger   *slog.Logger
+	store    *store.Store
+	manager  *oauth.Manager
+	accounts *proxy.Accounts
+	imap     *imapfront.Server
+	smtp     *smtpfront.Server
+	certs    *certHolder
+	failed   chan error // a listener died
+
+	mu  sync.Mutex // protects cfg and addrs
+	cfg *config.Config
+	// addrs are the bound addresses by listener name ("imap", "imaps",
+	// "smtp", "smtps"), for the demo banner and tests.
+	addrs     map[string]net.Addr
+	listeners []net.Listener
+	wg        sync.WaitGroup
+}
+
+func newDaemon(cfg *config.Config, logger *slog.Logger) (*daemon, error) {
+	m, st, err := newManager(cfg, logger)
+	if err != nil {
+		return nil, err
+	}
+	d := &daemon{
+		logger:  logger,
+		store:   st,
+		manager: m,
+		cfg:     cfg,
+		failed:  make(chan error, 4),
+		addrs:   make(map[string]net.Addr),
+	}
+	d.accounts = proxy.NewAccounts(d.accountSpecs(cfg), m)
+	if cfg.TLS.Enabled() {
+		d.certs, err = newCertHolder(cfg, logger)
+		if err != nil {
+			return nil, err
+		}
+	}
+	var tlsConf *tls.Config
+	if d.certs != nil {
+		tlsConf = d.certs.config()
+	}
+	d.imap = &imapfront.Server{
+		Auth:            d.accounts,
+		TLSConfig:       tlsConf,
+		Logger:          logger.With("proto", "imap"),
+		PreAuthTimeout:  cfg.IMAP.PreAuthTimeout,
+		UpstreamTimeout: cfg.Security.UpstreamTimeout,
+		MaxLine:         cfg.IMAP.MaxLine,
+		MaxLiteral:      cfg.IMAP.MaxLiteral,
+	}
+	maxMsg := cfg.SMTP.MaxMessageBytes
+	if maxMsg == 0 {
+		maxMsg = config.FallbackMaxMessageBytes
+	}
+	d.smtp = &smtpfront.Server{
+		Auth:            d.accounts,
+		TLSConfig:       tlsConf,
+		Logger:          logger.With("proto", "smtp"),
+		Domain:          cfg.SMTP.Domain,
+		MaxMessageBytes: maxMsg,
+		MaxRecipients:   cfg.SMTP.MaxRecipients,
+		ReadTimeout:     cfg.SMTP.ReadTimeout,
+		WriteTimeout:    cfg.SMTP.WriteTimeout,
+		UpstreamTimeout: cfg.Security.UpstreamTimeout,
+	}
+	return d, nil
+}
+
+// accountSpecs builds the proxy's account table from cfg. Delegated
+// accounts get their tokens from the vault (the encrypted store) when they
+// log in; client_credentials accounts get an app token source now.
+func (d *daemon) accountSpecs(cfg *config.Config) []proxy.AccountSpec {
+	specs := make([]proxy.AccountSpec, 0, len(cfg.Accounts))
+	ups := make(map[*config.Provider]*proxy.Upstream)
+	for _, a := range cfg.Accounts {
+		up := ups[a.Provider]
+		if up == nil {
+			up = upstream(a.Provider)
+			ups[a.Provider] = up
+		}
+		spec := proxy.AccountSpec{
+			Username:     a.Username,
+			Mailbox:      a.Mailbox,
+			PasswordHash: a.PasswordHash,
+			Upstream:     up,
+		}
+		if a.Flow == config.FlowClientCredentials {
+			spec.Identity = a.Mailbox
+			spec.Tokens = oauth.NewAppSource(oauthProvider(a.Provider), d.logger.With("account", a.Username))
+		}
+		specs = append(specs, spec)
+	}
+	return specs
+}
+
+// start binds every configured listener and serves them.
+func (d *daemon) start() error {
+	d.mu.Lock()
+	cfg := d.cfg
+	d.mu.Unlock()
+	type spec struct {
+		name, addr string
+		implicit   bool
+		serve      func(net.Listener) error
+	}
+	specs := []spec{
+		{"imap", cfg.IMAP.Listen, false, d.imap.Serve},
+		{"imaps", cfg.IMAP.ListenTLS, true, d.imap.Serve},
+		{"smtp", cfg.SMTP.Listen, false, d.smtp.Serve},
+		{"smtps", cfg.SMTP.ListenTLS, true, d.smtp.Serve},
+	}
+	for _, s := range specs {
+		if s.addr == "" {
+			continue
+		}
+		if s.implicit && d.certs == nil {
+			d.closeListeners()
+			return usagef("%s.listen_tls needs [tls] cert_file/key_file or self_signed", s.name[:4])
+		}
+		ln, err := net.Listen("tcp", s.addr)
+		if err != nil {
+			d.closeListeners()
+			return fmt.Errorf("listen %s on %s: %w", s.name, s.addr, err)
+		}
+		ln = &filterListener{Listener: ln, allow: d.allowFunc(!s.implicit), logger: d.logger.With("listener", s.name)}
+		if s.implicit {
+			ln = tls.NewListener(ln, d.certs.config())
+		}
+		d.mu.Lock()
+		d.addrs[s.name] = ln.Addr()
+		d.listeners = append(d.listeners, ln)
+		d.mu.Unlock()
+		d.logger.Info("listening", "listener", s.name, "addr", ln.Addr().String())
+		d.wg.Add(1)
+		go func(name string, ln net.Listener, serve func(net.Listener) error) {
+			defer d.wg.Done()
+			err := serve(ln)
+			if err != nil && !errors.Is(err, imapfront.ErrServerClosed) && !errors.Is(err, net.ErrClosed) && !isSMTPClosed(err) {
+				d.failed <- fmt.Errorf("%s listener: %w", name, err)
+			}
+		}(s.name, ln, s.serve)
+	}
+	return nil
+}
+
+func isSMTPClosed(err error) bool {
+	return err != nil && err.Error() == "smtp: server already closed"
+}
+
+// allowFunc decides at accept whether a remote address may connect: it must
+// be in security.allow_from and, on a listener where passwords travel in the
+// clear, in allow_plaintext_from (loopback always is) unless local TLS is
+// configured so the client can use STARTTLS.
+func (d *daemon) allowFunc(plain bool) func(netip.Addr) bool {
+	return func(ip netip.Addr) bool {
+		d.mu.Lock()
+		sec := d.cfg.Security
+		d.mu.Unlock()
+		if !sec.AllowedFrom(ip) {
+			return false
+		}
+		if plain && d.certs == nil && !sec.PlaintextAllowedFrom(ip) {
+			return false
+		}
+		return true
+	}
+}
+
+func (d *daemon) addr(name string) net.Addr {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.addrs[name]
+}
+
+func (d *daemon) closeListeners() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, ln := range d.listeners {
+		ln.Close()
+	}
+	d.listeners = nil
+}
+
+// reload applies a new config to the running daemon: accounts and providers
+// change at once, live sessions are kept. Listener addresses and limits take
+// effect at the next start.
+func (d *daemon) reload(cfg *config.Config) {
+	d.mu.Lock()
+	old := d.cfg
+	d.cfg = cfg
+	d.mu.Unlock()
+	for _, a := range old.Accounts {
+		if cfg.Account(a.Username) == nil {
+			d.manager.RemoveAccount(a.Username)
+		}
+	}
+	for _, a := range cfg.Accounts {
+		if a.Flow != config.FlowClientCredentials {
+			d.manager.SetAccount(oauth.Account{Username: a.Username, Flow: a.Flow, Provider: oauthProvider(a.Provider)})
+		}
+	}
+	d.accounts.Replace(d.accountSpecs(cfg))
+	if d.certs != nil {
+		if err := d.certs.reload(); err != nil {
+			d.logger.Error("reload: keeping the old certificate", "err", err)
+		}
+	}
+	d.logger.Info("config reloaded", "accounts", len(cfg.Accounts))
+}
+
+// shutdown stops accepting, lets sessions finish until ctx is done, then
+// closes what is left.
+func (d *daemon) shutdown(ctx context.Context) error {
+	d.closeListeners()
+	var wg sync.WaitGroup
+	var imapErr, smtpErr error
+	wg.Add(2)
+	go func() { defer wg.Done(); imapErr = d.imap.Shutdown(ctx) }()
+	go func() { defer wg.Done(); smtpErr = d.smtp.Shutdown(ctx) }()
+	wg.Wait()
+	d.imap.Close()
+	d.smtp.Close()
+	d.wg.Wait()
+	if err := errors.Join(imapErr, smtpErr); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// filterListener closes connections from addresses the config does not
+// allow, before a byte is read.
+type filterListener struct {
+	net.Listener
+	allow  func(netip.Addr) bool
+	logger *slog.Logger
+}
+
+func (l *filterListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		ap, perr := netip.ParseAddrPort(c.RemoteAddr().String())
+		if perr == nil && l.allow(ap.Addr().Unmap()) {
+			return c, nil
+		}
+		l.logger.Warn("connection refused: address not allowed", "remote", c.RemoteAddr().String())
+		c.Close()
+	}
+}
+
+// certHolder serves the local certificate and reloads it on SIGHUP.
+type certHolder struct {
+	certFile, keyFile string
+	mu                sync.RWMutex // protects cert
+	cert              *tls.Certificate
+}
+
+func newCertHolder(cfg *config.Config, logger *slog.Logger) (*certHolder, error) {
+	h := &certHolder{certFile: cfg.TLS.CertFile, keyFile: cfg.TLS.KeyFile}
+	if cfg.TLS.SelfSigned && h.certFile == "" {
+		var err error
+		h.certFile, h.keyFile, err = selfSigned(cfg.StateDir, logger)
+		if err != nil {
+			return nil, err
+		}
+	}
+	if err := h.reload(); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+func (h *certHolder) reload() error {
+	c, err := tls.LoadX509KeyPair(h.certFile, h.keyFile)
+	if err != nil {
+		return fmt.Errorf("load certificate %s: %w", h.certFile, err)
+	}
+	h.mu.Lock()
+	h.cert = &c
+	h.mu.Unlock()
+	return nil
+}
+
+func (h *certHolder) config() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			h.mu.RLock()
+			defer h.mu.RUnlock()
+			return h.cert, nil
+		},
+	}
+}
+
+var _ = time.Second

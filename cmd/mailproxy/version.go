@@ -1,0 +1,53 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"runtime"
+	"runtime/debug"
+)
+
+// Set with -ldflags "-X main.version=... -X main.commit=...".
+var (
+	version = ""
+	commit  = ""
+)
+
+// buildVersion fills what -ldflags did not set from the build information
+// the Go toolchain embeds.
+func buildVersion() (ver, rev string) {
+	ver, rev = version, commit
+	info, ok := debug.ReadBuildInfo()
+	if ok {
+		if ver == "" && info.Main.Version != "" && info.Main.Version != "(devel)" {
+			ver = info.Main.Version
+		}
+		if rev == "" {
+			for _, s := range info.Settings {
+				if s.Key == "vcs.revision" {
+					rev = s.Value
+					if len(rev) > 12 {
+						rev = rev[:12]
+					}
+				}
+			}
+			for _, s := range info.Settings {
+				if s.Key == "vcs.modified" && s.Value == "true" && rev != "" {
+					rev += "-dirty"
+				}
+			}
+		}
+	}
+	if ver == "" {
+		ver = "devel"
+	}
+	if rev == "" {
+		rev = "unknown"
+	}
+	return ver, rev
+}
+
+func printVersion(w io.Writer) {
+	ver, rev := buildVersion()
+	fmt.Fprintf(w, "mailproxy %s (commit %s, %s, %s/%s)\n", ver, rev, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
