@@ -59,11 +59,20 @@ type cmdEnv struct {
 	// readPassword reads a password without echo; nil means stdin is not a
 	// terminal.
 	readPassword func(prompt string) (string, error)
+	// serving, when set, is called by serve once its listeners are up and
+	// SIGHUP is handled; tests use it to reach the daemon.
+	serving func(*daemon)
 }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	go func() {
+		// After the first signal the default action is back: a second
+		// SIGTERM or Ctrl-C ends the process at once, mid-drain.
+		<-ctx.Done()
+		stop()
+	}()
 	env := &cmdEnv{
 		stdin:        os.Stdin,
 		stdout:       os.Stdout,

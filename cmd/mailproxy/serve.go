@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -47,15 +48,21 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	if env.serving != nil {
+		env.serving(d)
+	}
 	for {
 		select {
 		case <-hup:
 			next, err := config.Load(*cfgPath)
 			if err != nil {
 				logger.Error("reload refused: keeping the running config", "err", err)
-				continue
+			} else {
+				d.reload(next)
 			}
-			d.reload(next)
+			if d.reloadDone != nil {
+				d.reloadDone(err)
+			}
 		case err := <-d.failed:
 			d.shutdown(context.Background())
 			return err
@@ -80,14 +87,17 @@ type daemon struct {
 	smtp     *smtpfront.Server
 	certs    *certHolder
 	failed   chan error // a listener died
+	// reloadDone, when set (by tests), is called after each SIGHUP with
+	// the config error or nil.
+	reloadDone func(error)
 
 	mu  sync.Mutex // protects cfg and addrs
 	cfg *config.Config
 	// addrs are the bound addresses by listener name ("imap", "imaps",
 	// "smtp", "smtps"), for the demo banner and tests.
 	addrs     map[string]net.Addr
-	listeners []net.Listener
-	wg        sync.WaitGroup
+	listeners map[string]*boundListener
+	wg        sync.WaitGroup // one per served listener
 }
 
 func newDaemon(cfg *config.Config, logger *slog.Logger) (*daemon, error) {
@@ -96,12 +106,13 @@ func newDaemon(cfg *config.Config, logger *slog.Logger) (*daemon, error) {
 		return nil, err
 	}
 	d := &daemon{
-		logger:  logger,
-		store:   st,
-		manager: m,
-		cfg:     cfg,
-		failed:  make(chan error, 4),
-		addrs:   make(map[string]net.Addr),
+		logger:    logger,
+		store:     st,
+		manager:   m,
+		cfg:       cfg,
+		failed:    make(chan error, 4),
+		addrs:     make(map[string]net.Addr),
+		listeners: make(map[string]*boundListener),
 	}
 	d.accounts = proxy.NewAccounts(d.accountSpecs(cfg), m)
 	if cfg.TLS.Enabled() {
@@ -168,58 +179,96 @@ func (d *daemon) accountSpecs(cfg *config.Config) []proxy.AccountSpec {
 	return specs
 }
 
-// start binds every configured listener and serves them.
-func (d *daemon) start() error {
-	d.mu.Lock()
-	cfg := d.cfg
-	d.mu.Unlock()
-	type spec struct {
-		name, addr string
-		implicit   bool
-		serve      func(net.Listener) error
-	}
-	specs := []spec{
+// listenerSpec is one configured listener.
+type listenerSpec struct {
+	name, addr string
+	implicit   bool // implicit TLS
+	serve      func(net.Listener) error
+}
+
+func (d *daemon) listenerSpecs(cfg *config.Config) []listenerSpec {
+	return []listenerSpec{
 		{"imap", cfg.IMAP.Listen, false, d.imap.Serve},
 		{"imaps", cfg.IMAP.ListenTLS, true, d.imap.Serve},
 		{"smtp", cfg.SMTP.Listen, false, d.smtp.Serve},
 		{"smtps", cfg.SMTP.ListenTLS, true, d.smtp.Serve},
 	}
-	for _, s := range specs {
+}
+
+// boundListener is a listener being served; closing is set before the
+// daemon closes it on purpose, so its Serve error is not a failure.
+type boundListener struct {
+	addr    string // as configured
+	ln      net.Listener
+	closing atomic.Bool
+}
+
+// start binds every configured listener and serves them.
+func (d *daemon) start() error {
+	d.mu.Lock()
+	cfg := d.cfg
+	d.mu.Unlock()
+	for _, s := range d.listenerSpecs(cfg) {
 		if s.addr == "" {
 			continue
 		}
-		if s.implicit && d.certs == nil {
+		if err := d.bind(s); err != nil {
 			d.closeListeners()
-			return usagef("%s.listen_tls needs [tls] cert_file/key_file or self_signed", s.name[:4])
+			return err
 		}
-		ln, err := net.Listen("tcp", s.addr)
-		if err != nil {
-			d.closeListeners()
-			return fmt.Errorf("listen %s on %s: %w", s.name, s.addr, err)
-		}
-		ln = &filterListener{Listener: ln, allow: d.allowFunc(!s.implicit), logger: d.logger.With("listener", s.name)}
-		if s.implicit {
-			ln = tls.NewListener(ln, d.certs.config())
-		}
-		d.mu.Lock()
-		d.addrs[s.name] = ln.Addr()
-		d.listeners = append(d.listeners, ln)
-		d.mu.Unlock()
-		d.logger.Info("listening", "listener", s.name, "addr", ln.Addr().String())
-		d.wg.Add(1)
-		go func(name string, ln net.Listener, serve func(net.Listener) error) {
-			defer d.wg.Done()
-			err := serve(ln)
-			if err != nil && !errors.Is(err, imapfront.ErrServerClosed) && !errors.Is(err, net.ErrClosed) && !isSMTPClosed(err) {
-				d.failed <- fmt.Errorf("%s listener: %w", name, err)
-			}
-		}(s.name, ln, s.serve)
 	}
 	return nil
 }
 
-func isSMTPClosed(err error) bool {
-	return err != nil && err.Error() == "smtp: server already closed"
+// bind listens on s.addr and serves it, replacing a listener of the same
+// name (which is closed only after the new one is up).
+func (d *daemon) bind(s listenerSpec) error {
+	if s.implicit && d.certs == nil {
+		return usagef("%s.listen_tls needs [tls] cert_file/key_file or self_signed", s.name[:4])
+	}
+	ln, err := net.Listen("tcp", s.addr)
+	if err != nil {
+		return fmt.Errorf("listen %s on %s: %w", s.name, s.addr, err)
+	}
+	ln = &filterListener{Listener: ln, allow: d.allowFunc(!s.implicit), logger: d.logger.With("listener", s.name)}
+	if s.implicit {
+		ln = tls.NewListener(ln, d.certs.config())
+	}
+	b := &boundListener{addr: s.addr, ln: ln}
+	d.mu.Lock()
+	old := d.listeners[s.name]
+	d.listeners[s.name] = b
+	d.addrs[s.name] = ln.Addr()
+	d.mu.Unlock()
+	if old != nil {
+		old.closing.Store(true)
+		old.ln.Close()
+	}
+	d.logger.Info("listening", "listener", s.name, "addr", ln.Addr().String())
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		err := s.serve(ln)
+		if b.closing.Load() || errors.Is(err, imapfront.ErrServerClosed) || errors.Is(err, smtpfront.ErrServerClosed) {
+			return
+		}
+		d.failed <- fmt.Errorf("%s listener: %w", s.name, err)
+	}()
+	return nil
+}
+
+// unbind stops listening on the named listener; its sessions go on.
+func (d *daemon) unbind(name string) {
+	d.mu.Lock()
+	old := d.listeners[name]
+	delete(d.listeners, name)
+	delete(d.addrs, name)
+	d.mu.Unlock()
+	if old != nil {
+		old.closing.Store(true)
+		old.ln.Close()
+		d.logger.Info("stopped listening", "listener", name, "addr", old.addr)
+	}
 }
 
 // allowFunc decides at accept whether a remote address may connect: it must
@@ -249,16 +298,19 @@ func (d *daemon) addr(name string) net.Addr {
 
 func (d *daemon) closeListeners() {
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	for _, ln := range d.listeners {
-		ln.Close()
+	names := make([]string, 0, len(d.listeners))
+	for name := range d.listeners {
+		names = append(names, name)
 	}
-	d.listeners = nil
+	d.mu.Unlock()
+	for _, name := range names {
+		d.unbind(name)
+	}
 }
 
-// reload applies a new config to the running daemon: accounts and providers
-// change at once, live sessions are kept. Listener addresses and limits take
-// effect at the next start.
+// reload applies a new config to the running daemon: accounts, providers,
+// allow lists, listen addresses and the certificate change at once; live
+// sessions are kept. Timeouts and size limits take effect at the next start.
 func (d *daemon) reload(cfg *config.Config) {
 	d.mu.Lock()
 	old := d.cfg
@@ -275,6 +327,19 @@ func (d *daemon) reload(cfg *config.Config) {
 		}
 	}
 	d.accounts.Replace(d.accountSpecs(cfg))
+	oldSpecs := d.listenerSpecs(old)
+	for i, s := range d.listenerSpecs(cfg) {
+		if s.addr == oldSpecs[i].addr {
+			continue
+		}
+		if s.addr == "" {
+			d.unbind(s.name)
+			continue
+		}
+		if err := d.bind(s); err != nil {
+			d.logger.Error("reload: keeping the old listener", "listener", s.name, "err", err)
+		}
+	}
 	if d.certs != nil {
 		if err := d.certs.reload(); err != nil {
 			d.logger.Error("reload: keeping the old certificate", "err", err)
