@@ -59,6 +59,9 @@ type cmdEnv struct {
 	// readPassword reads a password without echo; nil means stdin is not a
 	// terminal.
 	readPassword func(prompt string) (string, error)
+	// openURL opens an address in a browser (login -browser); nil means
+	// the desktop's opener (xdg-open, open, rundll32). Tests replace it.
+	openURL func(url string) error
 	// serving, when set, is called by serve once its listeners are up and
 	// SIGHUP is handled; tests use it to reach the daemon.
 	serving func(*daemon)
@@ -87,6 +90,10 @@ func commands() []command {
 	return []command{
 		{"serve", runServe},
 		{"demo", runDemo},
+		{"login", runLogin},
+		{"logout", runLogout},
+		{"status", runStatus},
+		{"check", runCheck},
 		{"hash-password", runHashPassword},
 		{"version", func(_ context.Context, env *cmdEnv, args []string) error {
 			if len(args) > 0 {

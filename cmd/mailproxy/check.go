@@ -1,0 +1,257 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"mailproxy/config"
+	"mailproxy/oauth"
+	"mailproxy/proxy"
+)
+
+// checkTimeout bounds each network check of `mailproxy check`: dial, TLS
+// handshake and the greeting or token request.
+const checkTimeout = 15 * time.Second
+
+// maxGreeting bounds the IMAP lines check reads.
+const maxGreeting = 4096
+
+// checker runs the checks and prints one line per check.
+type checker struct {
+	env    *cmdEnv
+	failed int
+	total  int
+}
+
+func (c *checker) report(what string, detail string, err error) {
+	c.total++
+	if err != nil {
+		c.failed++
+		fmt.Fprintf(c.env.stdout, "FAIL  %s: %v\n", what, withHint(err))
+		return
+	}
+	fmt.Fprintf(c.env.stdout, "ok    %s: %s\n", what, detail)
+}
+
+func runCheck(ctx context.Context, env *cmdEnv, args []string) error {
+	fs := newFlags(env, "check")
+	cfgPath := configFlag(env, fs)
+	fs.Usage = func() {
+		fmt.Fprintln(env.stderr, `usage: mailproxy check [-config FILE]
+
+Validates the config (exit 2 when it is wrong), then checks what can be
+checked without a user's sign-in: each provider's token endpoint answers and
+knows the app, client_credentials accounts get an app token, and each IMAP
+and SMTP server completes the TLS handshake (IMAP: implicit TLS; SMTP:
+STARTTLS, or implicit TLS on port 465) and offers XOAUTH2. One line per
+check; exits 1 when any failed.`)
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usagef("check takes no arguments")
+	}
+	cfg, err := loadConfig(*cfgPath)
+	if err != nil {
+		return err
+	}
+	c := &checker{env: env}
+	c.report("config "+*cfgPath, fmt.Sprintf("valid (%d providers, %d accounts)", len(cfg.Providers), len(cfg.Accounts)), nil)
+	// check does not create the store: created by root, serve could not
+	// use it.
+	stateDir := "state_dir " + cfg.StateDir
+	if !storeExists(cfg) {
+		c.report(stateDir, "no token store yet; login creates it (run login and serve as the same user)", nil)
+	} else if _, err := openStore(cfg); err != nil {
+		c.report(stateDir, "", err)
+	} else {
+		c.report(stateDir, "token store usable", nil)
+	}
+
+	type server struct {
+		addr string
+		tls  *tls.Config
+	}
+	var imapServers, smtpServers []server
+	seen := map[string]bool{}
+	for _, p := range cfg.Providers {
+		op := oauthProvider(p)
+		err := checkTimed(ctx, func(ctx context.Context) error { return oauth.ProbeTokenEndpoint(ctx, op) })
+		c.report(fmt.Sprintf("provider %s token endpoint %s", p.Name, p.TokenURL), "answers and knows client_id", err)
+
+		var apps []string
+		for _, a := range cfg.Accounts {
+			if a.Provider == p && a.Flow == config.FlowClientCredentials {
+				apps = append(apps, a.Username)
+			}
+		}
+		if len(apps) > 0 {
+			err := checkTimed(ctx, func(ctx context.Context) error {
+				_, err := oauth.NewAppSource(op, discardLogger()).Token(ctx)
+				return err
+			})
+			c.report(fmt.Sprintf("provider %s app-only token (for %s)", p.Name, strings.Join(apps, ", ")), "issued", err)
+		}
+
+		base := &tls.Config{RootCAs: p.RootCAs, MinVersion: tls.VersionTLS12}
+		if !seen["imap "+p.IMAPServer] {
+			seen["imap "+p.IMAPServer] = true
+			imapServers = append(imapServers, server{p.IMAPServer, base})
+		}
+		if !seen["smtp "+p.SMTPServer] {
+			seen["smtp "+p.SMTPServer] = true
+			smtpServers = append(smtpServers, server{p.SMTPServer, base})
+		}
+	}
+	for _, s := range imapServers {
+		var detail string
+		err := checkTimed(ctx, func(ctx context.Context) (err error) {
+			detail, err = checkIMAP(ctx, s.addr, s.tls)
+			return err
+		})
+		c.report("imap "+s.addr, detail, err)
+	}
+	for _, s := range smtpServers {
+		var detail string
+		err := checkTimed(ctx, func(ctx context.Context) (err error) {
+			detail, err = checkSMTP(ctx, s.addr, s.tls)
+			return err
+		})
+		c.report("smtp "+s.addr, detail, err)
+	}
+	if c.failed > 0 {
+		return fmt.Errorf("%d of %d checks failed", c.failed, c.total)
+	}
+	return nil
+}
+
+func checkTimed(ctx context.Context, f func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	return f(ctx)
+}
+
+// closeOnDone closes conn when ctx ends, so that every read and write of a
+// check stops at its deadline; call the returned function when done.
+func closeOnDone(ctx context.Context, conn net.Conn) func() bool {
+	return context.AfterFunc(ctx, func() { conn.Close() })
+}
+
+// checkIMAP connects with implicit TLS, reads the greeting and asks for the
+// capabilities: XOAUTH2 must be among them.
+func checkIMAP(ctx context.Context, addr string, base *tls.Config) (string, error) {
+	conn, err := proxy.DialTLS(ctx, nil, addr, base)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	defer closeOnDone(ctx, conn)()
+	r := bufio.NewReaderSize(conn, maxGreeting)
+	line, err := readIMAPLine(r)
+	if err != nil {
+		return "", fmt.Errorf("read greeting: %w", err)
+	}
+	if !strings.HasPrefix(line, "* OK") {
+		return "", fmt.Errorf("greeting is %q, want \"* OK ...\"", shorten(line))
+	}
+	if _, err := conn.Write([]byte("C1 CAPABILITY\r\n")); err != nil {
+		return "", fmt.Errorf("send CAPABILITY: %w", err)
+	}
+	xoauth2 := false
+	for {
+		line, err := readIMAPLine(r)
+		if err != nil {
+			return "", fmt.Errorf("read CAPABILITY answer: %w", err)
+		}
+		if strings.HasPrefix(line, "* CAPABILITY ") {
+			for _, c := range strings.Fields(line) {
+				xoauth2 = xoauth2 || strings.EqualFold(c, "AUTH=XOAUTH2")
+			}
+		}
+		if strings.HasPrefix(line, "C1 ") {
+			if !strings.HasPrefix(line, "C1 OK") {
+				return "", fmt.Errorf("CAPABILITY answered %q", shorten(line))
+			}
+			break
+		}
+	}
+	conn.Write([]byte("C2 LOGOUT\r\n"))
+	if !xoauth2 {
+		return "", errors.New("TLS and greeting ok, but the server does not offer AUTH=XOAUTH2")
+	}
+	return "TLS ok, greeting * OK, AUTH=XOAUTH2 offered", nil
+}
+
+func readIMAPLine(r *bufio.Reader) (string, error) {
+	line, err := r.ReadSlice('\n')
+	if errors.Is(err, bufio.ErrBufferFull) {
+		return "", fmt.Errorf("line longer than %d bytes", maxGreeting)
+	}
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimRight(string(line), "\r\n"), nil
+}
+
+// checkSMTP reads the greeting, says EHLO, starts TLS (STARTTLS, or
+// implicit TLS on port 465), says EHLO again and checks that AUTH XOAUTH2
+// is offered.
+func checkSMTP(ctx context.Context, addr string, base *tls.Config) (string, error) {
+	cfg := (&proxy.Upstream{TLS: base}).TLSFor(addr)
+	_, port, _ := net.SplitHostPort(addr)
+	implicit := port == strconv.Itoa(465)
+	var c *smtp.Client
+	if implicit {
+		conn, err := proxy.DialTLS(ctx, nil, addr, cfg)
+		if err != nil {
+			return "", err
+		}
+		defer conn.Close()
+		defer closeOnDone(ctx, conn)()
+		c = smtp.NewClient(conn)
+	} else {
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return "", fmt.Errorf("dial %s: %w", addr, err)
+		}
+		defer conn.Close()
+		defer closeOnDone(ctx, conn)()
+		c, err = smtp.NewClientStartTLS(conn, cfg)
+		if err != nil {
+			return "", fmt.Errorf("greeting, EHLO and STARTTLS: %w", err)
+		}
+	}
+	defer c.Close()
+	// After STARTTLS this EHLO runs the TLS handshake.
+	if err := c.Hello("localhost"); err != nil {
+		return "", fmt.Errorf("EHLO over TLS: %w", err)
+	}
+	if !c.SupportsAuth("XOAUTH2") {
+		return "", errors.New("TLS ok, but the server does not offer AUTH XOAUTH2 (Exchange Online: is SMTP AUTH enabled for the tenant?)")
+	}
+	c.Quit()
+	how := "STARTTLS"
+	if implicit {
+		how = "implicit TLS"
+	}
+	return how + " ok, AUTH XOAUTH2 offered", nil
+}
+
+func shorten(s string) string {
+	if len(s) > 100 {
+		return s[:100] + "..."
+	}
+	return s
+}
