@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -236,6 +237,12 @@ func demoMessages(to string) [][]byte {
 func printDemoBanner(w io.Writer, dm *demo) {
 	imapAddr := dm.d.addr("imap").String()
 	smtpAddr := dm.d.addr("smtp").String()
+	if a := dm.d.addr("admin"); a != nil {
+		// localhost, not 127.0.0.1: the sign-in returns to the redirect
+		// address registered for the app, and cookies follow the host name.
+		_, port, _ := net.SplitHostPort(a.String())
+		fmt.Fprintf(w, "\nAdmin page: http://localhost:%s/  (%s is signed in; sign %s in from there)\n", port, demoUser, demoPending)
+	}
 	fmt.Fprintf(w, `
 mailproxy demo is running against a fake Microsoft 365 (in this process; nothing leaves this machine).
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -114,5 +115,36 @@ func TestDemoWrongPassword(t *testing.T) {
 	}
 	if n := dm.imapUp.Logins(); n != 0 {
 		t.Errorf("upstream logins after a wrong password = %d, want 0", n)
+	}
+}
+
+func TestDemoAdminPage(t *testing.T) {
+	dm, err := startDemo(demoOptions{imap: "127.0.0.1:0", smtp: "127.0.0.1:0", admin: "127.0.0.1:0", stateDir: t.TempDir(), logOut: discardWriter{}})
+	if err != nil {
+		t.Fatalf("startDemo() = %v", err)
+	}
+	t.Cleanup(func() { dm.close(context.Background()) })
+	base := "http://" + dm.d.addr("admin").String()
+	resp, err := http.Get(base + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET / = %d", resp.StatusCode)
+	}
+	for _, want := range []string{demoUser, demoPending, "signed in", "needs sign-in"} {
+		if !strings.Contains(string(page), want) {
+			t.Errorf("admin page lacks %q", want)
+		}
+	}
+	resp, err = http.Get(base + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("GET /healthz = %d, want 200", resp.StatusCode)
 	}
 }

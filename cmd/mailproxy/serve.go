@@ -7,14 +7,17 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"mailproxy/admin"
 	"mailproxy/config"
 	"mailproxy/oauth"
 	"mailproxy/oauth/store"
@@ -86,7 +89,12 @@ type daemon struct {
 	imap     *imapfront.Server
 	smtp     *smtpfront.Server
 	certs    *certHolder
-	failed   chan error // a listener died
+	metrics  *admin.Metrics
+	admin    *admin.Server
+	adminHS  *http.Server
+	failed   chan error    // a listener died
+	stop     chan struct{} // closed at shutdown
+	stopOnce sync.Once
 	// reloadDone, when set (by tests), is called after each SIGHUP with
 	// the config error or nil.
 	reloadDone func(error)
@@ -94,27 +102,34 @@ type daemon struct {
 	mu  sync.Mutex // protects cfg and addrs
 	cfg *config.Config
 	// addrs are the bound addresses by listener name ("imap", "imaps",
-	// "smtp", "smtps"), for the demo banner and tests.
+	// "smtp", "smtps", "admin"), for the demo banner and tests.
 	addrs     map[string]net.Addr
+	providers map[string]*oauth.Provider  // by lowercased username
+	apps      map[string]*oauth.AppSource // client_credentials sources by lowercased username
 	listeners map[string]*boundListener
 	wg        sync.WaitGroup // one per served listener
 }
 
 func newDaemon(cfg *config.Config, logger *slog.Logger) (*daemon, error) {
-	m, st, err := newManager(cfg, logger)
+	st, err := openStore(cfg)
 	if err != nil {
 		return nil, err
 	}
+	m := oauth.NewManager(st, logger)
 	d := &daemon{
 		logger:    logger,
 		store:     st,
 		manager:   m,
 		cfg:       cfg,
 		failed:    make(chan error, 4),
+		stop:      make(chan struct{}),
 		addrs:     make(map[string]net.Addr),
 		listeners: make(map[string]*boundListener),
+		apps:      make(map[string]*oauth.AppSource),
+		metrics:   admin.NewMetrics(),
 	}
-	d.accounts = proxy.NewAccounts(d.accountSpecs(cfg), m)
+	d.accounts = proxy.NewAccounts(nil, m)
+	d.applyAccounts(cfg)
 	if cfg.TLS.Enabled() {
 		d.certs, err = newCertHolder(cfg, logger)
 		if err != nil {
@@ -149,21 +164,110 @@ func newDaemon(cfg *config.Config, logger *slog.Logger) (*daemon, error) {
 		WriteTimeout:    cfg.SMTP.WriteTimeout,
 		UpstreamTimeout: cfg.Security.UpstreamTimeout,
 	}
+	if cfg.Admin.Listen != "" {
+		d.admin, err = admin.New(admin.Options{
+			Accounts:     d.adminAccounts,
+			Status:       m.Status,
+			Seal:         m.Seal,
+			Remove:       st.Remove,
+			Provider:     d.provider,
+			PasswordHash: cfg.Admin.PasswordHash,
+			Metrics:      d.metrics,
+			Listeners:    d.adminListeners,
+			Logger:       logger.With("listener", "admin"),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("admin page: %w", err)
+		}
+	}
 	return d, nil
 }
 
-// accountSpecs builds the proxy's account table from cfg. Delegated
-// accounts get their tokens from the vault (the encrypted store) when they
-// log in; client_credentials accounts get an app token source now.
-func (d *daemon) accountSpecs(cfg *config.Config) []proxy.AccountSpec {
-	specs := make([]proxy.AccountSpec, 0, len(cfg.Accounts))
-	ups := make(map[*config.Provider]*proxy.Upstream)
+// adminAccounts lists the configured accounts for the admin page.
+func (d *daemon) adminAccounts() []admin.AccountInfo {
+	d.mu.Lock()
+	cfg := d.cfg
+	d.mu.Unlock()
+	out := make([]admin.AccountInfo, 0, len(cfg.Accounts))
 	for _, a := range cfg.Accounts {
-		up := ups[a.Provider]
-		if up == nil {
-			up = upstream(a.Provider)
-			ups[a.Provider] = up
+		out = append(out, admin.AccountInfo{Username: a.Username, Mailbox: a.Mailbox, Provider: a.Provider.Name, Flow: a.Flow})
+	}
+	return out
+}
+
+// adminListeners reports every configured listener for /healthz.
+func (d *daemon) adminListeners() []admin.Listener {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []admin.Listener
+	for _, s := range d.listenerSpecs(d.cfg) {
+		if s.addr == "" {
+			continue
 		}
+		l := admin.Listener{Name: s.name, Addr: s.addr}
+		if a := d.addrs[s.name]; a != nil {
+			l.Addr, l.Up = a.String(), true
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+// startAdmin serves the admin page. Off loopback, with a certificate, it is
+// served over TLS so its password and session cookie are not sent in clear.
+func (d *daemon) startAdmin() error {
+	d.mu.Lock()
+	cfg := d.cfg
+	d.mu.Unlock()
+	if d.admin == nil {
+		return nil
+	}
+	ln, err := net.Listen("tcp", cfg.Admin.Listen)
+	if err != nil {
+		return fmt.Errorf("listen admin on %s: %w", cfg.Admin.Listen, err)
+	}
+	ln = &filterListener{Listener: ln, allow: d.allowFunc(false), logger: d.logger.With("listener", "admin")}
+	if ap, err := netip.ParseAddrPort(ln.Addr().String()); err == nil && !ap.Addr().IsLoopback() && d.certs != nil {
+		ln = tls.NewListener(ln, d.certs.config())
+	}
+	d.adminHS = d.admin.HTTPServer()
+	d.adminHS.ErrorLog = slog.NewLogLogger(d.logger.Handler(), slog.LevelWarn)
+	d.mu.Lock()
+	d.addrs["admin"] = ln.Addr()
+	d.mu.Unlock()
+	d.logger.Info("listening", "listener", "admin", "addr", ln.Addr().String())
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if err := d.adminHS.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.failed <- fmt.Errorf("admin listener: %w", err)
+		}
+	}()
+	return nil
+}
+
+// applyAccounts makes cfg's accounts the live ones: delegated accounts are
+// registered with the vault (the encrypted store) and get their tokens when
+// they log in; client_credentials accounts keep one app token source each
+// across reloads. Accounts that left the config refuse new logins; their
+// open sessions go on.
+func (d *daemon) applyAccounts(cfg *config.Config) {
+	providers := make(map[*config.Provider]*oauth.Provider)
+	ups := make(map[*config.Provider]*proxy.Upstream)
+	byUser := make(map[string]*oauth.Provider, len(cfg.Accounts))
+	d.mu.Lock()
+	oldApps := d.apps
+	d.mu.Unlock()
+	apps := make(map[string]*oauth.AppSource)
+	specs := make([]proxy.AccountSpec, 0, len(cfg.Accounts))
+	for _, a := range cfg.Accounts {
+		p, up := providers[a.Provider], ups[a.Provider]
+		if p == nil {
+			p, up = oauthProvider(a.Provider), upstream(a.Provider)
+			providers[a.Provider], ups[a.Provider] = p, up
+		}
+		key := strings.ToLower(a.Username)
+		byUser[key] = p
 		spec := proxy.AccountSpec{
 			Username:     a.Username,
 			Mailbox:      a.Mailbox,
@@ -171,12 +275,41 @@ func (d *daemon) accountSpecs(cfg *config.Config) []proxy.AccountSpec {
 			Upstream:     up,
 		}
 		if a.Flow == config.FlowClientCredentials {
+			src := oldApps[key]
+			if src == nil {
+				src = oauth.NewAppSource(p, d.logger.With("account", a.Username))
+			} else {
+				src.SetProvider(p)
+			}
+			apps[key] = src
 			spec.Identity = a.Mailbox
-			spec.Tokens = oauth.NewAppSource(oauthProvider(a.Provider), d.logger.With("account", a.Username))
+			spec.Tokens = src
+			d.manager.RemoveAccount(a.Username)
+		} else {
+			d.manager.SetAccount(oauth.Account{Username: a.Username, Flow: a.Flow, Provider: p})
 		}
 		specs = append(specs, spec)
 	}
-	return specs
+	d.mu.Lock()
+	old := d.cfg
+	d.apps = apps
+	d.providers = byUser
+	d.mu.Unlock()
+	if old != cfg {
+		for _, a := range old.Accounts {
+			if cfg.Account(a.Username) == nil {
+				d.manager.RemoveAccount(a.Username)
+			}
+		}
+	}
+	d.accounts.Replace(specs)
+}
+
+// provider returns the OAuth provider of a configured delegated account.
+func (d *daemon) provider(username string) *oauth.Provider {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.providers[strings.ToLower(username)]
 }
 
 // listenerSpec is one configured listener.
@@ -217,7 +350,43 @@ func (d *daemon) start() error {
 			return err
 		}
 	}
+	if err := d.startAdmin(); err != nil {
+		d.closeListeners()
+		return err
+	}
+	go d.alertLoop()
 	return nil
+}
+
+// alertInterval is how often accounts that need attention are logged:
+// often enough to be seen, rarely enough not to drown the log.
+const alertInterval = time.Hour
+
+// alertLoop logs accounts that need a new sign-in or whose refresh token
+// nears its end, at start and then once per alertInterval.
+func (d *daemon) alertLoop() {
+	t := time.NewTicker(alertInterval)
+	defer t.Stop()
+	for {
+		d.logAlerts()
+		select {
+		case <-t.C:
+		case <-d.stop:
+			return
+		}
+	}
+}
+
+func (d *daemon) logAlerts() {
+	var statuses []oauth.AccountStatus
+	for _, a := range d.adminAccounts() {
+		if a.Flow != config.FlowClientCredentials {
+			statuses = append(statuses, d.manager.Status(a.Username))
+		}
+	}
+	for _, al := range admin.Alerts(statuses, time.Now()) {
+		d.logger.Warn("account needs attention", "account", al.Username, "alert", al.Message)
+	}
 }
 
 // bind listens on s.addr and serves it, replacing a listener of the same
@@ -312,21 +481,11 @@ func (d *daemon) closeListeners() {
 // allow lists, listen addresses and the certificate change at once; live
 // sessions are kept. Timeouts and size limits take effect at the next start.
 func (d *daemon) reload(cfg *config.Config) {
+	d.applyAccounts(cfg)
 	d.mu.Lock()
 	old := d.cfg
 	d.cfg = cfg
 	d.mu.Unlock()
-	for _, a := range old.Accounts {
-		if cfg.Account(a.Username) == nil {
-			d.manager.RemoveAccount(a.Username)
-		}
-	}
-	for _, a := range cfg.Accounts {
-		if a.Flow != config.FlowClientCredentials {
-			d.manager.SetAccount(oauth.Account{Username: a.Username, Flow: a.Flow, Provider: oauthProvider(a.Provider)})
-		}
-	}
-	d.accounts.Replace(d.accountSpecs(cfg))
 	oldSpecs := d.listenerSpecs(old)
 	for i, s := range d.listenerSpecs(cfg) {
 		if s.addr == oldSpecs[i].addr {
@@ -351,7 +510,12 @@ func (d *daemon) reload(cfg *config.Config) {
 // shutdown stops accepting, lets sessions finish until ctx is done, then
 // closes what is left.
 func (d *daemon) shutdown(ctx context.Context) error {
+	d.stopOnce.Do(func() { close(d.stop) })
 	d.closeListeners()
+	if d.adminHS != nil {
+		d.adminHS.Shutdown(ctx)
+		d.admin.Close()
+	}
 	var wg sync.WaitGroup
 	var imapErr, smtpErr error
 	wg.Add(2)
@@ -433,5 +597,3 @@ func (h *certHolder) config() *tls.Config {
 		},
 	}
 }
-
-var _ = time.Second
