@@ -39,6 +39,9 @@ type Manager struct {
 	// Now is the clock of the sources the Manager makes; nil means
 	// time.Now. Set it before first use.
 	Now func() time.Time
+	// OnRefresh, if set, is called after each token refresh of any
+	// account with its outcome (for metrics). Set it before first use.
+	OnRefresh func(username string, ok bool)
 
 	store   *store.Store
 	logger  *slog.Logger
@@ -226,6 +229,9 @@ func (m *Manager) newSource(a *account, ts TokenSet) *Source {
 	src := NewSource(a.cfg.Provider, ts, func(ts TokenSet) error { return m.persist(a, ts) }, logger)
 	src.Now = m.Now
 	src.OnError = func(te *TokenError) { m.recordError(a, te) }
+	if m.OnRefresh != nil {
+		src.OnRefresh = func(ok bool) { m.OnRefresh(a.name, ok) }
+	}
 	return src
 }
 

@@ -35,6 +35,9 @@ type Source struct {
 	// OnError, if set, is called with every failed refresh, before the
 	// waiting callers get the error. Keep it short: it delays them.
 	OnError func(*TokenError)
+	// OnRefresh, if set, is called after every request to the token
+	// endpoint with its outcome (for metrics). Keep it short.
+	OnRefresh func(ok bool)
 
 	fetch   func(ctx context.Context, p *Provider, cur TokenSet) (TokenSet, error)
 	persist func(TokenSet) error
@@ -216,6 +219,9 @@ func (s *Source) run(ctx context.Context, c *refreshCall, p *Provider, cur Token
 		if s.OnError != nil {
 			s.OnError(te)
 		}
+		if s.OnRefresh != nil {
+			s.OnRefresh(false)
+		}
 		s.mu.Lock()
 		c.err = te
 		s.call = nil
@@ -224,6 +230,9 @@ func (s *Source) run(ctx context.Context, c *refreshCall, p *Provider, cur Token
 		return
 	}
 
+	if s.OnRefresh != nil {
+		s.OnRefresh(true)
+	}
 	s.mu.Lock()
 	current := s.gen == gen
 	if current {

@@ -128,6 +128,7 @@ func newDaemon(cfg *config.Config, logger *slog.Logger) (*daemon, error) {
 		apps:      make(map[string]*oauth.AppSource),
 		metrics:   admin.NewMetrics(),
 	}
+	m.OnRefresh = func(_ string, ok bool) { d.metrics.TokenRefresh(ok) }
 	d.accounts = proxy.NewAccounts(nil, m)
 	d.applyAccounts(cfg)
 	if cfg.TLS.Enabled() {
@@ -278,6 +279,7 @@ func (d *daemon) applyAccounts(cfg *config.Config) {
 			src := oldApps[key]
 			if src == nil {
 				src = oauth.NewAppSource(p, d.logger.With("account", a.Username))
+				src.OnRefresh = d.metrics.TokenRefresh
 			} else {
 				src.SetProvider(p)
 			}
