@@ -54,22 +54,32 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	if env.serving != nil {
 		env.serving(d)
 	}
+	// READY only now: SIGHUP's default action would kill a process that
+	// systemd reloads before it handles the signal.
+	if err := notifyReady(fmt.Sprintf("serving %d accounts", len(cfg.Accounts))); err != nil {
+		logger.Warn("sd_notify failed", "err", err)
+	}
 	for {
 		select {
 		case <-hup:
+			notifyReloading()
 			next, err := config.Load(*cfgPath)
 			if err != nil {
 				logger.Error("reload refused: keeping the running config", "err", err)
+				notifyReady("reload refused, running the previous config: " + err.Error())
 			} else {
 				d.reload(next)
+				notifyReady(fmt.Sprintf("serving %d accounts (reloaded %s)", len(next.Accounts), time.Now().Format("15:04:05")))
 			}
 			if d.reloadDone != nil {
 				d.reloadDone(err)
 			}
 		case err := <-d.failed:
+			notifyStopping()
 			d.shutdown(context.Background())
 			return err
 		case <-ctx.Done():
+			notifyStopping()
 			logger.Info("shutting down", "deadline", cfg.ShutdownTimeout)
 			sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 			err := d.shutdown(sctx)
@@ -356,7 +366,11 @@ func (d *daemon) start() error {
 		d.closeListeners()
 		return err
 	}
-	go d.alertLoop()
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		d.alertLoop()
+	}()
 	return nil
 }
 

@@ -1,3 +1,5 @@
+//go:build !windows
+
 package main
 
 import (
@@ -101,10 +103,6 @@ func (h *serveHarness) reload(t *testing.T, text string) error {
 		return nil
 	}
 }
-
-type discardWriter struct{}
-
-func (discardWriter) Write(p []byte) (int, error) { return len(p), nil }
 
 func imapLogin(t *testing.T, addr, user, pass string) (*imapclient.Client, error) {
 	t.Helper()
