@@ -61,6 +61,7 @@ type Accounts struct {
 	kdfSlots chan struct{} // bounds concurrent Argon2id runs (64 MiB each)
 	kdfRuns  atomic.Int64  // Argon2id runs so far, for tests and metrics
 	hookKDF  func()        // tests: runs before each password check's KDF
+	lockout  atomic.Pointer[Lockout]
 
 	mu    sync.RWMutex           // protects specs and cache
 	specs map[string]AccountSpec // by folded username
@@ -133,11 +134,44 @@ func (a *Accounts) Lookup(username string) (AccountSpec, bool) {
 	return s, ok
 }
 
+// SetLockout makes Authenticate rate-limit failed logins with l (nil: no
+// lockout). It may be called at any time (config reload); the counts live
+// in l, so keep the same Lockout across reloads unless its settings change.
+func (a *Accounts) SetLockout(l *Lockout) { a.lockout.Store(l) }
+
 // Authenticate checks username and password and returns what the session
 // needs upstream. Grant.Username is the configured spelling of the account
 // name, whatever case the client used. Errors are *AuthError.
+//
+// With a Lockout set, the attempt first waits out the delay that recent
+// failures of the address or username call for; a blocked attempt fails
+// like a wrong password (Err wraps ErrLockedOut) without a password check.
+// Wrong passwords and unknown usernames count as failures; a success clears
+// the address's count.
 func (a *Accounts) Authenticate(ctx context.Context, username, password string, remote netip.Addr) (*Grant, error) {
 	key := foldUsername(username)
+	lo := a.lockout.Load()
+	if lo == nil {
+		return a.authenticate(ctx, key, password)
+	}
+	if err := lo.Before(ctx, key, remote); err != nil {
+		if errors.Is(err, ErrLockedOut) {
+			return nil, &AuthError{Kind: AuthFailed, Msg: msgInvalidCredentials, Err: err}
+		}
+		return nil, &AuthError{Kind: AuthUnavailable, Msg: "server busy; " + msgTryLater,
+			Err: fmt.Errorf("wait before a password check: %w", err)}
+	}
+	g, err := a.authenticate(ctx, key, password)
+	switch {
+	case err == nil:
+		lo.Succeeded(key, remote)
+	case errors.Is(err, errWrongPassword), errors.Is(err, errUnknownAccount), errors.Is(err, ErrBadCredentials):
+		lo.Failed(key, remote)
+	}
+	return g, err
+}
+
+func (a *Accounts) authenticate(ctx context.Context, key, password string) (*Grant, error) {
 	a.mu.RLock()
 	spec, ok := a.specs[key]
 	cached, hasCached := a.cache[key]

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -27,7 +28,15 @@ const (
 	// the other one has ended: a peer that half-closed and then neither
 	// reads nor writes must not pin the session forever.
 	halfCloseIdle = 2 * time.Minute
+	// idleRefresh is how often, at most, a direction that is moving data
+	// pushes its read deadline forward when Relay has an idle timeout:
+	// setting a deadline per chunk would cost more than the copy.
+	idleRefresh = time.Second
 )
+
+// ErrIdleTimeout is wrapped by the error of a session that RelayIdle ended
+// because neither direction moved a byte for the idle timeout.
+var ErrIdleTimeout = errors.New("relay: idle timeout")
 
 // relayBufs holds *[relayBufSize]byte; pointers, so Get and Put do not
 // allocate.
@@ -68,12 +77,29 @@ var relayBufs = sync.Pool{New: func() any { return new([relayBufSize]byte) }}
 // EOF and then went away (a client that sends LOGOUT and closes without
 // waiting for the answer).
 func Relay(client net.Conn, clientBuf *bufio.Reader, upstream net.Conn, upstreamBuf *bufio.Reader) (toUpstream, toClient int64, err error) {
-	return relay(client, clientBuf, upstream, upstreamBuf, halfCloseIdle)
+	return relayWith(client, clientBuf, upstream, upstreamBuf, halfCloseIdle, 0)
+}
+
+// RelayIdle is Relay that also ends the session when neither direction has
+// moved a byte for idle (0 or less: never); err then wraps ErrIdleTimeout.
+// Only silence in both directions counts: a client in IMAP IDLE that hears
+// from the upstream now and then is not idle. To stay cheap on the hot path
+// each direction pushes its read deadline forward at most once a second,
+// and a deadline that fires while the other direction moved data recently
+// is pushed forward instead of ending the session.
+func RelayIdle(client net.Conn, clientBuf *bufio.Reader, upstream net.Conn, upstreamBuf *bufio.Reader, idle time.Duration) (toUpstream, toClient int64, err error) {
+	return relayWith(client, clientBuf, upstream, upstreamBuf, halfCloseIdle, idle)
 }
 
 // relay is Relay with the half-close idle limit as a parameter, for tests.
 func relay(client net.Conn, clientBuf *bufio.Reader, upstream net.Conn, upstreamBuf *bufio.Reader, linger time.Duration) (toUpstream, toClient int64, err error) {
-	r := &relaySession{linger: linger}
+	return relayWith(client, clientBuf, upstream, upstreamBuf, linger, 0)
+}
+
+// relayWith is RelayIdle with the half-close idle limit as a parameter.
+func relayWith(client net.Conn, clientBuf *bufio.Reader, upstream net.Conn, upstreamBuf *bufio.Reader, linger, idle time.Duration) (toUpstream, toClient int64, err error) {
+	r := &relaySession{linger: linger, idle: max(idle, 0), start: time.Now()}
+	r.refresh = min(idleRefresh, r.idle/4)
 	r.conns = [2]net.Conn{client, upstream}
 	r.halves[0] = relayHalf{r: r, src: 0, dst: 1}
 	r.halves[1] = relayHalf{r: r, src: 1, dst: 0}
@@ -98,7 +124,10 @@ var connNames = [2]string{"client", "upstream"}
 type relaySession struct {
 	conns     [2]net.Conn // client, upstream
 	linger    time.Duration
-	lingering atomic.Bool // one direction has ended; the other must keep moving
+	idle      time.Duration // 0: no idle timeout
+	refresh   time.Duration // how often a direction moves its idle deadline
+	start     time.Time     // times below are offsets from it (monotonic)
+	lingering atomic.Bool   // one direction has ended; the other must keep moving
 	wg        sync.WaitGroup
 	halves    [2]relayHalf
 
@@ -117,6 +146,8 @@ type relayHalf struct {
 	wait     [relayWaitSize]byte // what an idle direction reads into
 	big      *[relayBufSize]byte // pooled, held only while data flows
 	carry    int                 // bytes read into wait just before switching to big
+	last     atomic.Int64        // idle timeout: when this direction last read data (offset from start)
+	armed    time.Duration       // idle timeout: when the read deadline was last set (offset); 0: never
 }
 
 // run forwards br's buffered bytes, then copies until the source ends.
@@ -192,9 +223,14 @@ func (h *relayHalf) copy() error {
 		}
 		if r.lingering.Load() {
 			src.SetReadDeadline(time.Now().Add(r.linger))
+		} else if r.idle > 0 {
+			h.armIdle(src)
 		}
 		n, rerr := src.Read(b)
 		if n > 0 {
+			if r.idle > 0 {
+				h.last.Store(int64(time.Since(r.start)))
+			}
 			if r.lingering.Load() {
 				dst.SetWriteDeadline(time.Now().Add(r.linger))
 			}
@@ -212,9 +248,48 @@ func (h *relayHalf) copy() error {
 			return nil
 		}
 		if rerr != nil {
+			if r.idle > 0 && !r.lingering.Load() && isTimeout(rerr) {
+				if h.stillActive(src) {
+					continue
+				}
+				return &relayError{err: ErrIdleTimeout}
+			}
 			return &relayError{err: rerr}
 		}
 	}
+}
+
+// armIdle pushes the read deadline of src to idle after now, unless it did
+// so less than r.refresh ago. It runs before every read, so it must stay
+// cheap: one monotonic clock reading, and a deadline update once a second.
+func (h *relayHalf) armIdle(src net.Conn) {
+	r := h.r
+	now := time.Since(r.start)
+	if h.armed != 0 && now-h.armed < r.refresh {
+		return
+	}
+	h.armed = max(now, 1)
+	src.SetReadDeadline(r.start.Add(now + r.idle))
+}
+
+// stillActive is called when src's idle deadline passed. If either
+// direction read data within the idle timeout it moves the deadline to idle
+// after that and reports true.
+func (h *relayHalf) stillActive(src net.Conn) bool {
+	r := h.r
+	now := time.Since(r.start)
+	last := time.Duration(max(r.halves[0].last.Load(), r.halves[1].last.Load()))
+	if now-last >= r.idle {
+		return false
+	}
+	h.armed = max(now, 1)
+	src.SetReadDeadline(r.start.Add(last + r.idle))
+	return true
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // adapt picks the buffer for the next read after a read of n bytes.
