@@ -279,7 +279,7 @@ func loginOnce(addr, user, pass string) error {
 // Concurrent logins of one account share one token refresh.
 func TestConcurrentLoginsOneRefresh(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newEnv(t, withServer(func(s *Server) { s.MaxUpstreamPerMailbox = 100 }))
 	const dave, davePass = "dave@example.com", "pw"
 	e.addAccount(dave, davePass) // no access token yet
 	before := e.idp.Stats().Refreshes

@@ -148,8 +148,9 @@ func (p *parser) readCommand() error {
 		if _, err := p.r.Discard(int(n)); err != nil {
 			return noEOF(err)
 		}
+		// The lines read so far stay in buf: the tag (for the BAD reply)
+		// and the arguments point into them. maxLine bounds them all.
 		p.litBytes += int(n)
-		p.buf = p.buf[:start]
 	}
 }
 

@@ -326,7 +326,10 @@ func FuzzPreAuth(f *testing.F) {
 		}
 
 		// The whole pre-auth state machine over the same bytes.
-		s := &Server{Auth: refusingAuth{}, Logger: slog.New(slog.DiscardHandler), MaxLine: maxLine, MaxLiteral: maxLiteral}
+		// Half of the inputs from a client that must use TLS first.
+		plain := len(data)%2 == 0
+		s := &Server{Auth: refusingAuth{}, Logger: slog.New(slog.DiscardHandler), MaxLine: maxLine, MaxLiteral: maxLiteral,
+			PlaintextAllowed: func(netip.Addr) bool { return plain }}
 		s.mu.Lock()
 		s.initLocked()
 		s.mu.Unlock()

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,6 +25,7 @@ const (
 	DefaultUpstreamTimeout = 30 * time.Second // token + dial + TLS + greeting + XOAUTH2, the retry included
 	DefaultMaxLine         = 8192             // command text bytes per command
 	DefaultMaxLiteral      = 64 << 10         // literal bytes per command
+	DefaultIdleTimeout     = 30 * time.Minute // relayed session with no byte either way; RFC 2177 IDLE needs 29m
 
 	byeWriteTimeout   = 5 * time.Second       // writing a last reply when a deadline has passed
 	lingerTimeout     = time.Second           // draining input after a protocol error
@@ -41,6 +43,10 @@ const (
 // ErrServerClosed is returned by Serve after Close or Shutdown.
 var ErrServerClosed = errors.New("imap: server closed")
 
+// TooManyConnections is the line for a connection refused by a connection
+// limit (proxy.ConnLimiter.Listener on a plain IMAP listener).
+const TooManyConnections = "* BYE too many connections\r\n"
+
 // Server is the IMAP front. Set the exported fields before calling Serve;
 // one Server may serve several listeners (plain and implicit TLS).
 //
@@ -51,8 +57,8 @@ var ErrServerClosed = errors.New("imap: server closed")
 // the Shutdown context is done. Clients reconnect.
 type Server struct {
 	Auth           proxy.Authenticator
-	TLSConfig      *tls.Config // nil: no STARTTLS
-	Logger         *slog.Logger
+	TLSConfig      *tls.Config  // nil: no STARTTLS
+	Logger         *slog.Logger // nil: slog.Default(); lines carry proto=imap already
 	Dial           proxy.Dialer // nil: net.Dialer
 	PreAuthTimeout time.Duration
 	// UpstreamTimeout bounds the upstream login: getting the token, dial,
@@ -61,6 +67,24 @@ type Server struct {
 	UpstreamTimeout time.Duration
 	MaxLine         int // bytes of command text per pre-auth command
 	MaxLiteral      int // literal bytes per pre-auth command
+	// IdleTimeout ends a relayed session when neither side has sent a
+	// byte for this long; 0 means DefaultIdleTimeout, negative none. Keep
+	// it above 29 minutes (RFC 2177): a client in IDLE may stay silent
+	// that long.
+	IdleTimeout time.Duration
+	// MaxUpstreamPerMailbox caps the concurrent upstream connections of one
+	// mailbox; 0 means proxy.DefaultMaxUpstreamPerMailbox (16; Exchange
+	// Online allows about 20). Over the cap a login gets
+	// "NO [UNAVAILABLE] too many sessions for this mailbox".
+	MaxUpstreamPerMailbox int
+	// PlaintextAllowed says whether a client at an address may send its
+	// password over a connection without TLS; nil allows everyone. A
+	// client that may not is offered LOGINDISABLED and no AUTH=
+	// mechanisms, and LOGIN and AUTHENTICATE get
+	// "NO [PRIVACYREQUIRED] use STARTTLS first".
+	PlaintextAllowed func(netip.Addr) bool
+	// Metrics receives connection, login and relay counts; nil: none.
+	Metrics proxy.Metrics
 
 	nextID   atomic.Uint64
 	shutting atomic.Bool
@@ -72,6 +96,11 @@ type Server struct {
 	ctx       context.Context // canceled by Close; parent of every session's context
 	cancel    context.CancelFunc
 	active    sync.WaitGroup // one per session; Add only under mu while !closed
+
+	// Set by initLocked, read-only after (tests may set them before Serve).
+	mailboxes *proxy.MailboxLimiter // upstream connections per mailbox
+	backoff   *proxy.Backoff        // mailboxes the upstream throttled
+	metrics   proxy.Metrics         // never nil
 }
 
 func (s *Server) logger() *slog.Logger {
@@ -95,6 +124,16 @@ func (s *Server) upstreamTimeout() time.Duration {
 	return DefaultUpstreamTimeout
 }
 
+func (s *Server) idleTimeout() time.Duration {
+	switch {
+	case s.IdleTimeout > 0:
+		return s.IdleTimeout
+	case s.IdleTimeout < 0:
+		return 0
+	}
+	return DefaultIdleTimeout
+}
+
 func (s *Server) maxLine() int {
 	if s.MaxLine > 0 {
 		return s.MaxLine
@@ -115,6 +154,13 @@ func (s *Server) initLocked() {
 		s.listeners = make(map[*net.Listener]struct{})
 		s.sessions = make(map[*session]struct{})
 		s.ctx, s.cancel = context.WithCancel(context.Background())
+		if s.mailboxes == nil {
+			s.mailboxes = proxy.NewMailboxLimiter(s.MaxUpstreamPerMailbox)
+		}
+		if s.backoff == nil {
+			s.backoff = proxy.NewBackoff()
+		}
+		s.metrics = proxy.MetricsOrNop(s.Metrics)
 	}
 }
 

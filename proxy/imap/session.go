@@ -66,6 +66,9 @@ type session struct {
 	outcome  string
 	up, down int64 // relayed bytes to the upstream, to the client
 
+	plainChecked bool // plainOK is set
+	plainOK      bool // PlaintextAllowed's answer for the client's address
+
 	mu       sync.Mutex // protects upstream
 	upstream net.Conn
 }
@@ -89,15 +92,17 @@ func (c *session) setUpstream(up net.Conn) {
 func (c *session) serve() {
 	start := time.Now()
 	c.conn = c.nc
-	c.log = c.s.logger().With("conn", c.id, "remote", c.nc.RemoteAddr().String())
+	c.log = c.s.logger().With("proto", "imap", "conn", c.id, "remote", c.nc.RemoteAddr().String())
 	tc, implicitTLS := c.nc.(*tls.Conn)
 	c.log.Info("imap connection", "tls", implicitTLS)
+	c.s.metrics.ConnOpened("imap")
 	defer func() {
 		if v := recover(); v != nil {
 			c.log.Error("imap session panic", "panic", v, "stack", string(debug.Stack()))
 			c.outcome = outcomeError
 		}
 		c.closeConns()
+		c.s.metrics.ConnClosed("imap")
 		c.log.Info("imap connection closed",
 			"account", c.account,
 			"outcome", c.outcome,
@@ -132,13 +137,47 @@ func (c *session) serve() {
 	c.preAuth()
 }
 
-// caps is the pre-auth capability list.
+// caps is the pre-auth capability list. A client that may not send its
+// password in clear text is told LOGINDISABLED and offered no mechanism
+// until it has TLS.
 func (c *session) caps() string {
-	const base = "IMAP4rev1 SASL-IR ID LITERAL+ AUTH=PLAIN AUTH=LOGIN"
-	if !c.isTLS && c.s.TLSConfig != nil {
-		return base + " STARTTLS"
+	caps := "IMAP4rev1 SASL-IR ID LITERAL+"
+	if c.plaintextOK() {
+		caps += " AUTH=PLAIN AUTH=LOGIN"
+	} else {
+		caps += " LOGINDISABLED"
 	}
-	return base
+	if c.canStartTLS() {
+		caps += " STARTTLS"
+	}
+	return caps
+}
+
+func (c *session) canStartTLS() bool { return !c.isTLS && c.s.TLSConfig != nil }
+
+// plaintextOK reports whether the client may log in on this connection:
+// it has TLS, or its address may send passwords in clear text.
+func (c *session) plaintextOK() bool {
+	if c.isTLS || c.s.PlaintextAllowed == nil {
+		return true
+	}
+	if !c.plainChecked {
+		c.plainOK = c.s.PlaintextAllowed(c.remoteAddr())
+		c.plainChecked = true
+	}
+	return c.plainOK
+}
+
+// refusePlaintext answers a login attempt that needs TLS first.
+func (c *session) refusePlaintext(tag []byte) bool {
+	c.log.Info("imap login refused: password without TLS from an address not in allow_plaintext_from")
+	c.s.metrics.Login("imap", false)
+	if c.canStartTLS() {
+		c.reply(tag, "NO", "[PRIVACYREQUIRED] use STARTTLS first")
+	} else {
+		c.reply(tag, "NO", "[PRIVACYREQUIRED] TLS required; use the implicit TLS port")
+	}
+	return c.countError()
 }
 
 func (c *session) writef(format string, args ...any) {
@@ -290,6 +329,9 @@ func (c *session) command() bool {
 		if len(args) != 2 || !isString(args[0]) || !isString(args[1]) {
 			return c.bad(tag, "LOGIN needs a user name and a password")
 		}
+		if !c.plaintextOK() {
+			return c.refusePlaintext(tag)
+		}
 		return c.login(string(tag), string(p.bytes(args[0].span)), string(p.bytes(args[1].span)))
 	case "AUTHENTICATE":
 		return c.authenticate(tag)
@@ -366,6 +408,9 @@ func (c *session) authenticate(tagb []byte) bool {
 	args := p.args
 	if len(args) < 1 || len(args) > 2 || args[0].kind != argAtom || (len(args) == 2 && args[1].kind != argAtom) {
 		return c.bad(tagb, "AUTHENTICATE needs a mechanism and at most an initial response")
+	}
+	if !c.plaintextOK() {
+		return c.refusePlaintext(tagb)
 	}
 	tag := string(tagb)
 	mech := p.bytes(args[0].span)
@@ -481,16 +526,39 @@ func (c *session) login(tag, user, pass string) bool {
 	tagb := []byte(tag)
 	c.account = user
 	log := c.log.With("account", user)
+	m := c.s.metrics
 
 	ctx, cancel := context.WithDeadline(c.ctx, c.deadline)
 	grant, err := c.s.Auth.Authenticate(ctx, user, pass, c.remoteAddr())
 	cancel()
 	if err != nil {
+		m.Login("imap", false)
 		ae := asAuthError(err)
 		log.Info("imap login refused", "kind", kindName(ae.Kind), "err", ae)
+		if ae.Kind == proxy.AuthFailed {
+			c.logAuthFailure(user, ae)
+		}
 		c.refuse(tagb, ae)
 		return c.countError()
 	}
+	m.Login("imap", true)
+
+	mailbox := grant.Mailbox
+	if mailbox == "" {
+		mailbox = grant.Username
+	}
+	if d := c.s.backoff.Remaining(mailbox); d > 0 {
+		log.Warn("imap login refused: the upstream throttled this mailbox", "mailbox", mailbox, "retry_in", d.Round(time.Second))
+		c.reply(tagb, "NO", "[UNAVAILABLE] "+proxy.ThrottledText(d))
+		return c.countError()
+	}
+	release, ok := c.s.mailboxes.Acquire(mailbox)
+	if !ok {
+		log.Warn("imap login refused: too many upstream sessions for this mailbox", "mailbox", mailbox)
+		c.reply(tagb, "NO", "[UNAVAILABLE] too many sessions for this mailbox")
+		return c.countError()
+	}
+	defer release()
 
 	c.state.Store(stateUpstream)
 	dl := time.Now().Add(c.s.upstreamTimeout())
@@ -529,12 +597,31 @@ func (c *session) login(tag, user, pass string) bool {
 	// it may hold commands the client pipelined after its login.
 	r, up, upr := c.r, res.up, res.upr
 	c.p, c.r, c.w, res = parser{}, nil, nil, upstreamResult{}
-	c.up, c.down, err = proxy.Relay(c.conn, r, up, upr)
+	m.Session(grant.Username, 1)
+	c.up, c.down, err = proxy.RelayIdle(c.conn, r, up, upr, c.s.idleTimeout())
+	m.Session(grant.Username, -1)
+	m.Relayed("imap", c.up, c.down)
 	c.outcome = outcomeRelayed
-	if err != nil {
+	switch {
+	case errors.Is(err, proxy.ErrIdleTimeout):
+		c.outcome = "idle timeout"
+		log.Info("imap session idle; closed", "idle_timeout", c.s.idleTimeout())
+	case err != nil:
 		log.Debug("imap relay ended", "err", err)
 	}
 	return false
+}
+
+// logAuthFailure writes the one line fail2ban and the like look for:
+// level=WARN msg="auth failure" proto=imap remote=IP user=NAME. The
+// username is the client's, quoted by the handler when it needs to be, so
+// it cannot forge a line.
+func (c *session) logAuthFailure(user string, ae *proxy.AuthError) {
+	attrs := []any{"proto", "imap", "remote", c.remoteAddr().String(), "user", user, "conn", c.id}
+	if errors.Is(ae, proxy.ErrLockedOut) {
+		attrs = append(attrs, "reason", "locked out")
+	}
+	c.s.logger().Warn("auth failure", attrs...)
 }
 
 // refuse answers a failed login.

@@ -43,7 +43,13 @@ func (c *session) openUpstream(deadline time.Time, tag string, g *proxy.Grant, l
 	}
 	ctx, cancel := context.WithDeadline(c.ctx, deadline)
 	defer cancel()
-	tok, err := g.Tokens.Token(ctx)
+	// Getting the token may wait for the identity provider. Give it half
+	// of the time at most: when the provider hangs, the token source
+	// hands out the current token once we stop waiting, and the dial and
+	// XOAUTH2 exchange still need the rest.
+	tctx, tcancel := context.WithDeadline(ctx, time.Now().Add(time.Until(deadline)/2))
+	tok, err := g.Tokens.Token(tctx)
+	tcancel()
 	if err != nil {
 		return upstreamResult{err: proxy.TokenAuthError(g.Username, err)}
 	}
@@ -54,6 +60,7 @@ func (c *session) openUpstream(deadline time.Time, tag string, g *proxy.Grant, l
 		}
 		log.Warn("imap upstream refused the access token", "attempt", attempt, "reply", refusal)
 		if attempt == 2 {
+			c.s.metrics.UpstreamAuthFailed("imap")
 			return upstreamResult{err: &proxy.AuthError{
 				Kind: proxy.AuthFailed,
 				Msg:  fmt.Sprintf("upstream refused the access token for %s; the account may need a new sign-in", g.Username),
@@ -126,7 +133,8 @@ func (c *session) tryUpstream(ctx context.Context, tag string, g *proxy.Grant, t
 	var (
 		pending  []byte // untagged data so far, handed to the client on success
 		bye      string
-		answered bool // the error challenge got its empty line
+		answered bool   // the error challenge got its empty line
+		throttle string // an untagged "Request is throttled" text
 	)
 	tagSP := tag + " "
 	for {
@@ -139,6 +147,10 @@ func (c *session) tryUpstream(ctx context.Context, tag string, g *proxy.Grant, t
 			msg := "the mail server did not answer the login"
 			if bye != "" {
 				msg = "the mail server closed the connection: " + bye
+			}
+			if throttle != "" {
+				c.throttled(mailbox, throttle)
+				msg = throttle
 			}
 			return unavailable(msg, fmt.Errorf("read upstream AUTHENTICATE reply: %w", err)), ""
 		}
@@ -161,8 +173,12 @@ func (c *session) tryUpstream(ctx context.Context, tag string, g *proxy.Grant, t
 				return unavailable("the mail server closed the connection", fmt.Errorf("write upstream SASL response: %w", err)), ""
 			}
 		case bytes.HasPrefix(line, []byte("* ")):
-			if status, text := parseStatus(line[2:]); status == "BYE" {
+			status, text := parseStatus(line[2:])
+			if status == "BYE" {
 				bye = text
+			}
+			if _, ok := proxy.ThrottleDelay(text); ok && status != "" {
+				throttle = clean(text)
 			}
 		case bytes.HasPrefix(line, []byte(tagSP)):
 			status, text := parseStatus(line[len(tagSP):])
@@ -171,8 +187,12 @@ func (c *session) tryUpstream(ctx context.Context, tag string, g *proxy.Grant, t
 				ok = true
 				return upstreamResult{up: up, upr: r, reply: pending}, ""
 			case "NO", "BAD":
-				if strings.Contains(strings.ToLower(text), "throttled") {
-					return unavailable(text, fmt.Errorf("upstream AUTHENTICATE: %s %s", status, text)), ""
+				if _, thr := proxy.ThrottleDelay(text); thr || throttle != "" {
+					if !thr {
+						text = throttle
+					}
+					c.throttled(mailbox, text)
+					return unavailable(clean(text), fmt.Errorf("upstream AUTHENTICATE: %s %s", status, text)), ""
 				}
 				if text == "" {
 					text = status
@@ -184,6 +204,17 @@ func (c *session) tryUpstream(ctx context.Context, tag string, g *proxy.Grant, t
 			return unavailable("the mail server sent an unexpected reply", fmt.Errorf("upstream AUTHENTICATE reply %q", clean(string(bytes.TrimRight(line, "\r\n"))))), ""
 		}
 	}
+}
+
+// throttled makes new logins of mailbox wait as long as the upstream's
+// throttling text suggests (proxy.DefaultThrottleBackoff if it does not).
+func (c *session) throttled(mailbox, text string) {
+	d, _ := proxy.ThrottleDelay(text)
+	if d <= 0 {
+		d = proxy.DefaultThrottleBackoff
+	}
+	c.s.backoff.Set(mailbox, d)
+	c.log.Warn("upstream throttles this mailbox; new logins wait", "mailbox", mailbox, "backoff", d, "reply", clean(text))
 }
 
 // readResponse appends one upstream response to dst: a line with its line

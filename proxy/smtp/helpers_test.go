@@ -17,6 +17,7 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+	"golang.org/x/crypto/argon2"
 	"golang.org/x/oauth2"
 
 	"mailproxy/internal/fake365"
@@ -30,32 +31,35 @@ const (
 	testWait     = 20 * time.Second // bound on any single wait in a test
 )
 
-// The Argon2id hash is slow on purpose; compute it once for the package.
-var (
-	hashOnce sync.Once
-	hashPHC  string
-	hashErr  error
-)
+// The real Argon2id cost is slow on purpose (64 MiB, three passes) and
+// every env has its own Accounts, whose first login pays it: the tests use
+// a hash with tiny parameters, which VerifyPassword reads from the string.
+var hashPHC = func() string {
+	salt := []byte("0123456789abcdef")
+	key := argon2.IDKey([]byte(testPassword), salt, 1, 64, 1, 32)
+	enc := base64.RawStdEncoding
+	return fmt.Sprintf("$argon2id$v=19$m=64,t=1,p=1$%s$%s", enc.EncodeToString(salt), enc.EncodeToString(key))
+}()
 
 func testHash(t *testing.T) string {
 	t.Helper()
-	hashOnce.Do(func() { hashPHC, hashErr = proxy.HashPassword(testPassword) })
-	if hashErr != nil {
-		t.Fatalf("HashPassword() = %v", hashErr)
+	if ok, err := proxy.VerifyPassword(hashPHC, testPassword); !ok || err != nil {
+		t.Fatalf("VerifyPassword(test hash) = %v, %v, want true, nil", ok, err)
 	}
 	return hashPHC
 }
 
 // env is one proxy in front of one fake upstream, with a fake IdP.
 type env struct {
-	t      *testing.T
-	ca     *fake365.CA
-	idp    *fake365.IdP
-	up     *fake365.SMTPUpstream
-	tokens *testTokens
-	srv    *Server
-	addr   string // the proxy's plain listener
-	logs   *logSink
+	t        *testing.T
+	ca       *fake365.CA
+	idp      *fake365.IdP
+	up       *fake365.SMTPUpstream
+	tokens   *testTokens
+	srv      *Server
+	accounts *proxy.Accounts
+	addr     string // the proxy's plain listener
+	logs     *logSink
 }
 
 type envOpts struct {
@@ -64,6 +68,10 @@ type envOpts struct {
 	frontImplicitTLS    bool // the proxy listens with implicit TLS
 	maxMessageBytes     int64
 	mailbox             string // the account's mailbox; default testUser
+
+	server       func(*Server)     // changes the Server before it starts
+	tokens       proxy.TokenSource // the account's tokens instead of e.tokens
+	upstreamAddr string            // the account's upstream instead of the fake's
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
@@ -117,14 +125,22 @@ func newEnv(t *testing.T, o envOpts) *env {
 	if mailbox == "" {
 		mailbox = testUser
 	}
+	var tokens proxy.TokenSource = e.tokens
+	if o.tokens != nil {
+		tokens = o.tokens
+	}
+	if o.upstreamAddr != "" {
+		upstreamAddr = o.upstreamAddr
+	}
 	accounts := proxy.NewAccounts([]proxy.AccountSpec{{
 		Username:     testUser,
 		Mailbox:      mailbox,
 		Identity:     testUser,
 		PasswordHash: testHash(t),
-		Tokens:       e.tokens,
+		Tokens:       tokens,
 		Upstream:     &proxy.Upstream{SMTPAddr: upstreamAddr, TLS: e.ca.ClientTLS()},
 	}}, nil)
+	e.accounts = accounts
 
 	e.srv = &Server{
 		Auth:            accounts,
@@ -137,6 +153,9 @@ func newEnv(t *testing.T, o envOpts) *env {
 		if e.srv.TLSConfig, err = e.ca.ServerTLS(); err != nil {
 			t.Fatalf("ServerTLS() = %v", err)
 		}
+	}
+	if o.server != nil {
+		o.server(e.srv)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -50,6 +51,10 @@ const (
 // ErrServerClosed is returned by Serve after Close or Shutdown.
 var ErrServerClosed = errors.New("smtp front: server closed")
 
+// TooManyConnections is the reply for a connection refused by a connection
+// limit (proxy.ConnLimiter.Listener on a plain SMTP listener).
+const TooManyConnections = "421 4.7.0 too many connections\r\n"
+
 // Server is the SMTP front. Set the fields, then call Serve for each
 // listener. Fields must not change after the first Serve.
 type Server struct {
@@ -58,7 +63,7 @@ type Server struct {
 	// connections already are *tls.Conn (tls.NewListener) is implicit TLS
 	// and offers no STARTTLS.
 	TLSConfig *tls.Config
-	Logger    *slog.Logger // nil: slog.Default()
+	Logger    *slog.Logger // nil: slog.Default(); lines carry proto=smtp already
 	Dial      proxy.Dialer // upstream dialer; nil: net.Dialer
 
 	Domain          string        // greeting and upstream EHLO name; "" = "localhost"
@@ -67,6 +72,16 @@ type Server struct {
 	ReadTimeout     time.Duration // one client command, or a whole DATA; 0 = 10m
 	WriteTimeout    time.Duration // one reply to the client; 0 = 1m
 	UpstreamTimeout time.Duration // token, dial, TLS, EHLO and AUTH upstream together; 0 = 30s
+	// PlaintextAllowed says whether a client at an address may send its
+	// password over a connection without TLS; nil allows everyone. To a
+	// client that may not, AUTH is not advertised before STARTTLS and is
+	// refused with "538 5.7.11 Encryption required".
+	PlaintextAllowed func(netip.Addr) bool
+	// Metrics receives connection, login and message counts; nil: none.
+	Metrics proxy.Metrics
+
+	metrics proxy.Metrics  // never nil once started
+	backoff *proxy.Backoff // identities the upstream throttled; tests may set it before Serve
 
 	mu       sync.Mutex // protects the fields below
 	started  bool
@@ -152,6 +167,10 @@ func (s *Server) start() error {
 		return nil
 	}
 	s.started = true
+	s.metrics = proxy.MetricsOrNop(s.Metrics)
+	if s.backoff == nil {
+		s.backoff = proxy.NewBackoff()
+	}
 	s.baseCtx, s.cancel = context.WithCancel(context.Background())
 	s.lns = make(map[net.Listener]struct{})
 	s.conns = make(map[*conn]struct{})
@@ -401,6 +420,8 @@ type conn struct {
 
 	mu       sync.Mutex // protects the fields below
 	sess     *session   // the current go-smtp session, nil before EHLO and right after STARTTLS
+	counted  string     // the account counted in Metrics.Session, "" if none
+	ended    bool       // Close ran: count no new session
 	account  string
 	upstream string
 	outcome  string
@@ -418,7 +439,7 @@ func (s *Server) track(nc net.Conn) *conn {
 		start:       time.Now(),
 		implicitTLS: implicitTLS,
 	}
-	c.log = s.logger().With("conn", c.id, "remote", nc.RemoteAddr().String())
+	c.log = s.logger().With("proto", "smtp", "conn", c.id, "remote", nc.RemoteAddr().String())
 	if implicitTLS {
 		// go-smtp does not see the *tls.Conn (it is wrapped), so the
 		// handshake runs on the first write; bound its reads here.
@@ -427,6 +448,7 @@ func (s *Server) track(nc net.Conn) *conn {
 	s.mu.Lock()
 	s.conns[c] = struct{}{}
 	s.mu.Unlock()
+	s.metrics.ConnOpened("smtp")
 	c.log.Info("smtp connection start", "implicit_tls", implicitTLS)
 	return c
 }
@@ -456,10 +478,19 @@ func (c *conn) clearSession(s *session) {
 	c.mu.Unlock()
 }
 
+// setAccount records the account of a successful AUTH; from then on the
+// connection counts as an open session of the account.
 func (c *conn) setAccount(account, upstream string) {
 	c.mu.Lock()
 	c.account, c.upstream = account, upstream
+	first := c.counted == "" && !c.ended
+	if first {
+		c.counted = account
+	}
 	c.mu.Unlock()
+	if first {
+		c.srv.metrics.Session(account, 1)
+	}
 }
 
 // setOutcome records the last notable event for the end line.
@@ -476,8 +507,13 @@ func (c *conn) Close() error {
 		delete(c.srv.conns, c)
 		c.srv.mu.Unlock()
 		c.mu.Lock()
-		account, upstream, outcome := c.account, c.upstream, c.outcome
+		account, upstream, outcome, counted := c.account, c.upstream, c.outcome, c.counted
+		c.counted, c.ended = "", true
 		c.mu.Unlock()
+		if counted != "" {
+			c.srv.metrics.Session(counted, -1)
+		}
+		c.srv.metrics.ConnClosed("smtp")
 		if outcome == "" {
 			outcome = "ok"
 		}

@@ -2,6 +2,7 @@ package smtp
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -47,6 +48,10 @@ var (
 		Message: "Timeout reading message data; nothing was sent"}
 	errLineTooLong = &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 5, 2},
 		Message: "Line too long; nothing was sent"}
+	errEncryptionRequired = &smtp.SMTPError{Code: 538, EnhancedCode: smtp.EnhancedCode{5, 7, 11},
+		Message: "Encryption required for requested authentication mechanism; use STARTTLS first"}
+	errEncryptionRequiredNoTLS = &smtp.SMTPError{Code: 538, EnhancedCode: smtp.EnhancedCode{5, 7, 11},
+		Message: "Encryption required for requested authentication mechanism; use the implicit TLS port"}
 )
 
 // session is one go-smtp session: from EHLO to QUIT, or to STARTTLS (go-smtp
@@ -96,14 +101,43 @@ func (s *session) setRaw(raw net.Conn) error {
 	return nil
 }
 
-func (s *session) AuthMechanisms() []string { return []string{sasl.Plain, sasl.Login} }
+// AuthMechanisms is what EHLO advertises: nothing to a client that must
+// start TLS before it may send a password.
+func (s *session) AuthMechanisms() []string {
+	if !s.plaintextOK() {
+		return nil
+	}
+	return []string{sasl.Plain, sasl.Login}
+}
+
+// plaintextOK reports whether the client may send a password on this
+// connection: it has TLS, or its address may send passwords in clear text.
+func (s *session) plaintextOK() bool {
+	if s.srv.PlaintextAllowed == nil || s.c.implicitTLS {
+		return true
+	}
+	if _, ok := s.nc.(*tls.Conn); ok {
+		return true
+	}
+	return s.srv.PlaintextAllowed(remoteAddr(s.nc))
+}
 
 func (s *session) Auth(mech string) (sasl.Server, error) {
+	if !s.plaintextOK() {
+		s.log.Info("smtp login refused: password without TLS from an address not in allow_plaintext_from")
+		s.srv.metrics.Login("smtp", false)
+		s.c.setOutcome("auth without TLS")
+		if s.srv.TLSConfig == nil {
+			return nil, errEncryptionRequiredNoTLS
+		}
+		return nil, errEncryptionRequired
+	}
 	switch mech {
 	case sasl.Plain:
 		return safeSASL{sasl.NewPlainServer(func(identity, username, password string) error {
 			if identity != "" && !strings.EqualFold(identity, username) {
 				s.log.Info("smtp login refused: authorization identity differs", "user", username)
+				s.srv.metrics.Login("smtp", false)
 				s.c.setOutcome("auth failed")
 				return errBadCredentials
 			}
@@ -139,6 +173,7 @@ func (s *session) authenticate(username, password string) error {
 	if err == nil && g == nil {
 		err = errors.New("authenticator returned no grant")
 	}
+	s.srv.metrics.Login("smtp", err == nil)
 	if err != nil {
 		var ae *proxy.AuthError
 		if !errors.As(err, &ae) {
@@ -149,6 +184,7 @@ func (s *session) authenticate(username, password string) error {
 		switch ae.Kind {
 		case proxy.AuthFailed:
 			s.log.Info("smtp login refused", "user", username, "err", err)
+			s.logAuthFailure(username, ae)
 			s.c.setOutcome("auth failed")
 			return errBadCredentials
 		case proxy.AuthNeedsSignIn:
@@ -159,6 +195,11 @@ func (s *session) authenticate(username, password string) error {
 			s.c.setOutcome("auth unavailable")
 		}
 		return &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: oneLine(ae.Msg)}
+	}
+	if d := s.srv.backoff.Remaining(g.Identity); d > 0 {
+		s.log.Warn("smtp login refused: the upstream throttled this mailbox", "user", username, "identity", g.Identity, "retry_in", d.Round(time.Second))
+		s.c.setOutcome("throttled")
+		return throttledReply(d)
 	}
 	upstreamAddr := ""
 	if g.Upstream != nil {
@@ -174,9 +215,29 @@ func (s *session) authenticate(username, password string) error {
 	return nil
 }
 
+// logAuthFailure writes the one line fail2ban and the like look for:
+// level=WARN msg="auth failure" proto=smtp remote=IP user=NAME. The
+// username is the client's, quoted by the handler when it needs to be, so
+// it cannot forge a line.
+func (s *session) logAuthFailure(user string, ae *proxy.AuthError) {
+	attrs := []any{"proto", "smtp", "remote", remoteAddr(s.nc).String(), "user", user, "conn", s.c.id}
+	if errors.Is(ae, proxy.ErrLockedOut) {
+		attrs = append(attrs, "reason", "locked out")
+	}
+	s.srv.logger().Warn("auth failure", attrs...)
+}
+
+// throttledReply refuses a login while the upstream throttles the mailbox.
+func throttledReply(d time.Duration) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: proxy.ThrottledText(d)}
+}
+
 func remoteAddr(nc net.Conn) netip.Addr {
 	if ta, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
 		return ta.AddrPort().Addr().Unmap()
+	}
+	if ap, err := netip.ParseAddrPort(nc.RemoteAddr().String()); err == nil {
+		return ap.Addr().Unmap()
 	}
 	return netip.Addr{}
 }
@@ -259,6 +320,8 @@ func (s *session) Data(r io.Reader) error {
 	}
 	s.inTx = false // from here on the upstream transaction ends, one way or another
 	up := s.up
+	accepted := false
+	defer func() { s.srv.metrics.Message(accepted) }()
 	w, err := up.c.Data()
 	if err != nil {
 		reply := s.upstreamReply("DATA", err)
@@ -272,6 +335,7 @@ func (s *session) Data(r io.Reader) error {
 	src := &readErr{r: r}
 	dst := &writeErr{w: w, raw: up.raw}
 	n, _ := io.Copy(dst, src)
+	s.srv.metrics.Relayed("smtp", n, 0)
 	if src.err != nil {
 		s.dropUpstream()
 		s.log.Info("client's message data broke off; upstream transaction dropped", "err", src.err, "bytes", n)
@@ -300,6 +364,7 @@ func (s *session) Data(r io.Reader) error {
 	if err != nil {
 		return s.upstreamReply("end of DATA", err)
 	}
+	accepted = true
 	s.c.messages.Add(1)
 	s.c.bytes.Add(n)
 	s.c.setOutcome("")
@@ -391,6 +456,7 @@ func (s *session) upstreamReply(cmd string, err error) error {
 	}
 	s.log.Info("upstream refused", "cmd", cmd, "reply", replyText(se))
 	s.c.setOutcome("upstream refused " + cmd)
+	s.noteThrottle(se)
 	if se.Code == 421 {
 		// The upstream closes the connection after 421.
 		s.dropUpstream()

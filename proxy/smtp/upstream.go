@@ -7,6 +7,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
@@ -48,7 +49,18 @@ func (s *session) connect() (*upstream, error) {
 		return nil, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 5},
 			Message: "no upstream mail server configured for this account"}
 	}
-	tok, err := g.Tokens.Token(ctx)
+	if d := s.srv.backoff.Remaining(g.Identity); d > 0 {
+		s.log.Warn("not connecting upstream: it throttled this mailbox", "identity", g.Identity, "retry_in", d.Round(time.Second))
+		s.c.setOutcome("throttled")
+		return nil, throttledReply(d)
+	}
+	// Getting the token may wait for the identity provider. Give it half
+	// of the time at most: when the provider hangs, the token source
+	// hands out the current token once we stop waiting, and the dial and
+	// AUTH still need the rest.
+	tctx, tcancel := context.WithTimeout(ctx, s.srv.upstreamTimeout()/2)
+	tok, err := g.Tokens.Token(tctx)
+	tcancel()
 	if err != nil {
 		return nil, s.tokenFailure("get access token", err)
 	}
@@ -64,6 +76,7 @@ func (s *session) connect() (*upstream, error) {
 		if errors.As(err, &se) && tokenRefused(se) {
 			s.log.Warn("upstream refused the refreshed access token; the account needs a new sign-in",
 				"identity", g.Identity, "reply", replyText(se))
+			s.srv.metrics.UpstreamAuthFailed("smtp")
 			s.c.setOutcome("upstream refused token")
 			return nil, &smtp.SMTPError{
 				Code:         454,
@@ -218,6 +231,7 @@ func (s *session) connectFailure(ctx context.Context, err error) error {
 	case errors.As(err, &se):
 		s.log.Warn("upstream refused the connection or login", "reply", replyText(se))
 		s.c.setOutcome("upstream refused login")
+		s.noteThrottle(se)
 		return passReply(se)
 	case ctx.Err() != nil:
 		s.log.Warn("upstream did not answer in time", "err", err)
@@ -230,6 +244,51 @@ func (s *session) connectFailure(ctx context.Context, err error) error {
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 1},
 			Message: "cannot reach the upstream mail server; try again later"}
 	}
+}
+
+// noteThrottle makes new upstream logins of the session's identity wait
+// when se is a throttling reply: Exchange counts every attempt, so retrying
+// at once only prolongs it. The reply itself still goes to the client.
+func (s *session) noteThrottle(se *smtp.SMTPError) {
+	d, ok := throttleDelay(se)
+	if !ok {
+		return
+	}
+	s.srv.backoff.Set(s.grant.Identity, d)
+	s.log.Warn("upstream throttles this mailbox; new logins wait", "identity", s.grant.Identity, "backoff", d, "reply", replyText(se))
+}
+
+// throttleDelay says whether an upstream reply is a throttling one, and
+// for how long to back off: the time the reply suggests, else
+// proxy.DefaultThrottleBackoff. Exchange Online's throttling replies
+// include "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded",
+// "451 4.7.500 Server busy. Please try again later", "421 4.4.2 Message
+// submission rate for this client has exceeded the configured limit" and
+// texts with "Request is throttled. Suggested Backoff Time: N".
+func throttleDelay(se *smtp.SMTPError) (time.Duration, bool) {
+	if se.Code < 400 || se.Code >= 500 {
+		return 0, false
+	}
+	d, ok := proxy.ThrottleDelay(se.Message)
+	if !ok {
+		ec := se.EnhancedCode
+		msg := strings.ToLower(se.Message)
+		ok = se.Code == 432 ||
+			(ec[0] == 4 && ec[1] == 7 && ec[2] >= 500 && ec[2] <= 699) ||
+			strings.Contains(msg, "thread limit") ||
+			strings.Contains(msg, "rate limit") ||
+			strings.Contains(msg, "submission rate") ||
+			strings.Contains(msg, "exceeded the configured limit") ||
+			strings.Contains(msg, "server busy") ||
+			(strings.Contains(msg, "concurrent") && strings.Contains(msg, "limit"))
+	}
+	if !ok {
+		return 0, false
+	}
+	if d <= 0 {
+		d = proxy.DefaultThrottleBackoff
+	}
+	return d, true
 }
 
 // tokenRefused says whether an AUTH reply means the token was not

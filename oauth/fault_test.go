@@ -1,0 +1,199 @@
+package oauth
+
+import (
+	"bytes"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// lockedBuffer is a log sink safe for the source's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex // protects b
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// The state directory cannot be written when a rotated refresh token must
+// be persisted. Tests run as root in CI, where chmod 0500 stops nothing, so
+// the fault is made by replacing the store directory with a regular file
+// of the same name: every open, lock and rename under it fails with
+// ENOTDIR, for root too. The source keeps serving the new tokens from
+// memory, says so loudly in the log, and persists them once the directory
+// is back.
+func TestFaultStateDirUnwritable(t *testing.T) {
+	e := newEnv(t)
+	dir := filepath.Join(t.TempDir(), "state")
+	st := e.openStore(t, dir)
+	var logs lockedBuffer
+	m := NewManager(st, slog.New(slog.NewTextHandler(&logs, nil)))
+	m.Now = e.clock.Now
+	m.SetAccount(Account{Username: testUser, Flow: "authcode", Provider: e.p})
+	e.signIn(t, m, "pw")
+	src := mustOpen(t, m, testUser, "pw")
+	first := mustToken(t, src) // the first refresh persists fine
+	if src.State().Unsaved {
+		t.Fatalf("State().Unsaved after a persisted refresh = true")
+	}
+
+	moved := dir + ".moved"
+	if err := os.Rename(dir, moved); err != nil {
+		t.Fatalf("Rename() = %v", err)
+	}
+	if err := os.WriteFile(dir, []byte("not a directory"), 0o600); err != nil {
+		t.Fatalf("WriteFile() = %v", err)
+	}
+	restore := func() {
+		os.Remove(dir)
+		os.Rename(moved, dir)
+	}
+	defer restore()
+
+	e.clock.Advance(40 * time.Minute) // due for refresh
+	tok := mustToken(t, src)
+	if tok == first {
+		t.Fatalf("Token() after 40 minutes returned the old token, want a refreshed one")
+	}
+	e.checkValid(t, tok, testUser)
+	if !src.State().Unsaved {
+		t.Errorf("State().Unsaved with the directory gone = false, want true")
+	}
+	if l := logs.String(); !strings.Contains(l, "level=ERROR") || !strings.Contains(l, "could not save the rotated refresh token") {
+		t.Errorf("log does not say loudly that the token was not saved:\n%s", l)
+	}
+	if got := mustToken(t, src); got != tok {
+		t.Errorf("Token() while unsaved = another token, want the one in memory")
+	}
+
+	restore()
+	mustToken(t, src) // retries the save
+	if src.State().Unsaved {
+		t.Errorf("State().Unsaved after the directory came back = true, want false")
+	}
+	ent, _, err := e.openStore(t, dir).Unlock(testUser, "pw")
+	if err != nil {
+		t.Fatalf("Unlock() = %v", err)
+	}
+	if ent.Secret.RefreshToken != src.Tokens().RefreshToken {
+		t.Errorf("token file does not hold the rotated refresh token after the retry")
+	}
+	// A restart picks it up, and the identity provider takes it.
+	m2 := e.manager(t, e.openStore(t, dir))
+	src2 := mustOpen(t, m2, testUser, "pw")
+	if _, err := src2.Refresh(t.Context(), src2.Tokens().AccessToken); err != nil {
+		t.Errorf("Refresh() with the persisted refresh token = %v", err)
+	}
+}
+
+// Two mailproxy processes on one state directory (two Stores and Managers
+// over the same files) take turns rotating the refresh token: each picks up
+// the other's rotation at its next login, and the file always holds the
+// newest token, which the identity provider still takes.
+func TestFaultTwoProcessesTakeTurns(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	m1 := e.manager(t, e.openStore(t, dir))
+	m2 := e.manager(t, e.openStore(t, dir))
+	e.signIn(t, m1, "pw")
+
+	for i, m := range []*Manager{m1, m2, m1, m2, m2, m1} {
+		src := mustOpen(t, m, testUser, "pw") // a login: picks up the other's rotation
+		e.clock.Advance(40 * time.Minute)
+		tok := mustToken(t, src) // rotates
+		e.checkValid(t, tok, testUser)
+		ent, _, err := e.openStore(t, dir).Unlock(testUser, "pw")
+		if err != nil {
+			t.Fatalf("turn %d: Unlock() = %v", i, err)
+		}
+		if ent.Secret.RefreshToken != src.Tokens().RefreshToken {
+			t.Fatalf("turn %d: token file does not hold the newest refresh token", i)
+		}
+	}
+	if n := e.idp.Stats().Errors; n != 0 {
+		t.Errorf("IdP errors = %d, want 0 (no refresh with a stale token)", n)
+	}
+	m3 := e.manager(t, e.openStore(t, dir))
+	src := mustOpen(t, m3, testUser, "pw")
+	if _, err := src.Refresh(t.Context(), src.Tokens().AccessToken); err != nil {
+		t.Errorf("Refresh() with the token on file = %v", err)
+	}
+}
+
+// Both processes refresh the same refresh token at the same moment. The
+// identity provider rotates it for one; the other is refused. The winner's
+// token is on file (the loser cannot overwrite it: it has nothing newer
+// and SaveIf checks the stamp), and the loser recovers at its next login.
+func TestFaultTwoProcessesRace(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	m1 := e.manager(t, e.openStore(t, dir))
+	m2 := e.manager(t, e.openStore(t, dir))
+	e.signIn(t, m1, "pw")
+	s1 := mustOpen(t, m1, testUser, "pw")
+	s2 := mustOpen(t, m2, testUser, "pw")
+
+	type result struct {
+		src *Source
+		tok string
+		err error
+	}
+	results := make(chan result, 2)
+	for _, s := range []*Source{s1, s2} {
+		go func() {
+			tok, err := s.Token(t.Context())
+			results <- result{s, tok, err}
+		}()
+	}
+	var winner, loser *Source
+	for range 2 {
+		r := <-results
+		if r.err == nil {
+			winner = r.src
+		} else {
+			loser = r.src
+		}
+	}
+	if winner == nil || loser == nil {
+		t.Fatalf("concurrent refreshes of one refresh token: want one success and one refusal (the fake IdP rotates), got winner %v, loser %v", winner != nil, loser != nil)
+	}
+	ent, _, err := e.openStore(t, dir).Unlock(testUser, "pw")
+	if err != nil {
+		t.Fatalf("Unlock() = %v", err)
+	}
+	if ent.Secret.RefreshToken != winner.Tokens().RefreshToken {
+		t.Errorf("token file does not hold the winner's refresh token")
+	}
+
+	// The loser's next login reads the entry again and works.
+	lm := m1
+	if loser == s2 {
+		lm = m2
+	}
+	again := mustOpen(t, lm, testUser, "pw")
+	if again != loser {
+		t.Errorf("Open() returned a new Source, want the existing one with the new tokens")
+	}
+	tok, err := again.Token(t.Context())
+	if err != nil {
+		t.Fatalf("Token() on the loser after a new login = %v", err)
+	}
+	e.checkValid(t, tok, testUser)
+	if st := lm.Status(testUser); st.NeedsSignIn {
+		t.Logf("note: Status() of the losing process still says NeedsSignIn (its refusal was recorded in the file's metadata) until the next successful refresh: %+v", st)
+	}
+}

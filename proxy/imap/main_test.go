@@ -1,0 +1,13 @@
+package imap
+
+import (
+	"os"
+	"testing"
+)
+
+func TestMain(m *testing.M) {
+	// The hostile-input tests open 1000 connections at once, two file
+	// descriptors each in this process.
+	raiseFileLimit(4096)
+	os.Exit(m.Run())
+}
