@@ -100,6 +100,8 @@ type daemon struct {
 	smtp     *smtpfront.Server
 	certs    *certHolder
 	metrics  *admin.Metrics
+	limiter  *proxy.ConnLimiter // connections, total and per address, across listeners
+	lockout  *proxy.Lockout     // nil: off
 	admin    *admin.Server
 	adminHS  *http.Server
 	failed   chan error    // a listener died
@@ -151,29 +153,38 @@ func newDaemon(cfg *config.Config, logger *slog.Logger) (*daemon, error) {
 	if d.certs != nil {
 		tlsConf = d.certs.config()
 	}
+	d.limiter = proxy.NewConnLimiter(cfg.Security.MaxConnections, cfg.Security.MaxConnectionsPerIP)
+	d.lockout = proxy.NewLockout(cfg.Security.LockoutFailures, cfg.Security.LockoutWindow, cfg.Security.LockoutDuration)
+	d.accounts.SetLockout(d.lockout)
 	d.imap = &imapfront.Server{
-		Auth:            d.accounts,
-		TLSConfig:       tlsConf,
-		Logger:          logger.With("proto", "imap"),
-		PreAuthTimeout:  cfg.IMAP.PreAuthTimeout,
-		UpstreamTimeout: cfg.Security.UpstreamTimeout,
-		MaxLine:         cfg.IMAP.MaxLine,
-		MaxLiteral:      cfg.IMAP.MaxLiteral,
+		Auth:                  d.accounts,
+		TLSConfig:             tlsConf,
+		Logger:                logger,
+		Metrics:               d.metrics,
+		PlaintextAllowed:      d.plaintextAllowed,
+		IdleTimeout:           cfg.IMAP.IdleTimeout,
+		MaxUpstreamPerMailbox: cfg.Security.MaxUpstreamPerMailbox,
+		PreAuthTimeout:        cfg.IMAP.PreAuthTimeout,
+		UpstreamTimeout:       cfg.Security.UpstreamTimeout,
+		MaxLine:               cfg.IMAP.MaxLine,
+		MaxLiteral:            cfg.IMAP.MaxLiteral,
 	}
 	maxMsg := cfg.SMTP.MaxMessageBytes
 	if maxMsg == 0 {
 		maxMsg = config.FallbackMaxMessageBytes
 	}
 	d.smtp = &smtpfront.Server{
-		Auth:            d.accounts,
-		TLSConfig:       tlsConf,
-		Logger:          logger.With("proto", "smtp"),
-		Domain:          cfg.SMTP.Domain,
-		MaxMessageBytes: maxMsg,
-		MaxRecipients:   cfg.SMTP.MaxRecipients,
-		ReadTimeout:     cfg.SMTP.ReadTimeout,
-		WriteTimeout:    cfg.SMTP.WriteTimeout,
-		UpstreamTimeout: cfg.Security.UpstreamTimeout,
+		Auth:             d.accounts,
+		TLSConfig:        tlsConf,
+		Logger:           logger,
+		Metrics:          d.metrics,
+		PlaintextAllowed: d.plaintextAllowed,
+		Domain:           cfg.SMTP.Domain,
+		MaxMessageBytes:  maxMsg,
+		MaxRecipients:    cfg.SMTP.MaxRecipients,
+		ReadTimeout:      cfg.SMTP.ReadTimeout,
+		WriteTimeout:     cfg.SMTP.WriteTimeout,
+		UpstreamTimeout:  cfg.Security.UpstreamTimeout,
 	}
 	if cfg.Admin.Listen != "" {
 		d.admin, err = admin.New(admin.Options{
@@ -416,6 +427,14 @@ func (d *daemon) bind(s listenerSpec) error {
 		return fmt.Errorf("listen %s on %s: %w", s.name, s.addr, err)
 	}
 	ln = &filterListener{Listener: ln, allow: d.allowFunc(!s.implicit), logger: d.logger.With("listener", s.name)}
+	refusal := "" // implicit TLS: nothing can be said before the handshake
+	switch s.name {
+	case "imap":
+		refusal = imapfront.TooManyConnections
+	case "smtp":
+		refusal = smtpfront.TooManyConnections
+	}
+	ln = d.limiter.Listener(ln, refusal, d.logger.With("listener", s.name))
 	if s.implicit {
 		ln = tls.NewListener(ln, d.certs.config())
 	}
@@ -459,7 +478,8 @@ func (d *daemon) unbind(name string) {
 // allowFunc decides at accept whether a remote address may connect: it must
 // be in security.allow_from and, on a listener where passwords travel in the
 // clear, in allow_plaintext_from (loopback always is) unless local TLS is
-// configured so the client can use STARTTLS.
+// configured: then the client may connect, and the fronts refuse its
+// password until it has used STARTTLS.
 func (d *daemon) allowFunc(plain bool) func(netip.Addr) bool {
 	return func(ip netip.Addr) bool {
 		d.mu.Lock()
@@ -473,6 +493,14 @@ func (d *daemon) allowFunc(plain bool) func(netip.Addr) bool {
 		}
 		return true
 	}
+}
+
+// plaintextAllowed says whether ip may send a password without TLS.
+func (d *daemon) plaintextAllowed(ip netip.Addr) bool {
+	d.mu.Lock()
+	sec := d.cfg.Security
+	d.mu.Unlock()
+	return sec.PlaintextAllowedFrom(ip)
 }
 
 func (d *daemon) addr(name string) net.Addr {
@@ -502,6 +530,11 @@ func (d *daemon) reload(cfg *config.Config) {
 	old := d.cfg
 	d.cfg = cfg
 	d.mu.Unlock()
+	if o, n := old.Security, cfg.Security; o.LockoutFailures != n.LockoutFailures || o.LockoutWindow != n.LockoutWindow || o.LockoutDuration != n.LockoutDuration {
+		// Only on change: a new Lockout forgets the failures counted so far.
+		d.lockout = proxy.NewLockout(n.LockoutFailures, n.LockoutWindow, n.LockoutDuration)
+		d.accounts.SetLockout(d.lockout)
+	}
 	oldSpecs := d.listenerSpecs(old)
 	for i, s := range d.listenerSpecs(cfg) {
 		if s.addr == oldSpecs[i].addr {
