@@ -31,10 +31,17 @@ type serveHarness struct {
 	reloads chan error
 	cancel  context.CancelFunc
 	done    chan error
-	logs    *bytes.Buffer
+	logs    *lockedWriter
 }
 
 func startServe(t *testing.T) *serveHarness {
+	t.Helper()
+	return startServeWith(t, nil)
+}
+
+// startServeWith is startServe with the demo's config text changed by edit
+// before serve reads it.
+func startServeWith(t *testing.T, edit func(string) string) *serveHarness {
 	t.Helper()
 	dir := t.TempDir()
 	dm, err := startDemo(demoOptions{imap: "127.0.0.1:0", smtp: "127.0.0.1:0", admin: "", stateDir: dir, logOut: discardWriter{}})
@@ -47,19 +54,25 @@ func startServe(t *testing.T) *serveHarness {
 	dm.d = nil
 	t.Cleanup(func() { dm.close(context.Background()) })
 
-	h := &serveHarness{dm: dm, cfgFile: filepath.Join(dir, "mailproxy.toml"), reloads: make(chan error, 1), done: make(chan error, 1), logs: new(bytes.Buffer)}
+	h := &serveHarness{dm: dm, cfgFile: filepath.Join(dir, "mailproxy.toml"), reloads: make(chan error, 1), done: make(chan error, 1), logs: &lockedWriter{w: new(bytes.Buffer)}}
 	b, err := os.ReadFile(h.cfgFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	h.cfgText = string(b)
+	if edit != nil {
+		h.cfgText = edit(h.cfgText)
+		if err := os.WriteFile(h.cfgFile, []byte(h.cfgText), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	ready := make(chan *daemon, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	env := &cmdEnv{
 		stdin:  strings.NewReader(""),
 		stdout: &lockedWriter{w: new(bytes.Buffer)},
-		stderr: &lockedWriter{w: h.logs},
+		stderr: h.logs,
 		getenv: func(string) string { return "" },
 		serving: func(d *daemon) {
 			d.reloadDone = func(err error) { h.reloads <- err }
