@@ -1,0 +1,133 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestMain lets the test binary play the child roles: the bench re-runs
+// its own executable with "-role NAME".
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "-role" {
+		os.Exit(runRole(os.Args[2:]))
+	}
+	os.Exit(m.Run())
+}
+
+// TestQuick runs every workload end to end, scaled down further than
+// -quick, so that the bench cannot rot. It checks that each ran and
+// produced its rows, not the numbers: those depend on the machine.
+func TestQuick(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes and moves a few hundred MB; skipped with -short")
+	}
+	o := quickOptions()
+	o.loginN = 20
+	o.fetchSize = 8 << 20
+	o.smtpMessages = 100
+	o.bigSize = 2 << 20
+	o.idle = []int{100, 300}
+	var progress bytes.Buffer
+	o.progress = &progress
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rep, err := run(ctx, o)
+	if err != nil {
+		t.Fatalf("run(quick) = %v\nprogress:\n%s", err, progress.String())
+	}
+	var out bytes.Buffer
+	rep.write(&out)
+	t.Logf("report:\n%s", out.String())
+
+	wantRows := []string{
+		"IMAP login",
+		"IMAP FETCH 8 MiB, 1 client",
+		"IMAP FETCH 8 MiB, 8 clients",
+		"proxy CPU per GB relayed (IMAP",
+		"SMTP 100 messages",
+		"SMTP one 2 MiB message",
+		"proxy CPU per GB relayed (SMTP",
+		"stalled mid-FETCH",
+		"per idle IMAP session, 100 sessions",
+		"100 idle sessions held",
+		"per idle IMAP session, 300 sessions",
+		"300 idle sessions held",
+	}
+	for _, w := range wantRows {
+		found := false
+		for _, r := range rep.rows {
+			if strings.Contains(r.workload, w) {
+				found = true
+				if r.proxied == "" || strings.Contains(r.proxied, "NaN") || strings.Contains(r.proxied, "Inf") {
+					t.Errorf("row %q: proxied = %q, want a number", r.workload, r.proxied)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("report has no row containing %q", w)
+		}
+	}
+	for _, r := range rep.rows {
+		if strings.HasSuffix(r.workload, "idle sessions held") && r.met != "yes" {
+			t.Errorf("row %q: met = %q (%s), want yes", r.workload, r.met, r.proxied)
+		}
+	}
+	if !strings.Contains(out.String(), "| workload | direct | proxied | ratio | target | met? |") {
+		t.Errorf("report has no Markdown table header:\n%s", out.String())
+	}
+}
+
+func TestQuantile(t *testing.T) {
+	xs := []float64{5, 1, 4, 2, 3}
+	for _, tc := range []struct {
+		q    float64
+		want float64
+	}{{0.5, 3}, {0.99, 5}, {0.01, 1}, {1, 5}} {
+		if got := quantile(xs, tc.q); got != tc.want {
+			t.Errorf("quantile(%v, %v) = %v, want %v", xs, tc.q, got, tc.want)
+		}
+	}
+	if got := quantile([]float64(nil), 0.5); got != 0 {
+		t.Errorf("quantile(nil, 0.5) = %v, want 0", got)
+	}
+}
+
+func TestMakeMessage(t *testing.T) {
+	for _, size := range []int64{300, 301, 302, 1000, 1 << 16, 1<<16 + 1} {
+		m := makeMessage(size, "test", 'x')
+		if int64(len(m)) != size {
+			t.Errorf("len(makeMessage(%d)) = %d, want %d", size, len(m), size)
+		}
+		if !bytes.HasSuffix(m, []byte("\r\n")) {
+			t.Errorf("makeMessage(%d) does not end in CRLF", size)
+		}
+		for i, line := range bytes.Split(m[:len(m)-2], []byte("\r\n")) {
+			if len(line) > 78 || bytes.ContainsAny(line, "\r\n") {
+				t.Errorf("makeMessage(%d) line %d = %q, want at most 78 bytes and no bare CR or LF", size, i, line)
+				break
+			}
+		}
+	}
+}
+
+func TestLiteralSize(t *testing.T) {
+	for _, tc := range []struct {
+		line string
+		n    int64
+		ok   bool
+	}{
+		{"* 1 FETCH (UID 1 BODY[] {104857600}", 104857600, true},
+		{"* 1 FETCH (BODY[] {12+}", 12, true},
+		{"* OK done", 0, false},
+		{"* 1 FETCH {x}", 0, false},
+	} {
+		n, ok := literalSize(tc.line)
+		if n != tc.n || ok != tc.ok {
+			t.Errorf("literalSize(%q) = %d, %v, want %d, %v", tc.line, n, ok, tc.n, tc.ok)
+		}
+	}
+}

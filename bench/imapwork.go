@@ -1,0 +1,546 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// mainProxy returns the proxy process shared by the latency and
+// throughput workloads, starting and warming it on first use.
+func (e *env) mainProxy(ctx context.Context) (*proxyProc, error) {
+	e.mu.Lock()
+	for _, p := range e.running {
+		if p.name == "main" {
+			e.mu.Unlock()
+			return p, nil
+		}
+	}
+	e.mu.Unlock()
+	p, err := e.startProxy("main", true)
+	if err != nil {
+		return nil, err
+	}
+	users := []string{proxyUser}
+	for i := range e.upInfo.Mailboxes {
+		users = append(users, fetchUser(i))
+	}
+	if err := e.warm(ctx, p, users...); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// loginWarmup iterations per mode are not counted: the first connections
+// pay for lazily built state on every side.
+const loginWarmup = 10
+
+// benchLogin: connect, greeting, login until the tagged OK. Direct is TCP,
+// TLS and AUTHENTICATE XOAUTH2 to the upstream; proxied is TCP and LOGIN
+// to the proxy, which does TLS and XOAUTH2 upstream with a cached token
+// and a cached password check.
+func (e *env) benchLogin(ctx context.Context, rep *report) error {
+	p, err := e.mainProxy(ctx)
+	if err != nil {
+		return err
+	}
+	lat := map[mode][]time.Duration{}
+	for i := range loginWarmup + e.o.loginN {
+		for _, m := range order(i) {
+			d, err := e.loginOnce(ctx, p, m)
+			if err != nil {
+				return fmt.Errorf("login %d %s: %w", i, m, err)
+			}
+			if i >= loginWarmup {
+				lat[m] = append(lat[m], d)
+			}
+		}
+	}
+	dm, pm := median(lat[direct]), median(lat[proxied])
+	added := pm - dm
+	rep.add(row{
+		workload: fmt.Sprintf("IMAP login, connect to tagged OK (N=%d each)", e.o.loginN),
+		direct:   latencyCell(lat[direct]),
+		proxied:  latencyCell(lat[proxied]),
+		ratio:    fmt.Sprintf("%.2f× (%+.2f ms)", float64(pm)/float64(dm), float64(added)/float64(time.Millisecond)),
+		target:   "≤ +1 ms at the median",
+		met:      yesNo(added <= time.Millisecond),
+	})
+	e.logf("login: direct %s, proxied %s", latencyCell(lat[direct]), latencyCell(lat[proxied]))
+	return nil
+}
+
+func (e *env) loginOnce(ctx context.Context, p *proxyProc, m mode) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, stepTimeout)
+	defer cancel()
+	start := time.Now()
+	var c *imapClient
+	var err error
+	if m == direct {
+		c, err = e.dialDirect(ctx, benchUser)
+	} else {
+		c, err = e.dialProxied(ctx, p, proxyUser)
+	}
+	d := time.Since(start)
+	if err != nil {
+		return 0, err
+	}
+	c.logout()
+	return d, nil
+}
+
+// fetchResult is one FETCH round.
+type fetchResult struct {
+	wall     time.Duration
+	bytes    int64
+	perConn  []float64     // MiB/s of each client
+	cpuProxy time.Duration // proxy process, proxied rounds only
+	cpuUp    time.Duration // upstream process
+	cpuSelf  time.Duration // this process: the clients
+}
+
+// benchFetch: one 100 MiB message, one client and fetchClients clients in
+// parallel (each on its own mailbox), timed from the FETCH command to the
+// tagged OK.
+func (e *env) benchFetch(ctx context.Context, rep *report) error {
+	p, err := e.mainProxy(ctx)
+	if err != nil {
+		return err
+	}
+	var relayed int64
+	var cpuRelay time.Duration
+	cpuUp := map[mode]time.Duration{}
+	cpuSelf := map[mode]time.Duration{}
+	upBytes := map[mode]int64{}
+	for _, k := range []int{1, e.o.fetchClients} {
+		// One untimed round per mode: the first large FETCH grows the
+		// heaps of every process.
+		for _, m := range order(0) {
+			if _, err := e.fetchRound(ctx, p, m, k); err != nil {
+				return fmt.Errorf("warm-up FETCH %s ×%d: %w", m, k, err)
+			}
+		}
+		agg := map[mode][]float64{}
+		per := map[mode][]float64{}
+		for r := range e.o.fetchRounds {
+			for _, m := range order(r) {
+				res, err := e.fetchRound(ctx, p, m, k)
+				if err != nil {
+					return fmt.Errorf("FETCH %s ×%d round %d: %w", m, k, r, err)
+				}
+				agg[m] = append(agg[m], mibps(res.bytes, res.wall))
+				per[m] = append(per[m], res.perConn...)
+				cpuUp[m] += res.cpuUp
+				cpuSelf[m] += res.cpuSelf
+				upBytes[m] += res.bytes
+				if m == proxied {
+					relayed += res.bytes
+					cpuRelay += res.cpuProxy
+				}
+				e.logf("fetch ×%d %s round %d: %.1f MiB/s", k, m, r, mibps(res.bytes, res.wall))
+			}
+		}
+		ratio := pairedRatio(agg[direct], agg[proxied])
+		name := fmt.Sprintf("IMAP FETCH %d MiB, 1 client", e.o.fetchSize>>20)
+		if k > 1 {
+			name = fmt.Sprintf("IMAP FETCH %d MiB, %d clients in parallel (aggregate)", e.o.fetchSize>>20, k)
+		}
+		rep.add(row{
+			workload: name,
+			direct:   throughputCell(agg[direct], "MiB/s"),
+			proxied:  throughputCell(agg[proxied], "MiB/s"),
+			ratio:    ratioCell(agg[direct], agg[proxied]),
+			target:   "≥ 0.9×",
+			met:      yesNo(ratio >= 0.9),
+		})
+		if k > 1 {
+			rep.note("FETCH ×%d per-client throughput: direct %s, proxied %s.", k,
+				throughputCell(per[direct], "MiB/s"), throughputCell(per[proxied], "MiB/s"))
+		}
+	}
+	perGB := func(d time.Duration, b int64) float64 { return d.Seconds() / (float64(b) / 1e9) }
+	rep.add(row{
+		workload: fmt.Sprintf("proxy CPU per GB relayed (IMAP FETCH, 1 and %d clients)", e.o.fetchClients),
+		direct:   "—",
+		proxied:  fmt.Sprintf("%.2f CPU-s/GB", perGB(cpuRelay, relayed)),
+		ratio:    "—",
+		target:   "(report)",
+		met:      "—",
+	})
+	rep.note("FETCH CPU per GB, for scale: the upstream (TLS encrypt and imapmemserver) spent %.2f CPU-s/GB direct and %.2f proxied; "+
+		"the clients spent %.2f CPU-s/GB direct (TLS decrypt) and %.2f proxied (plain TCP). The proxy's %.2f includes its TLS decrypt.",
+		perGB(cpuUp[direct], upBytes[direct]), perGB(cpuUp[proxied], upBytes[proxied]),
+		perGB(cpuSelf[direct], upBytes[direct]), perGB(cpuSelf[proxied], upBytes[proxied]),
+		perGB(cpuRelay, relayed))
+	return nil
+}
+
+// fetchRound runs k clients, each fetching the message in its own mailbox.
+func (e *env) fetchRound(ctx context.Context, p *proxyProc, m mode, k int) (fetchResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, stepTimeout)
+	defer cancel()
+	clients := make([]*imapClient, 0, k)
+	defer func() {
+		for _, c := range clients {
+			c.close()
+		}
+	}()
+	for i := range k {
+		var c *imapClient
+		var err error
+		if m == direct {
+			c, err = e.dialDirect(ctx, fetchMailbox(i))
+		} else {
+			c, err = e.dialProxied(ctx, p, fetchUser(i))
+		}
+		if err != nil {
+			return fetchResult{}, err
+		}
+		clients = append(clients, c)
+		if _, err := c.run("SELECT INBOX"); err != nil {
+			return fetchResult{}, fmt.Errorf("SELECT: %w", err)
+		}
+	}
+
+	res := fetchResult{perConn: make([]float64, k)}
+	pcpu0, _ := cpuTime(p.pid)
+	ucpu0, _ := cpuTime(e.up.pid)
+	scpu0 := selfCPU()
+	errs := make([]error, k)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i, c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := time.Now()
+			n, err := c.fetchBody()
+			if err == nil && n != e.upInfo.FetchSize {
+				err = fmt.Errorf("FETCH returned a %d-byte literal, want %d", n, e.upInfo.FetchSize)
+			}
+			errs[i] = err
+			res.perConn[i] = mibps(n, time.Since(t))
+			atomic.AddInt64(&res.bytes, n)
+		}()
+	}
+	wg.Wait()
+	res.wall = time.Since(start)
+	pcpu1, _ := cpuTime(p.pid)
+	ucpu1, _ := cpuTime(e.up.pid)
+	res.cpuProxy, res.cpuUp, res.cpuSelf = pcpu1-pcpu0, ucpu1-ucpu0, selfCPU()-scpu0
+	if err := errors.Join(errs...); err != nil {
+		return res, err
+	}
+	for _, c := range clients {
+		c.logout()
+	}
+	clients = nil
+	return res, nil
+}
+
+// benchStall: stallClients clients each start a FETCH of the big message,
+// read stallAfter bytes and stop reading. Back-pressure must stop the
+// proxy reading from the upstream, holding no more than a buffer or two per
+// session. Measured in a fresh proxy process, against the same proxy with
+// the same sessions logged in and idle.
+func (e *env) benchStall(ctx context.Context, rep *report) error {
+	k := e.o.stallClients
+	p, err := e.startProxy("stall", false)
+	if err != nil {
+		return err
+	}
+	defer p.stop()
+	users := make([]string, k)
+	for i := range k {
+		users[i] = fetchUser(i)
+	}
+	if err := e.warm(ctx, p, users...); err != nil {
+		return err
+	}
+	if err := p.settle(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, stepTimeout)
+	defer cancel()
+	clients := make([]*imapClient, 0, k)
+	defer func() {
+		for _, c := range clients {
+			c.close()
+		}
+	}()
+	for _, u := range users {
+		c, err := e.dialProxied(ctx, p, u)
+		if err != nil {
+			return err
+		}
+		clients = append(clients, c)
+		if _, err := c.run("SELECT INBOX"); err != nil {
+			return fmt.Errorf("SELECT: %w", err)
+		}
+	}
+	base, err := p.rss()
+	if err != nil {
+		return err
+	}
+	read0, err := readBytes(p.pid)
+	if err != nil {
+		return err
+	}
+	for _, c := range clients {
+		if err := c.startStall(e.o.stallAfter); err != nil {
+			return fmt.Errorf("start the stalled FETCH: %w", err)
+		}
+	}
+	read1, settled, err := waitQuiet(ctx, p.pid)
+	if err != nil {
+		return err
+	}
+	stalled, err := p.rss()
+	if err != nil {
+		return err
+	}
+	st, _ := p.stats()
+	if err := e.heapProfile(p); err != nil {
+		return err
+	}
+	extra := (stalled - base) / int64(k)
+	rep.add(row{
+		workload: fmt.Sprintf("proxy RSS, %d clients stalled mid-FETCH of %d MiB (extra per client)", k, e.o.fetchSize>>20),
+		direct:   "—",
+		proxied:  fmt.Sprintf("%s (RSS %.1f MiB, was %.1f MiB)", kib(extra), float64(stalled)/(1<<20), float64(base)/(1<<20)),
+		ratio:    "—",
+		target:   "≤ 2 MiB per stalled client",
+		met:      yesNo(extra <= 2<<20),
+	})
+	rep.note("Stalled FETCH: the proxy read %.1f MiB per stalled session from all sockets before back-pressure stopped it (quiet after %s); "+
+		"the rest of each %d MiB message stayed upstream. Go heap in use %.1f MiB, stacks %.1f MiB, %d goroutines.",
+		float64(read1-read0)/float64(k)/(1<<20), settled.Round(100*time.Millisecond), e.o.fetchSize>>20,
+		float64(st.HeapInuse)/(1<<20), float64(st.StackInuse)/(1<<20), st.Goroutines)
+	return nil
+}
+
+// heapProfile writes p's heap profile now, with -proxy-memprofile.
+func (e *env) heapProfile(p *proxyProc) error {
+	if e.o.memProfile == "" {
+		return nil
+	}
+	path := e.o.memProfile + "." + p.name
+	if _, err := p.call("heap " + path); err != nil {
+		return err
+	}
+	e.logf("heap profile of proxy %q: %s", p.name, path)
+	return nil
+}
+
+// waitQuiet waits until pid has read nothing for quietFor, and returns its
+// read counter and how long that took.
+func waitQuiet(ctx context.Context, pid int) (int64, time.Duration, error) {
+	const (
+		poll     = 100 * time.Millisecond
+		quietFor = time.Second
+	)
+	start := time.Now()
+	last, err := readBytes(pid)
+	if err != nil {
+		return 0, 0, err
+	}
+	quietSince := time.Now()
+	t := time.NewTicker(poll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return 0, 0, fmt.Errorf("proxy never went quiet: %w", ctx.Err())
+		case <-t.C:
+		}
+		n, err := readBytes(pid)
+		if err != nil {
+			return 0, 0, err
+		}
+		if n != last {
+			last, quietSince = n, time.Now()
+			continue
+		}
+		if time.Since(quietSince) >= quietFor {
+			return n, time.Since(start) - quietFor, nil
+		}
+	}
+}
+
+const (
+	idleWorkers = 32      // open idle sessions in parallel
+	idleReadBuf = 4 << 10 // idle clients read little
+	// idleFDReserve is what the proxy needs besides two descriptors per
+	// session: stdio, listeners, epoll, the log, the IdP connection.
+	idleFDReserve = 32
+)
+
+// benchIdle: n idle authenticated sessions through a fresh proxy, each
+// with its own upstream TLS connection; RSS per session above the proxy's
+// RSS after its warm-up login.
+func (e *env) benchIdle(ctx context.Context, rep *report) error {
+	for _, n := range e.o.idle {
+		if err := e.idleRun(ctx, rep, n); err != nil {
+			return fmt.Errorf("%d idle sessions: %w", n, err)
+		}
+	}
+	return nil
+}
+
+func (e *env) idleRun(ctx context.Context, rep *report, asked int) error {
+	p, err := e.startProxy(fmt.Sprintf("idle%d", asked), false)
+	if err != nil {
+		return err
+	}
+	defer p.stop()
+	// Each relayed session holds two descriptors in the proxy (client and
+	// upstream). Where the hard limit cannot be raised, ask only for what
+	// fits, and say so.
+	n := asked
+	if fit := (int(p.hello.NoFile) - idleFDReserve) / 2; n > fit {
+		n = fit
+		rep.note("%d idle sessions asked for, %d run: the proxy's RLIMIT_NOFILE is %d and cannot be raised on this machine "+
+			"(setrlimit needs CAP_SYS_RESOURCE over the hard limit), and each relayed session holds 2 descriptors.",
+			asked, n, p.hello.NoFile)
+		e.logf("idle: RLIMIT_NOFILE %d allows %d sessions, not %d", p.hello.NoFile, n, asked)
+	}
+	if err := e.warm(ctx, p, proxyUser); err != nil {
+		return err
+	}
+	if err := p.settle(); err != nil {
+		return err
+	}
+	base, err := p.rss()
+	if err != nil {
+		return err
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, stepTimeout)
+	defer cancel()
+	start := time.Now()
+	conns := make([]*imapClient, n)
+	var next atomic.Int64
+	var failed atomic.Int64
+	var firstErr error
+	var errOnce sync.Once
+	var wg sync.WaitGroup
+	for range idleWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				c, err := e.dialProxiedBuf(ctx, p, proxyUser, idleReadBuf)
+				if err == nil {
+					// A command through the relay: both directions run.
+					if _, err = c.run("NOOP"); err != nil {
+						c.close()
+					}
+				}
+				if err != nil {
+					failed.Add(1)
+					errOnce.Do(func() { firstErr = err })
+					continue
+				}
+				c.conn.SetDeadline(time.Time{})
+				conns[i] = c
+			}
+		}()
+	}
+	wg.Wait()
+	opened := time.Since(start)
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				c.close()
+			}
+		}
+	}()
+	raw, err := p.rss()
+	if err != nil {
+		return err
+	}
+	rawStats, _ := p.stats()
+	if err := p.settle(); err != nil {
+		return err
+	}
+	settled, err := p.rss()
+	if err != nil {
+		return err
+	}
+	st, _ := p.stats()
+	if err := e.heapProfile(p); err != nil {
+		return err
+	}
+
+	// Every session must still work.
+	var alive atomic.Int64
+	next.Store(0)
+	for range idleWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				c := conns[i]
+				if c == nil {
+					continue
+				}
+				c.setDeadline(time.Minute)
+				if _, err := c.run("NOOP"); err != nil {
+					errOnce.Do(func() { firstErr = fmt.Errorf("NOOP on an idle session: %w", err) })
+					continue
+				}
+				alive.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+
+	ok := alive.Load()
+	if ok == 0 {
+		return fmt.Errorf("no session opened: %w", firstErr)
+	}
+	perRaw := (raw - base) / ok
+	perSettled := (settled - base) / ok
+	rep.add(row{
+		workload: fmt.Sprintf("proxy RSS per idle IMAP session, %d sessions", n),
+		direct:   "—",
+		proxied:  fmt.Sprintf("%s (after GC %s)", kib(perRaw), kib(perSettled)),
+		ratio:    "—",
+		target:   "≤ 64 KiB",
+		met:      yesNo(perRaw <= 64<<10),
+	})
+	held := yesNo(ok == int64(n) && failed.Load() == 0)
+	if n < asked && held == "yes" {
+		held = fmt.Sprintf("no: fd limit allows %d", n)
+	}
+	rep.add(row{
+		workload: fmt.Sprintf("%d idle sessions held", asked),
+		direct:   "—",
+		proxied:  fmt.Sprintf("%d/%d alive, %d failed to open", ok, n, failed.Load()),
+		ratio:    "—",
+		target:   "all, no error",
+		met:      held,
+	})
+	rep.note("%d idle sessions: opened in %s; proxy RSS %.1f MiB before, %.1f MiB with them (%.1f MiB after GC). "+
+		"Go heap in use %.1f MiB (%.1f after GC), stacks %.1f MiB, %d goroutines, %d heap objects.",
+		n, opened.Round(time.Millisecond), float64(base)/(1<<20), float64(raw)/(1<<20), float64(settled)/(1<<20),
+		float64(rawStats.HeapInuse)/(1<<20), float64(st.HeapInuse)/(1<<20), float64(st.StackInuse)/(1<<20),
+		st.Goroutines, st.HeapObjects)
+	if firstErr != nil {
+		rep.note("%d idle sessions: first error: %v", n, firstErr)
+	}
+	e.logf("idle %d: %s per session (after GC %s), %d alive", n, kib(perRaw), kib(perSettled), ok)
+	return nil
+}

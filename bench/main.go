@@ -1,0 +1,226 @@
+// Command bench measures mailproxy against a direct connection to the same
+// upstream, in the same run: IMAP login latency, IMAP FETCH throughput,
+// SMTP submission, the proxy's memory per idle and per stalled session, and
+// the proxy's CPU time per GB relayed. docs/BENCHMARKS.md has the results
+// and how to read them.
+//
+// Three kinds of process take part, so that the proxy's RSS and CPU time
+// are its own:
+//
+//   - this one, the orchestrator, which also runs every client;
+//   - the fake Microsoft 365 (-role upstream): fake Entra ID, IMAP with
+//     implicit TLS and SMTP with STARTTLS, from internal/fake365;
+//   - the proxy (-role proxy), built from the real packages: proxy.Accounts
+//     with password_hash accounts and an oauth.Source token source,
+//     proxy/imap.Server and proxy/smtp.Server, strict upstream TLS. The
+//     memory workloads each get a fresh proxy process.
+//
+// Usage:
+//
+//	go run ./bench            # full run, about 5 to 10 minutes
+//	go run ./bench -quick     # smoke run, well under a minute
+//	go run ./bench -only login,fetch -proxy-cpuprofile /tmp/cpu.out
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// options are the knobs of one run. The full defaults match issue 8;
+// -quick scales everything down.
+type options struct {
+	loginN       int   // login iterations per mode
+	fetchSize    int64 // bytes of the FETCH message
+	fetchRounds  int   // rounds per mode, per client count
+	fetchClients int   // parallel FETCH clients (each has its own mailbox)
+	smtpMessages int   // messages in the submission workload
+	smtpSize     int   // bytes per message
+	smtpSessions int   // concurrent SMTP sessions
+	smtpRounds   int   // rounds per mode
+	bigSize      int   // bytes of the single large SMTP message
+	bigRounds    int   // rounds per mode
+	idle         []int // idle session counts, each in a fresh proxy
+	stallClients int   // clients stalling mid-FETCH
+	stallAfter   int64 // bytes each stalling client reads before it stops
+
+	// smtpPrototype also runs the SMTP workloads through the pass-through
+	// experiment in smtpproto.go.
+	smtpPrototype bool
+	// linkMiBps puts the IMAP upstream behind a shared link of this speed
+	// (0: none), as the Internet is in a deployment.
+	linkMiBps float64
+
+	only        map[string]bool // workloads to run; empty: all
+	cpuProfile  string          // proxy CPU profile of the main proxy process
+	memProfile  string          // proxy heap profile, written at its exit
+	proxyLogDir string          // "" = a temporary directory
+	progress    io.Writer
+}
+
+func fullOptions() options {
+	return options{
+		loginN:       300,
+		fetchSize:    100 << 20,
+		fetchRounds:  7,
+		fetchClients: 8,
+		smtpMessages: 1000,
+		smtpSize:     50 << 10,
+		smtpSessions: 4,
+		smtpRounds:   7,
+		bigSize:      30 << 20,
+		bigRounds:    7,
+		idle:         []int{2000, 10000},
+		stallClients: 8,
+		stallAfter:   1 << 20,
+	}
+}
+
+func quickOptions() options {
+	o := fullOptions()
+	o.loginN = 40
+	o.fetchSize = 16 << 20
+	o.fetchRounds = 1
+	o.smtpMessages = 200
+	o.smtpRounds = 1
+	o.bigSize = 4 << 20
+	o.bigRounds = 1
+	o.idle = []int{200, 1000}
+	o.stallAfter = 256 << 10
+	return o
+}
+
+// workloads, in the order they run.
+var workloadNames = []string{"login", "fetch", "smtp", "stall", "idle"}
+
+func (o *options) runs(name string) bool { return len(o.only) == 0 || o.only[name] }
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "-role" {
+		os.Exit(runRole(os.Args[2:]))
+	}
+	o, err := parseFlags(os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	rep, err := run(context.Background(), o)
+	if rep != nil {
+		rep.write(os.Stdout)
+		if missed := rep.failed(); len(missed) > 0 {
+			fmt.Fprintf(os.Stderr, "bench: targets missed: %s\n", strings.Join(missed, "; "))
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func parseFlags(args []string) (options, error) {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	quick := fs.Bool("quick", false, "smoke run: small sizes and counts, under a minute")
+	only := fs.String("only", "", "comma-separated workloads to run: "+strings.Join(workloadNames, ","))
+	loginN := fs.Int("login-n", 0, "login iterations per mode (0: preset)")
+	fetchMB := fs.Int("fetch-mb", 0, "FETCH message size in MiB (0: preset)")
+	rounds := fs.Int("rounds", 0, "rounds per mode for the throughput workloads (0: preset)")
+	idle := fs.String("idle", "", "comma-separated idle session counts (empty: preset)")
+	cpuProf := fs.String("proxy-cpuprofile", "", "write a CPU profile of the main proxy process to `file`")
+	memProf := fs.String("proxy-memprofile", "", "write heap profiles of the proxy processes to `file`.NAME: at the measurement point of the memory workloads, at exit for the main proxy")
+	proto := fs.Bool("smtp-prototype", false, "also run the SMTP workloads through the pass-through experiment (bench/smtpproto.go)")
+	link := fs.Float64("link-mibps", 0, "put the fake IMAP upstream behind a shared link of this many MiB/s, like the Internet in a deployment (0: none)")
+	logDir := fs.String("proxy-logdir", "", "directory for the proxy processes' logs (default: a temporary one)")
+	if err := fs.Parse(args); err != nil {
+		return options{}, err
+	}
+	if fs.NArg() > 0 {
+		return options{}, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	o := fullOptions()
+	if *quick {
+		o = quickOptions()
+	}
+	if *loginN > 0 {
+		o.loginN = *loginN
+	}
+	if *fetchMB > 0 {
+		o.fetchSize = int64(*fetchMB) << 20
+	}
+	if *rounds > 0 {
+		o.fetchRounds, o.smtpRounds, o.bigRounds = *rounds, *rounds, *rounds
+	}
+	if *idle != "" {
+		o.idle = nil
+		for _, f := range strings.Split(*idle, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n <= 0 {
+				return options{}, fmt.Errorf("-idle: %q is not a positive count", f)
+			}
+			o.idle = append(o.idle, n)
+		}
+	}
+	if *only != "" {
+		o.only = make(map[string]bool)
+		for _, w := range strings.Split(*only, ",") {
+			w = strings.TrimSpace(w)
+			known := false
+			for _, n := range workloadNames {
+				known = known || n == w
+			}
+			if !known {
+				return options{}, fmt.Errorf("-only: unknown workload %q (have %s)", w, strings.Join(workloadNames, ","))
+			}
+			o.only[w] = true
+		}
+	}
+	o.cpuProfile, o.memProfile, o.proxyLogDir = *cpuProf, *memProf, *logDir
+	o.smtpPrototype = *proto
+	o.linkMiBps = *link
+	o.progress = os.Stderr
+	return o, nil
+}
+
+// run runs the selected workloads and returns the report, which holds
+// whatever finished even when err is not nil.
+func run(ctx context.Context, o options) (*report, error) {
+	if o.progress == nil {
+		o.progress = io.Discard
+	}
+	start := time.Now()
+	rep := &report{opts: o}
+	rep.machine = describeMachine()
+	e, err := newEnv(ctx, o)
+	if err != nil {
+		return rep, err
+	}
+	defer e.close()
+	steps := []struct {
+		name string
+		f    func(context.Context, *report) error
+	}{
+		{"login", e.benchLogin},
+		{"fetch", e.benchFetch},
+		{"smtp", e.benchSMTP},
+		{"stall", e.benchStall},
+		{"idle", e.benchIdle},
+	}
+	for _, s := range steps {
+		if !o.runs(s.name) {
+			continue
+		}
+		t := time.Now()
+		e.logf("== %s", s.name)
+		if err := s.f(ctx, rep); err != nil {
+			return rep, fmt.Errorf("workload %s: %w", s.name, err)
+		}
+		e.logf("== %s done in %s", s.name, time.Since(t).Round(time.Millisecond))
+	}
+	rep.elapsed = time.Since(start)
+	return rep, nil
+}
