@@ -298,6 +298,27 @@ func (m *Manager) recordError(a *account, te *TokenError) {
 // Seal writes a new entry for username, sealed with a fresh key derived from
 // password (`mailproxy login`, the admin page, demo), and forgets what was
 // cached for the account, so the next Open reads the new entry.
+// Flush saves every source's rotated tokens that are not on disk yet (a
+// save that failed, say on a full disk) and returns the accounts whose
+// tokens still could not be saved.
+func (m *Manager) Flush() (unsaved []string) {
+	m.mu.Lock()
+	accts := make([]*account, 0, len(m.accounts))
+	for _, a := range m.accounts {
+		accts = append(accts, a)
+	}
+	m.mu.Unlock()
+	for _, a := range accts {
+		a.mu.Lock()
+		src := a.source
+		a.mu.Unlock()
+		if src != nil && src.Flush() {
+			unsaved = append(unsaved, a.name)
+		}
+	}
+	return unsaved
+}
+
 func (m *Manager) Seal(username, password string, ts TokenSet, meta store.Meta) error {
 	key, err := m.store.NewKey(password)
 	if err != nil {

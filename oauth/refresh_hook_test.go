@@ -37,3 +37,20 @@ func TestManagerOnRefresh(t *testing.T) {
 		t.Errorf("OnRefresh outcomes = %v, want [true false]", got)
 	}
 }
+
+func TestFlushSavesUnsavedTokens(t *testing.T) {
+	e := newEnv(t)
+	rec := &recorder{fail: 2}
+	s := e.source(t, e.seed(), rec.persist)
+	mustToken(t, s) // the save fails: rotated tokens only in memory
+	if !s.Flush() {
+		t.Fatalf("Flush() with the save still failing = saved, want unsaved")
+	}
+	if s.Flush() {
+		t.Errorf("Flush() after the store recovered = unsaved, want saved")
+	}
+	last, n := rec.last()
+	if n != 1 || last.RefreshToken != s.Tokens().RefreshToken {
+		t.Errorf("saved %d sets (current refresh token: %v), want 1 with the current token", n, last.RefreshToken == s.Tokens().RefreshToken)
+	}
+}

@@ -333,6 +333,15 @@ func (s *Source) warnServing(err *TokenError) {
 
 // persistCurrent hands the current tokens to persist if they are not stored
 // yet. With block false it gives up when another persist is running.
+// Flush saves rotated tokens that an earlier save could not store, and
+// reports whether unsaved tokens remain. serve calls it at shutdown.
+func (s *Source) Flush() (unsaved bool) {
+	s.persistCurrent(true)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dirty
+}
+
 func (s *Source) persistCurrent(block bool) {
 	if s.persist == nil {
 		s.mu.Lock()

@@ -574,6 +574,10 @@ func (d *daemon) shutdown(ctx context.Context) error {
 	d.imap.Close()
 	d.smtp.Close()
 	d.wg.Wait()
+	// Rotated tokens a failed save left in memory get one last chance.
+	for _, u := range d.manager.Flush() {
+		d.logger.Error("rotated tokens could not be saved: the account will need a new sign-in", "account", u)
+	}
 	if err := errors.Join(imapErr, smtpErr); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 		return err
 	}
