@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -130,4 +129,3 @@ func newManager(cfg *config.Config, logger *slog.Logger) (*oauth.Manager, *store
 // discardLogger is for commands that print their own output.
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-var _ = os.Getenv

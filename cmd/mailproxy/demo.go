@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -271,4 +270,3 @@ Press Ctrl-C to stop.
 		imapAddr, demoPending)
 }
 
-var _ = slog.Default
