@@ -369,8 +369,9 @@ type AccountStatus struct {
 
 // Status returns what is known about username from its entry's metadata and,
 // when open, its live Source.
-func (m *Manager) Status(username string) AccountStatus {
-	st := AccountStatus{Username: strings.ToLower(username)}
+func (m *Manager) Status(username string) (st AccountStatus) {
+	st = AccountStatus{Username: strings.ToLower(username)}
+	defer func() { st.Hint = strings.ReplaceAll(st.Hint, "<user>", username) }()
 	if a := m.account(username); a != nil {
 		a.mu.Lock()
 		st.Flow = a.cfg.Flow

@@ -1,6 +1,7 @@
 package oauth
 
 import (
+	"strings"
 	"sync"
 	"testing"
 )
@@ -52,5 +53,14 @@ func TestFlushSavesUnsavedTokens(t *testing.T) {
 	last, n := rec.last()
 	if n != 1 || last.RefreshToken != s.Tokens().RefreshToken {
 		t.Errorf("saved %d sets (current refresh token: %v), want 1 with the current token", n, last.RefreshToken == s.Tokens().RefreshToken)
+	}
+}
+
+func TestStatusHintNamesTheAccount(t *testing.T) {
+	e := newEnv(t)
+	m := e.manager(t, e.openStore(t, t.TempDir()))
+	st := m.Status(testUser)
+	if !st.NeedsSignIn || !strings.Contains(st.Hint, "mailproxy login "+testUser) {
+		t.Errorf("Status(never signed in) = needs sign-in %v, hint %q; want a hint naming %s", st.NeedsSignIn, st.Hint, testUser)
 	}
 }

@@ -36,7 +36,7 @@ func TokenAuthError(username string, err error) *AuthError {
 	if err == nil {
 		return nil
 	}
-	hint := errorHint(err)
+	hint := strings.ReplaceAll(errorHint(err), "<user>", username)
 	switch {
 	case anyInChain(err, func(e error) bool {
 		ns, ok := e.(needsSignIn)
@@ -74,7 +74,8 @@ func isTemporary(err error) bool {
 	})
 }
 
-// errorHint returns the first non-empty Hint() in err's chain.
+// errorHint returns the first non-empty Hint() in err's chain. Hints name
+// the account as "<user>"; callers put the username in.
 func errorHint(err error) string {
 	var hint string
 	anyInChain(err, func(e error) bool {

@@ -153,3 +153,16 @@ func TestClientText(t *testing.T) {
 		}
 	}
 }
+
+type userHintErr struct{}
+
+func (userHintErr) Error() string     { return "invalid_grant" }
+func (userHintErr) NeedsSignIn() bool { return true }
+func (userHintErr) Hint() string      { return "run `mailproxy login <user>`" }
+
+func TestTokenAuthErrorNamesTheAccountInTheHint(t *testing.T) {
+	ae := TokenAuthError("alice@contoso.com", userHintErr{})
+	if !strings.Contains(ae.Msg, "mailproxy login alice@contoso.com") || strings.Contains(ae.Msg, "<user>") {
+		t.Errorf("TokenAuthError(alice, hint with <user>).Msg = %q, want the hint naming alice", ae.Msg)
+	}
+}
