@@ -31,6 +31,12 @@ const (
 	// minUsable is the life a token must have left to be handed out
 	// while the identity provider is failing.
 	minUsable = time.Minute
+	// A caller whose token still has aheadUsable of life waits at most
+	// aheadWait for a refresh ahead of expiry, then gets the current token
+	// while the refresh goes on: a slow or hanging identity provider must
+	// not delay logins that do not need it.
+	aheadUsable = 10 * time.Minute
+	aheadWait   = 2 * time.Second
 	// defaultLifetime is assumed when the token endpoint omits expires_in.
 	defaultLifetime = time.Hour
 	// After a failed refresh no new attempt is made before the backoff

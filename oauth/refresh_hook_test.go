@@ -1,6 +1,10 @@
 package oauth
 
 import (
+	"context"
+	"time"
+
+	"mailproxy/internal/fake365"
 	"strings"
 	"sync"
 	"testing"
@@ -62,5 +66,22 @@ func TestStatusHintNamesTheAccount(t *testing.T) {
 	st := m.Status(testUser)
 	if !st.NeedsSignIn || !strings.Contains(st.Hint, "mailproxy login "+testUser) {
 		t.Errorf("Status(never signed in) = needs sign-in %v, hint %q; want a hint naming %s", st.NeedsSignIn, st.Hint, testUser)
+	}
+}
+
+func TestSlowRefreshAheadDoesNotDelayLogins(t *testing.T) {
+	e := newEnv(t)
+	s := e.source(t, e.seed(), nil)
+	tok := mustToken(t, s)
+	e.clock.Advance(35 * time.Minute) // due for a refresh, 25 minutes left
+	e.idp.SetFailure(&fake365.Failure{Hang: true})
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	got, err := s.Token(ctx)
+	if err != nil || got != tok {
+		t.Fatalf("Token() with a hanging IdP and 25 min left = %v; want the current token", err)
+	}
+	if ctx.Err() != nil {
+		t.Errorf("Token() returned only when the caller's deadline passed; want it to return after a short wait")
 	}
 }

@@ -280,7 +280,19 @@ func (s *Source) fail(te *TokenError, now time.Time, gen uint64) time.Duration {
 // wait waits for c. A failed refresh that is not forced still yields the
 // current token while it is usable.
 func (s *Source) wait(ctx context.Context, c *refreshCall, forced bool) (string, error) {
+	var ahead <-chan time.Time
+	if !forced {
+		if ts, now := s.Tokens(), s.now(); ts.AccessToken != "" && ts.Expiry.Sub(now) > aheadUsable {
+			t := time.NewTimer(aheadWait)
+			defer t.Stop()
+			ahead = t.C
+		}
+	}
 	select {
+	case <-ahead:
+		// The refresh ahead of expiry is slow; it goes on for the next
+		// caller, this one takes the current token.
+		return s.Tokens().AccessToken, nil
 	case <-c.done:
 		if c.err == nil {
 			return c.ts.AccessToken, nil
