@@ -529,8 +529,13 @@ func TestRelayAdapt(t *testing.T) {
 // benchRelay streams b.N chunks from the upstream far end through Relay to
 // the client far end.
 func benchRelay(b *testing.B, clientFar, clientProxy, upProxy, upFar net.Conn) {
-	const chunk = 32 << 10
-	res := startRelay(clientProxy, nil, upProxy, nil)
+	benchRelayWith(b, clientFar, clientProxy, upProxy, upFar, RelayOptions{}, make([]byte, 32<<10))
+}
+
+// benchRelayWith is benchRelay with options, sending data b.N times.
+func benchRelayWith(b *testing.B, clientFar, clientProxy, upProxy, upFar net.Conn, o RelayOptions, data []byte) {
+	chunk := len(data)
+	res := startRelayWith(clientProxy, nil, upProxy, nil, o)
 	done := make(chan int64, 1)
 	go func() {
 		buf := make([]byte, chunk)
@@ -545,15 +550,14 @@ func benchRelay(b *testing.B, clientFar, clientProxy, upProxy, upFar net.Conn) {
 			}
 		}
 	}()
-	data := make([]byte, chunk)
-	b.SetBytes(chunk)
+	b.SetBytes(int64(chunk))
 	b.ReportAllocs()
 	var sent int64
 	for b.Loop() {
 		if _, err := upFar.Write(data); err != nil {
 			b.Fatalf("upstream Write: %v", err)
 		}
-		sent += chunk
+		sent += int64(chunk)
 	}
 	upFar.(closeWriter).CloseWrite()
 	if got := <-done; got != sent {
@@ -569,6 +573,19 @@ func BenchmarkRelay(b *testing.B) {
 		clientFar, clientProxy := tcpPair(b)
 		upProxy, upFar := tcpPair(b)
 		benchRelay(b, clientFar, clientProxy, upProxy, upFar)
+	})
+	// With a Goodbye the upstream's stream is watched for literals:
+	// zeros (no line at all, every byte scanned) and a mix of short lines
+	// and a literal.
+	b.Run("tcp-goodbye-zeros", func(b *testing.B) {
+		clientFar, clientProxy := tcpPair(b)
+		upProxy, upFar := tcpPair(b)
+		benchRelayWith(b, clientFar, clientProxy, upProxy, upFar, RelayOptions{Goodbye: new(Goodbye)}, make([]byte, 32<<10))
+	})
+	b.Run("tcp-goodbye-imap", func(b *testing.B) {
+		clientFar, clientProxy := tcpPair(b)
+		upProxy, upFar := tcpPair(b)
+		benchRelayWith(b, clientFar, clientProxy, upProxy, upFar, RelayOptions{Goodbye: new(Goodbye)}, imapChunk())
 	})
 	b.Run("tls-upstream", func(b *testing.B) {
 		cert := newTestCert(b, "127.0.0.1")

@@ -45,6 +45,11 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
+	if *debug {
+		// Protocol traces, with every credential and token replaced by a
+		// marker.
+		d.imap.Trace = logger.With("trace", "imap")
+	}
 	if err := d.start(); err != nil {
 		return err
 	}

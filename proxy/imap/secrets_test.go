@@ -194,7 +194,7 @@ func TestNoSecretsAnywhere(t *testing.T) {
 	lo.Sleep = func(ctx context.Context, d time.Duration) error { return ctx.Err() }
 	accounts.SetLockout(lo)
 
-	imapSrv := &Server{Auth: accounts, Logger: logger.With("front", "imap"), UpstreamTimeout: 5 * time.Second}
+	imapSrv := &Server{Auth: accounts, Logger: logger.With("front", "imap"), Trace: logger.With("front", "imap", "trace", true), UpstreamTimeout: 5 * time.Second}
 	smtpSrv := &smtpfront.Server{Auth: accounts, Logger: logger.With("front", "smtp"), Domain: "proxy.test", UpstreamTimeout: 5 * time.Second}
 	imapLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -38,7 +38,11 @@ const (
 	maxUpstreamBefore = 64 << 10              // untagged upstream data before the tagged reply
 	shutdownKick      = 50 * time.Millisecond // how often Shutdown re-checks live connections
 	pastDeadline      = -1 * time.Millisecond // a read deadline in the past wakes a blocked read
+	traceMaxLine      = 2000                  // bytes of one line in the protocol trace
 )
+
+// shutdownBye is what a relayed session hears at shutdown.
+const shutdownBye = "* BYE mailproxy is shutting down\r\n"
 
 // ErrServerClosed is returned by Serve after Close or Shutdown.
 var ErrServerClosed = errors.New("imap: server closed")
@@ -51,10 +55,12 @@ const TooManyConnections = "* BYE too many connections\r\n"
 // one Server may serve several listeners (plain and implicit TLS).
 //
 // Shutdown stops accepting, tells pre-auth connections "* BYE server
-// shutting down" and waits for the remaining sessions to end. Relayed
-// sessions are never written to by the proxy (a BYE could land inside a
-// literal the upstream is sending): they are closed, without a word, when
-// the Shutdown context is done. Clients reconnect.
+// shutting down" and relayed sessions "* BYE mailproxy is shutting down",
+// and waits for the sessions to end. A relayed session gets its BYE where
+// the upstream's stream is between responses, never inside a literal the
+// upstream is sending (proxy.Goodbye); one that does not get there, or
+// whose client does not read, is closed without a word when the Shutdown
+// context is done. Clients reconnect.
 type Server struct {
 	Auth           proxy.Authenticator
 	TLSConfig      *tls.Config  // nil: no STARTTLS
@@ -85,6 +91,11 @@ type Server struct {
 	PlaintextAllowed func(netip.Addr) bool
 	// Metrics receives connection, login and relay counts; nil: none.
 	Metrics proxy.Metrics
+	// Trace, when not nil, gets a protocol trace at debug level: each
+	// pre-auth command and reply, and the upstream login conversation,
+	// with every password, SASL payload and token replaced by
+	// "<redacted>". The relayed session is not traced.
+	Trace *slog.Logger
 
 	nextID   atomic.Uint64
 	shutting atomic.Bool
@@ -101,6 +112,7 @@ type Server struct {
 	mailboxes *proxy.MailboxLimiter // upstream connections per mailbox
 	backoff   *proxy.Backoff        // mailboxes the upstream throttled
 	metrics   proxy.Metrics         // never nil
+	afterKick func()                // tests: called after each round of Shutdown's kicks
 }
 
 func (s *Server) logger() *slog.Logger {
@@ -270,10 +282,11 @@ func (s *Server) Close() error {
 	return err
 }
 
-// Shutdown stops accepting and ends pre-auth connections with
-// "* BYE server shutting down", then waits until every session has ended or
-// ctx is done; then it closes what is left (relayed sessions, silently) and
-// returns ctx.Err().
+// Shutdown stops accepting, ends pre-auth connections with
+// "* BYE server shutting down" and relayed ones with "* BYE mailproxy is
+// shutting down" (written where the upstream's stream is between responses;
+// see Server), then waits until every session has ended or ctx is done;
+// then it closes what is left without a word and returns ctx.Err().
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutting.Store(true)
 	s.mu.Lock()
@@ -293,7 +306,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	tick := time.NewTicker(shutdownKick)
 	defer tick.Stop()
 	for {
-		s.kickPreAuth()
+		s.kick()
+		if s.afterKick != nil {
+			s.afterKick()
+		}
 		select {
 		case <-done:
 			return err
@@ -305,14 +321,18 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
-// kickPreAuth wakes the reads of pre-auth sessions; they see s.shutting and
-// say BYE.
-func (s *Server) kickPreAuth() {
+// kick wakes the reads of pre-auth sessions, which see s.shutting and say
+// BYE, and asks relayed sessions to say BYE (only the first request
+// counts).
+func (s *Server) kick() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c := range s.sessions {
-		if c.state.Load() == statePreAuth {
+		switch c.state.Load() {
+		case statePreAuth:
 			c.nc.SetReadDeadline(time.Now().Add(pastDeadline))
+		case stateRelay:
+			c.goodbye.Say(shutdownBye)
 		}
 	}
 }

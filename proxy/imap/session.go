@@ -60,8 +60,9 @@ type session struct {
 	w        *bufio.Writer
 	p        parser
 	log      *slog.Logger
-	deadline time.Time // end of the pre-auth phase
-	errs     int       // BAD replies and failed logins
+	trace    *slog.Logger // protocol trace; nil: off
+	deadline time.Time    // end of the pre-auth phase
+	errs     int          // BAD replies and failed logins
 	account  string
 	outcome  string
 	up, down int64 // relayed bytes to the upstream, to the client
@@ -71,6 +72,8 @@ type session struct {
 
 	mu       sync.Mutex // protects upstream
 	upstream net.Conn
+
+	goodbye proxy.Goodbye // Shutdown asks a relayed session to say BYE
 }
 
 // closeConns closes the client connection and the upstream one, if any.
@@ -93,6 +96,9 @@ func (c *session) serve() {
 	start := time.Now()
 	c.conn = c.nc
 	c.log = c.s.logger().With("proto", "imap", "conn", c.id, "remote", c.nc.RemoteAddr().String())
+	if t := c.s.Trace; t != nil && t.Enabled(context.Background(), slog.LevelDebug) {
+		c.trace = t.With("proto", "imap", "conn", c.id)
+	}
 	tc, implicitTLS := c.nc.(*tls.Conn)
 	c.log.Info("imap connection", "tls", implicitTLS)
 	c.s.metrics.ConnOpened("imap")
@@ -126,7 +132,7 @@ func (c *session) serve() {
 		c.isTLS = true
 	}
 	c.r = bufio.NewReaderSize(c.conn, ioBufferSize)
-	c.w = bufio.NewWriterSize(c.conn, ioBufferSize)
+	c.w = bufio.NewWriterSize(c.traced(c.conn), ioBufferSize)
 	c.p = parser{r: c.r, w: c.w, maxLine: c.s.maxLine(), maxLiteral: c.s.maxLiteral()}
 
 	c.writef("* OK [CAPABILITY %s] mailproxy ready\r\n", c.caps())
@@ -272,6 +278,9 @@ func (c *session) preAuth() {
 		}
 		err := c.p.readCommand()
 		var ce *commandError
+		if c.trace != nil && (err == nil || errors.As(err, &ce)) {
+			c.traceCommand(ce)
+		}
 		if errors.As(err, &ce) {
 			if !c.bad(c.p.bytes(c.p.tag), ce.msg) {
 				return
@@ -398,7 +407,7 @@ func (c *session) startTLS(tag []byte) bool {
 	c.conn = tc
 	c.isTLS = true
 	c.r.Reset(tc)
-	c.w.Reset(tc)
+	c.w.Reset(c.traced(tc))
 	return true
 }
 
@@ -479,8 +488,10 @@ func (c *session) authenticate(tagb []byte) bool {
 			return false
 		}
 		if len(line) == 1 && line[0] == '*' {
+			c.traceLine(dirFromClient, "*")
 			return c.bad(tagb, "AUTHENTICATE cancelled")
 		}
+		c.traceLine(dirFromClient, redacted)
 		if resp, err = decodeSASL(line); err != nil {
 			return c.bad(tagb, "invalid base64 in SASL response")
 		}
@@ -597,12 +608,17 @@ func (c *session) login(tag, user, pass string) bool {
 	// it may hold commands the client pipelined after its login.
 	r, up, upr := c.r, res.up, res.upr
 	c.p, c.r, c.w, res = parser{}, nil, nil, upstreamResult{}
+	if c.trace != nil {
+		c.trace.Debug("relaying; trace ends")
+	}
 	m.Session(grant.Username, 1)
-	c.up, c.down, err = proxy.RelayIdle(c.conn, r, up, upr, c.s.idleTimeout())
+	c.up, c.down, err = proxy.RelayWith(c.conn, r, up, upr, proxy.RelayOptions{Idle: c.s.idleTimeout(), Goodbye: &c.goodbye})
 	m.Session(grant.Username, -1)
 	m.Relayed("imap", c.up, c.down)
 	c.outcome = outcomeRelayed
 	switch {
+	case errors.Is(err, proxy.ErrSaidGoodbye):
+		c.outcome = outcomeShutdown
 	case errors.Is(err, proxy.ErrIdleTimeout):
 		c.outcome = "idle timeout"
 		log.Info("imap session idle; closed", "idle_timeout", c.s.idleTimeout())

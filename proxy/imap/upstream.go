@@ -95,6 +95,9 @@ func (c *session) tryUpstream(ctx context.Context, tag string, g *proxy.Grant, t
 	r := bufio.NewReaderSize(up, ioBufferSize)
 
 	greeting, err := readResponse(r, nil, maxUpstreamLine)
+	if c.trace != nil {
+		c.traceUpstream(greeting, "", tok)
+	}
 	if err != nil {
 		return unavailable("the mail server did not greet", fmt.Errorf("read upstream greeting: %w", err)), ""
 	}
@@ -126,6 +129,13 @@ func (c *session) tryUpstream(ctx context.Context, tag string, g *proxy.Grant, t
 		sent = true
 	}
 	cmd = append(cmd, "\r\n"...)
+	if c.trace != nil {
+		line := tag + " AUTHENTICATE XOAUTH2"
+		if sent {
+			line += " " + redacted
+		}
+		c.traceLine(dirToUpstream, line)
+	}
 	if _, err := up.Write(cmd); err != nil {
 		return unavailable("the mail server closed the connection", fmt.Errorf("write upstream AUTHENTICATE: %w", err)), ""
 	}
@@ -140,6 +150,9 @@ func (c *session) tryUpstream(ctx context.Context, tag string, g *proxy.Grant, t
 	for {
 		start := len(pending)
 		pending, err = readResponse(r, pending, maxUpstreamLine)
+		if c.trace != nil && len(pending) > start {
+			c.traceUpstream(pending[start:], ir, tok)
+		}
 		if err == nil && len(pending) > maxUpstreamBefore+maxUpstreamLine {
 			err = errUpstreamTooLong
 		}
@@ -162,10 +175,12 @@ func (c *session) tryUpstream(ctx context.Context, tag string, g *proxy.Grant, t
 			switch {
 			case !sent:
 				reply, sent = ir+"\r\n", true
+				c.traceLine(dirToUpstream, redacted)
 			case !answered:
 				// An error challenge (Gmail: base64 JSON): the
 				// exchange ends when we answer with an empty response.
 				reply, answered = "\r\n", true
+				c.traceLine(dirToUpstream, "")
 			default:
 				return unavailable("the mail server sent an unexpected challenge", errors.New("upstream sent a second challenge")), ""
 			}
