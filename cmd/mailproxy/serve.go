@@ -49,6 +49,7 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 		// Protocol traces, with every credential and token replaced by a
 		// marker.
 		d.imap.Trace = logger.With("trace", "imap")
+		d.smtp.Trace = logger.With("trace", "smtp")
 	}
 	if err := d.start(); err != nil {
 		return err

@@ -3,6 +3,7 @@ package smtp
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -162,9 +163,18 @@ func (l *lateTokens) Refresh(ctx context.Context, rejected string) (string, erro
 // the listener and every connection and waits for the handlers.
 func scripted(t *testing.T, handle func(conn net.Conn, r *bufio.Reader)) (addr string, stop func()) {
 	t.Helper()
+	return scriptedTLS(t, nil, handle)
+}
+
+// scriptedTLS is scripted with implicit TLS when cfg is not nil.
+func scriptedTLS(t *testing.T, cfg *tls.Config, handle func(conn net.Conn, r *bufio.Reader)) (addr string, stop func()) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("Listen() = %v", err)
+	}
+	if cfg != nil {
+		ln = tls.NewListener(ln, cfg)
 	}
 	var (
 		wg    sync.WaitGroup

@@ -72,6 +72,9 @@ type envOpts struct {
 	server       func(*Server)     // changes the Server before it starts
 	tokens       proxy.TokenSource // the account's tokens instead of e.tokens
 	upstreamAddr string            // the account's upstream instead of the fake's
+	// upstreamScript serves the account's upstream instead of the fake:
+	// a scripted server with implicit TLS (certificate from e.ca).
+	upstreamScript func(conn net.Conn, r *bufio.Reader)
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
@@ -131,6 +134,18 @@ func newEnv(t *testing.T, o envOpts) *env {
 	}
 	if o.upstreamAddr != "" {
 		upstreamAddr = o.upstreamAddr
+	}
+	if o.upstreamScript != nil {
+		cfg, err := e.ca.ServerTLS()
+		if err != nil {
+			t.Fatalf("ServerTLS() = %v", err)
+		}
+		real, _ := scriptedTLS(t, cfg, o.upstreamScript)
+		upstreamAddr = "127.0.0.1:465"
+		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, real)
+		}
 	}
 	accounts := proxy.NewAccounts([]proxy.AccountSpec{{
 		Username:     testUser,

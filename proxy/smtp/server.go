@@ -1,12 +1,16 @@
 // Package smtp owns the SMTP front of the proxy: a go-smtp server that takes
 // local AUTH PLAIN / AUTH LOGIN logins, and for each client session one
-// go-smtp client connection to the provider's SMTP server, authenticated with
-// XOAUTH2 and opened at the first MAIL. Envelopes and their options are
-// passed on, message data streams through, and the upstream's replies reach
-// the client with their own codes.
+// connection to the provider's SMTP server (our own small client,
+// upstream_client.go), authenticated with XOAUTH2 and opened at the first
+// MAIL. Envelopes and their options are passed on command by command,
+// message data streams through (read past go-smtp where it can be,
+// rawdata.go), and the upstream's replies reach the client with their own
+// codes. Server.Trace gives a protocol trace without credentials
+// (trace.go).
 package smtp
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -79,6 +83,14 @@ type Server struct {
 	PlaintextAllowed func(netip.Addr) bool
 	// Metrics receives connection, login and message counts; nil: none.
 	Metrics proxy.Metrics
+	// Trace, when set, gets a protocol trace at debug level (for -debug):
+	// each command from the client and each reply to it, and each command
+	// and reply upstream, one line each with the connection's id and a
+	// direction (client->proxy, proxy->client, proxy->upstream,
+	// upstream->proxy). Credentials are replaced by "<redacted>": AUTH
+	// arguments, every line sent after a 334, the XOAUTH2 response; message
+	// data shows as its size. nil: no trace.
+	Trace *slog.Logger
 
 	metrics proxy.Metrics  // never nil once started
 	backoff *proxy.Backoff // identities the upstream throttled; tests may set it before Serve
@@ -92,6 +104,7 @@ type Server struct {
 	implL    *pipeListener
 	lns      map[net.Listener]struct{}
 	conns    map[*conn]struct{}
+	traced   map[*smtp.Server]struct{} // the go-smtp servers of traced connections
 	baseCtx  context.Context
 	cancel   context.CancelFunc
 
@@ -119,6 +132,13 @@ func (s *Server) upstreamTimeout() time.Duration {
 	return defaultUpstreamTimeout
 }
 
+func (s *Server) maxMessageBytes() int64 {
+	if s.MaxMessageBytes > 0 {
+		return s.MaxMessageBytes
+	}
+	return defaultMaxMessageBytes
+}
+
 func (s *Server) readTimeout() time.Duration {
 	if s.ReadTimeout > 0 {
 		return s.ReadTimeout
@@ -136,13 +156,11 @@ func (s *Server) newSMTP(tlsConfig *tls.Config) *smtp.Server {
 	gs.AllowInsecureAuth = true
 	gs.EnableSMTPUTF8 = true
 	gs.EnableDSN = true
-	// The go-smtp client has no BDAT, so BINARYMIME cannot be relayed.
+	// The upstream client sends DATA, never BDAT, so BINARYMIME cannot
+	// be relayed.
 	gs.EnableBINARYMIME = false
 	gs.MaxLineLength = maxLineLength
-	gs.MaxMessageBytes = s.MaxMessageBytes
-	if gs.MaxMessageBytes <= 0 {
-		gs.MaxMessageBytes = defaultMaxMessageBytes
-	}
+	gs.MaxMessageBytes = s.maxMessageBytes()
 	gs.MaxRecipients = s.MaxRecipients
 	gs.ReadTimeout = s.readTimeout()
 	gs.WriteTimeout = s.WriteTimeout
@@ -174,6 +192,7 @@ func (s *Server) start() error {
 	s.baseCtx, s.cancel = context.WithCancel(context.Background())
 	s.lns = make(map[net.Listener]struct{})
 	s.conns = make(map[*conn]struct{})
+	s.traced = make(map[*smtp.Server]struct{})
 	s.plain = s.newSMTP(s.TLSConfig)
 	s.implicit = s.newSMTP(nil)
 	s.plainL = newPipeListener()
@@ -225,6 +244,10 @@ func (s *Server) Serve(ln net.Listener) error {
 		}
 		delay = 0
 		c := s.track(nc)
+		if s.Trace != nil {
+			s.serveTraced(c)
+			continue
+		}
 		pl := s.plainL
 		if c.implicitTLS {
 			pl = s.implL
@@ -232,6 +255,36 @@ func (s *Server) Serve(ln net.Listener) error {
 		if !pl.hand(c) {
 			c.Close()
 		}
+	}
+}
+
+// serveTraced serves c with a go-smtp server of its own, whose Debug
+// writer traces c: go-smtp has one Debug writer per server.
+func (s *Server) serveTraced(c *conn) {
+	tlsConfig := s.TLSConfig
+	if c.implicitTLS {
+		tlsConfig = nil
+	}
+	gs := s.newSMTP(tlsConfig)
+	gs.Debug = newFrontTrace(c)
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		c.Close()
+		return
+	}
+	s.traced[gs] = struct{}{}
+	s.mu.Unlock()
+	c.mu.Lock()
+	c.gs = gs
+	c.mu.Unlock()
+	pl := newPipeListener()
+	go gs.Serve(pl) // returns once pl is closed, leaving c to its handler
+	handed := pl.hand(c)
+	pl.Close()
+	if !handed || s.isClosing() {
+		// Close may have run before go-smtp took c.
+		c.Close()
 	}
 }
 
@@ -262,7 +315,11 @@ func (s *Server) closeListeners() (servers []*smtp.Server, err error) {
 	// registered already.
 	s.plainL.Close()
 	s.implL.Close()
-	return []*smtp.Server{s.plain, s.implicit}, err
+	servers = []*smtp.Server{s.plain, s.implicit}
+	for gs := range s.traced {
+		servers = append(servers, gs)
+	}
+	return servers, err
 }
 
 // Close closes the listeners and every connection at once, cutting
@@ -343,6 +400,11 @@ func (b backend) NewSession(sc *smtp.Conn) (smtp.Session, error) {
 		// Cannot happen: every connection comes from our accept loop.
 		return nil, &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "internal error"}
 	}
+	if _, ok := sc.Conn().(*tls.Conn); ok {
+		// After STARTTLS our conn is under go-smtp's TLS: no bypass, and
+		// no use cutting ciphertext at line ends.
+		c.lineMode = false
+	}
 	sess := &session{srv: b.s, c: c, nc: sc.Conn(), log: c.log}
 	c.setSession(sess)
 	return sess, nil
@@ -412,11 +474,21 @@ type conn struct {
 	srv         *Server
 	id          string
 	log         *slog.Logger
+	trace       *slog.Logger // nil unless Server.Trace is set
 	start       time.Time
 	implicitTLS bool
 
 	messages atomic.Int64
 	bytes    atomic.Int64
+	writes   atomic.Uint64 // successful writes, counted when tracing (see frontTrace)
+
+	// The read side, used only by the connection's goroutine (go-smtp's
+	// reads, and Session.Data that it calls); see rawdata.go.
+	lineMode bool   // hand go-smtp at most one line per Read, for the DATA bypass
+	lineEnd  bool   // the last Read handed go-smtp the end of a line
+	pending  []byte // read from the socket, not yet handed to go-smtp
+	laterErr error  // came with pending: returned once, when pending is read
+	readErr  error  // set by readFail: returned by every read once pending is read
 
 	mu       sync.Mutex // protects the fields below
 	sess     *session   // the current go-smtp session, nil before EHLO and right after STARTTLS
@@ -425,6 +497,7 @@ type conn struct {
 	account  string
 	upstream string
 	outcome  string
+	gs       *smtp.Server // the go-smtp server of a traced connection
 
 	closeOnce sync.Once
 	closeErr  error
@@ -440,6 +513,13 @@ func (s *Server) track(nc net.Conn) *conn {
 		implicitTLS: implicitTLS,
 	}
 	c.log = s.logger().With("proto", "smtp", "conn", c.id, "remote", nc.RemoteAddr().String())
+	if s.Trace != nil {
+		c.trace = s.Trace.With("proto", "smtp", "conn", c.id)
+	} else {
+		// With a trace, go-smtp's Debug must see the message data, so
+		// there is no bypass.
+		c.lineMode = true
+	}
 	if implicitTLS {
 		// go-smtp does not see the *tls.Conn (it is wrapped), so the
 		// handshake runs on the first write; bound its reads here.
@@ -500,16 +580,94 @@ func (c *conn) setOutcome(o string) {
 	c.mu.Unlock()
 }
 
+// Read hands go-smtp what the client sent: first what the DATA bypass or
+// an earlier Read put aside, then the socket. In line mode a Read returns
+// no more than one line, so that go-smtp never holds the start of a
+// message in its buffer when it calls Session.Data.
+func (c *conn) Read(p []byte) (int, error) {
+	var n int
+	var err error
+	if len(c.pending) > 0 {
+		n = copy(p, c.pending)
+		if c.lineMode {
+			if i := bytes.IndexByte(p[:n], '\n'); i >= 0 {
+				n = i + 1
+			}
+		}
+		c.pending = c.pending[n:]
+		if len(c.pending) == 0 {
+			c.pending = nil
+		}
+	} else if err = c.stashedErr(); err != nil {
+		return 0, err
+	} else {
+		n, err = c.Conn.Read(p)
+		if c.lineMode && n > 0 {
+			if i := bytes.IndexByte(p[:n], '\n'); i >= 0 && i+1 < n {
+				c.pending = append([]byte(nil), p[i+1:n]...)
+				n = i + 1
+				c.laterErr, err = err, nil
+			}
+		}
+	}
+	c.lineEnd = n > 0 && p[n-1] == '\n'
+	return n, err
+}
+
+// readRaw reads for the DATA bypass what go-smtp has not read.
+func (c *conn) readRaw(p []byte) (int, error) {
+	if len(c.pending) > 0 {
+		n := copy(p, c.pending)
+		c.pending = c.pending[n:]
+		if len(c.pending) == 0 {
+			c.pending = nil
+		}
+		return n, nil
+	}
+	if err := c.stashedErr(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *conn) stashedErr() error {
+	if err := c.laterErr; err != nil {
+		c.laterErr = nil
+		return err
+	}
+	return c.readErr
+}
+
+// unread puts b back in front of what go-smtp reads next.
+func (c *conn) unread(b []byte) {
+	c.pending = append(b, c.pending...)
+}
+
+// readFail makes every read of go-smtp fail with err once what is put
+// aside has been read.
+func (c *conn) readFail(err error) { c.readErr = err }
+
+func (c *conn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if c.trace != nil && err == nil {
+		c.writes.Add(1)
+	}
+	return n, err
+}
+
 func (c *conn) Close() error {
 	c.closeOnce.Do(func() {
 		c.closeErr = c.Conn.Close()
-		c.srv.mu.Lock()
-		delete(c.srv.conns, c)
-		c.srv.mu.Unlock()
 		c.mu.Lock()
-		account, upstream, outcome, counted := c.account, c.upstream, c.outcome, c.counted
+		account, upstream, outcome, counted, gs := c.account, c.upstream, c.outcome, c.counted, c.gs
 		c.counted, c.ended = "", true
 		c.mu.Unlock()
+		c.srv.mu.Lock()
+		delete(c.srv.conns, c)
+		if gs != nil {
+			delete(c.srv.traced, gs)
+		}
+		c.srv.mu.Unlock()
 		if counted != "" {
 			c.srv.metrics.Session(counted, -1)
 		}
@@ -548,6 +706,7 @@ func (c *conn) closeIfIdle() {
 		sess.markClosed()
 		sess.nc.SetWriteDeadline(time.Now().Add(shutdownNoticeTimeout))
 		sess.nc.Write([]byte("421 4.3.2 Service shutting down\r\n"))
+		c.note(dirClientOut, "421 4.3.2 Service shutting down")
 	}
 	c.setOutcome("closed by shutdown")
 	c.Close()

@@ -265,15 +265,12 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 			}
 			s.up = up
 		}
-		if opts != nil && opts.UTF8 {
-			// Extension says no also when EHLO failed; NOOP tells which.
-			if ok, _ := s.up.c.Extension("SMTPUTF8"); !ok && s.up.c.Noop() == nil {
-				return errNoUTF8
-			}
+		if opts != nil && opts.UTF8 && !s.up.has("SMTPUTF8") {
+			return errNoUTF8
 		}
 		reused := s.up.used
 		s.up.used = true
-		err := s.up.c.Mail(from, opts)
+		err := s.up.mail(from, opts)
 		if err == nil {
 			s.inTx = true
 			return nil
@@ -299,7 +296,7 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if s.up == nil || !s.inTx {
 		return errNoTransaction
 	}
-	if err := s.up.c.Rcpt(to, opts); err != nil {
+	if err := s.up.rcpt(to, opts); err != nil {
 		return s.upstreamReply("RCPT", err)
 	}
 	return nil
@@ -312,6 +309,12 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 func (s *session) Data(r io.Reader) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	var raw *rawData
+	if s.bypass(r) {
+		raw = newRawData(s.c, s.srv.maxMessageBytes())
+		// Whatever happens, leave the connection just after the end line.
+		defer raw.finish()
+	}
 	if s.grant == nil {
 		return errAuthRequired
 	}
@@ -322,7 +325,7 @@ func (s *session) Data(r io.Reader) error {
 	up := s.up
 	accepted := false
 	defer func() { s.srv.metrics.Message(accepted) }()
-	w, err := up.c.Data()
+	ds, err := up.startData()
 	if err != nil {
 		reply := s.upstreamReply("DATA", err)
 		if s.up != nil {
@@ -332,35 +335,43 @@ func (s *session) Data(r io.Reader) error {
 		}
 		return reply
 	}
-	src := &readErr{r: r}
-	dst := &writeErr{w: w, raw: up.raw}
-	n, _ := io.Copy(dst, src)
+	defer ds.release()
+	var n int64
+	var rerr, werr error
+	if raw != nil {
+		n, rerr, werr = raw.copyTo(ds)
+	} else {
+		n, rerr, werr = ds.copyFrom(r)
+	}
 	s.srv.metrics.Relayed("smtp", n, 0)
-	if src.err != nil {
+	if rerr != nil {
 		s.dropUpstream()
-		s.log.Info("client's message data broke off; upstream transaction dropped", "err", src.err, "bytes", n)
+		s.log.Info("client's message data broke off; upstream transaction dropped", "err", rerr, "bytes", n)
 		var ne net.Error
 		switch {
-		case errors.Is(src.err, smtp.ErrDataTooLarge):
+		case errors.Is(rerr, smtp.ErrDataTooLarge):
 			s.c.setOutcome("message too large")
 			return smtp.ErrDataTooLarge
-		case errors.Is(src.err, smtp.ErrTooLongLine):
+		case errors.Is(rerr, smtp.ErrTooLongLine):
 			s.c.setOutcome("line too long")
 			return errLineTooLong
-		case errors.As(src.err, &ne) && ne.Timeout():
+		case errors.As(rerr, &ne) && ne.Timeout():
 			s.c.setOutcome("client timeout in DATA")
 			return errDataTimeout
 		}
 		s.c.setOutcome("client aborted DATA")
 		return errDataAborted
 	}
-	if dst.err != nil {
+	if werr != nil {
 		s.dropUpstream()
-		s.log.Warn("upstream connection broke during DATA", "err", dst.err, "bytes", n)
+		s.log.Warn("upstream connection broke during DATA", "err", werr, "bytes", n)
 		s.c.setOutcome("upstream lost in DATA")
 		return errUpstreamLost
 	}
-	resp, err := w.CloseWithResponse()
+	rep, err := ds.finish()
+	if err == nil && rep.code/100 != 2 {
+		err = rep.err()
+	}
 	if err != nil {
 		return s.upstreamReply("end of DATA", err)
 	}
@@ -368,8 +379,8 @@ func (s *session) Data(r io.Reader) error {
 	s.c.messages.Add(1)
 	s.c.bytes.Add(n)
 	s.c.setOutcome("")
-	s.log.Debug("message relayed", "bytes", n, "reply", resp.StatusText)
-	ec, text := parseStatus(resp.StatusText)
+	s.log.Debug("message relayed", "bytes", n, "bypass", raw != nil, "reply", oneLine(rep.text()))
+	ec, text := parseStatus(rep.text())
 	if ec == smtp.EnhancedCodeNotSet {
 		ec = smtp.EnhancedCode{2, 0, 0}
 	}
@@ -379,6 +390,17 @@ func (s *session) Data(r io.Reader) error {
 	// go-smtp sends an *SMTPError's code as it is, 250 included: this is
 	// how the upstream's own text (its queue id) reaches the client.
 	return &smtp.SMTPError{Code: 250, EnhancedCode: ec, Message: text}
+}
+
+// bypass says whether Data may read the message itself (rawdata.go): r is
+// go-smtp's DATA reader (BDAT hands over a pipe), our conn is the
+// connection go-smtp reads (no STARTTLS), and go-smtp's buffer ended
+// with the DATA line.
+func (s *session) bypass(r io.Reader) bool {
+	if _, ok := r.(*io.PipeReader); ok {
+		return false
+	}
+	return s.nc == net.Conn(s.c) && s.c.lineMode && s.c.lineEnd
 }
 
 // Reset ends an open transaction upstream too. go-smtp also calls it after
@@ -401,7 +423,7 @@ func (s *session) resetUpstream() {
 	if s.up == nil {
 		return
 	}
-	if err := s.up.c.Reset(); err != nil {
+	if err := s.up.reset(); err != nil {
 		s.log.Info("upstream RSET failed; dropping the connection", "err", err)
 		s.dropUpstream()
 	}
@@ -462,34 +484,4 @@ func (s *session) upstreamReply(cmd string, err error) error {
 		s.dropUpstream()
 	}
 	return passReply(se)
-}
-
-// readErr remembers the error of the client's data (io.EOF aside).
-type readErr struct {
-	r   io.Reader
-	err error
-}
-
-func (r *readErr) Read(p []byte) (int, error) {
-	n, err := r.r.Read(p)
-	if err != nil && err != io.EOF {
-		r.err = err
-	}
-	return n, err
-}
-
-// writeErr bounds each write to the upstream and remembers its error.
-type writeErr struct {
-	w   io.Writer
-	raw net.Conn
-	err error
-}
-
-func (w *writeErr) Write(p []byte) (int, error) {
-	w.raw.SetWriteDeadline(time.Now().Add(upstreamWriteTimeout))
-	n, err := w.w.Write(p)
-	if err != nil {
-		w.err = err
-	}
-	return n, err
 }

@@ -9,31 +9,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
 	"mailproxy/proxy"
 )
-
-// upstream is one authenticated connection to the provider's SMTP server,
-// used for every transaction of one client session.
-type upstream struct {
-	c    *smtp.Client
-	raw  net.Conn // the TCP connection under c and its TLS
-	used bool     // a transaction ran on it: it may have gone stale while idle
-}
-
-// quit ends the connection politely, bounded by upstreamQuitTimeout.
-func (u *upstream) quit() {
-	u.c.CommandTimeout = upstreamQuitTimeout
-	if err := u.c.Quit(); err != nil {
-		u.raw.Close()
-	}
-}
-
-// abort drops the connection without another command: used when a message
-// must not be completed (the final dot is never sent).
-func (u *upstream) abort() { u.raw.Close() }
 
 // connect opens the upstream for the session's grant under one deadline:
 // token, dial, TLS, EHLO and AUTH XOAUTH2. A refused token is refreshed
@@ -89,7 +68,7 @@ func (s *session) connect() (*upstream, error) {
 	if err != nil {
 		return nil, s.connectFailure(ctx, err)
 	}
-	up.c.CommandTimeout = upstreamCommandTimeout
+	up.timeout = upstreamCommandTimeout
 	return up, nil
 }
 
@@ -97,22 +76,22 @@ func (s *session) connect() (*upstream, error) {
 // line as long as an Entra token makes it (~2 KB); then the token is sent
 // after the 334 prompt instead, on a new connection if the server hung up.
 func (s *session) openAuthed(ctx context.Context, tok string) (*upstream, error) {
-	identity := s.grant.Identity
+	resp := proxy.XOAuth2(s.grant.Identity, tok)
 	up, err := s.dial(ctx)
 	if err != nil {
 		return nil, err
 	}
-	err = s.auth(ctx, up, newXOAuth2(identity, tok, true))
+	err = s.auth(ctx, up, resp, true)
 	if se := (*smtp.SMTPError)(nil); errors.As(err, &se) && (se.Code == 500 || se.Code == 501) {
 		s.log.Debug("upstream refused the AUTH line with the token; sending it after the 334 prompt",
 			"reply", replyText(se))
-		err = s.auth(ctx, up, newXOAuth2(identity, tok, false))
+		err = s.auth(ctx, up, resp, false)
 		if err != nil && !errors.As(err, &se) {
 			up.abort()
 			if up, err = s.dial(ctx); err != nil {
 				return nil, err
 			}
-			err = s.auth(ctx, up, newXOAuth2(identity, tok, false))
+			err = s.auth(ctx, up, resp, false)
 		}
 	}
 	if err != nil {
@@ -123,9 +102,9 @@ func (s *session) openAuthed(ctx context.Context, tok string) (*upstream, error)
 }
 
 // auth runs AUTH XOAUTH2 under ctx.
-func (s *session) auth(ctx context.Context, up *upstream, a sasl.Client) error {
+func (s *session) auth(ctx context.Context, up *upstream, resp []byte, ir bool) error {
 	stop := context.AfterFunc(ctx, func() { up.raw.Close() })
-	err := up.c.Auth(a)
+	err := up.authXOAuth2(resp, ir)
 	if !stop() {
 		return fmt.Errorf("upstream AUTH: %w", context.Cause(ctx))
 	}
@@ -140,68 +119,53 @@ func (s *session) auth(ctx context.Context, up *upstream, a sasl.Client) error {
 }
 
 // dial connects to the upstream (implicit TLS on port 465, else
-// STARTTLS, certificates checked against the configured roots) and says
-// EHLO. Everything runs under ctx.
+// STARTTLS, certificates checked against the configured roots), reads the
+// greeting and says EHLO. Everything runs under ctx.
 func (s *session) dial(ctx context.Context) (*upstream, error) {
 	addr := s.grant.Upstream.SMTPAddr
 	_, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("upstream address %q: %w", addr, err)
 	}
-	var raw net.Conn
-	implicit := port == "465"
-	if implicit {
-		tc, err := proxy.DialTLS(ctx, s.srv.Dial, addr, s.grant.Upstream.TLS)
+	cfg := s.grant.Upstream.TLSFor(addr)
+	// Full-size TLS records from the first message on: small first
+	// records help a browser render early, not a mail submission.
+	cfg.DynamicRecordSizingDisabled = true
+	var conn, raw net.Conn
+	starttls := cfg
+	if port == "465" {
+		tc, err := proxy.DialTLS(ctx, s.srv.Dial, addr, cfg)
 		if err != nil {
 			return nil, fmt.Errorf("upstream: %w", err)
 		}
-		raw = tc.NetConn()
-		if err := s.setRaw(raw); err != nil {
-			tc.Close()
-			return nil, err
+		conn, raw, starttls = tc, tc.NetConn(), nil
+	} else {
+		dial := s.srv.Dial
+		if dial == nil {
+			var d net.Dialer
+			dial = d.DialContext
 		}
-		return s.hello(ctx, smtp.NewClient(tc), raw, addr)
-	}
-	dial := s.srv.Dial
-	if dial == nil {
-		var d net.Dialer
-		dial = d.DialContext
-	}
-	raw, err = dial(ctx, "tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("dial upstream %s: %w", addr, err)
+		if raw, err = dial(ctx, "tcp", addr); err != nil {
+			return nil, fmt.Errorf("dial upstream %s: %w", addr, err)
+		}
+		conn = raw
 	}
 	if err := s.setRaw(raw); err != nil {
 		raw.Close()
 		return nil, err
 	}
+	up := newUpstream(conn, raw, s.c.trace)
+	up.timeout = s.srv.upstreamTimeout()
 	stop := context.AfterFunc(ctx, func() { raw.Close() })
-	c, err := smtp.NewClientStartTLS(raw, s.grant.Upstream.TLSFor(addr))
+	err = up.hello(ctx, s.srv.domain(), starttls)
 	if !stop() {
-		return nil, fmt.Errorf("upstream STARTTLS %s: %w", addr, context.Cause(ctx))
+		return nil, fmt.Errorf("upstream %s: %w", addr, context.Cause(ctx))
 	}
 	if err != nil {
 		raw.Close()
-		return nil, fmt.Errorf("upstream STARTTLS %s: %w", addr, err)
+		return nil, fmt.Errorf("upstream %s: %w", addr, err)
 	}
-	return s.hello(ctx, c, raw, addr)
-}
-
-// hello says EHLO with our domain (after STARTTLS: the first EHLO, which
-// NewClientStartTLS sends, says "localhost").
-func (s *session) hello(ctx context.Context, c *smtp.Client, raw net.Conn, addr string) (*upstream, error) {
-	c.CommandTimeout = s.srv.upstreamTimeout()
-	c.SubmissionTimeout = upstreamSubmitTimeout
-	stop := context.AfterFunc(ctx, func() { raw.Close() })
-	err := c.Hello(s.srv.domain())
-	if !stop() {
-		return nil, fmt.Errorf("upstream EHLO %s: %w", addr, context.Cause(ctx))
-	}
-	if err != nil {
-		raw.Close()
-		return nil, fmt.Errorf("upstream EHLO %s: %w", addr, err)
-	}
-	return &upstream{c: c, raw: raw}, nil
+	return up, nil
 }
 
 // tokenFailure turns an error of the token source into the client's reply.
@@ -298,47 +262,15 @@ func tokenRefused(se *smtp.SMTPError) bool {
 	return se.Code == 535 && se.EnhancedCode != smtp.EnhancedCode{5, 7, 139}
 }
 
-// xoauth2 is a SASL client for XOAUTH2. With ir false it waits for the
-// server's 334 before sending the token, for servers whose command line is
-// too short for it. A challenge after the token is the server's error
-// report: it is answered with an empty response, and the server then sends
-// its final error reply.
-type xoauth2 struct {
-	resp  []byte
-	ir    bool
-	state int // 0: token not sent, 1: token sent, 2: error challenge answered
-}
-
-func newXOAuth2(user, token string, ir bool) *xoauth2 {
-	return &xoauth2{resp: proxy.XOAuth2(user, token), ir: ir}
-}
-
-func (x *xoauth2) Start() (string, []byte, error) {
-	if !x.ir {
-		return "XOAUTH2", nil, nil
-	}
-	x.state = 1
-	return "XOAUTH2", x.resp, nil
-}
-
-func (x *xoauth2) Next(challenge []byte) ([]byte, error) {
-	switch x.state {
-	case 0:
-		x.state = 1
-		return x.resp, nil
-	case 1:
-		x.state = 2
-		return []byte{}, nil
-	default:
-		return nil, sasl.ErrUnexpectedServerChallenge
-	}
-}
-
 // passReply copies an upstream reply for the client: its own code, enhanced
 // code and text, on one line.
 func passReply(se *smtp.SMTPError) *smtp.SMTPError {
-	return &smtp.SMTPError{Code: se.Code, EnhancedCode: se.EnhancedCode, Message: oneLine(se.Message)}
+	return &smtp.SMTPError{Code: se.Code, EnhancedCode: se.EnhancedCode, Message: truncate(oneLine(se.Message), maxReplyText)}
 }
+
+// maxReplyText bounds the upstream text passed on in one reply line (RFC
+// 5321 allows 512 bytes per line; an upstream may send many lines).
+const maxReplyText = 1000
 
 // replyText renders an upstream reply for the log.
 func replyText(se *smtp.SMTPError) string {
