@@ -128,4 +128,3 @@ func newManager(cfg *config.Config, logger *slog.Logger) (*oauth.Manager, *store
 
 // discardLogger is for commands that print their own output.
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-

@@ -269,4 +269,3 @@ Press Ctrl-C to stop.
 		imapAddr, demoSeedPerUser+1, demoUser, demoPassword,
 		imapAddr, demoPending)
 }
-
