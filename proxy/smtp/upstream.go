@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -183,6 +184,12 @@ func (s *session) tokenFailure(op string, err error) error {
 const authDisabledText = "SMTP AUTH is disabled for this mailbox or tenant; an admin must enable " +
 	"Authenticated SMTP (Set-CASMailbox -SmtpClientAuthenticationDisabled $false)"
 
+// isTimeout reports whether err is a deadline passing.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
+
 // connectFailure turns a failure to open the upstream into the client's
 // reply.
 func (s *session) connectFailure(ctx context.Context, err error) error {
@@ -197,7 +204,8 @@ func (s *session) connectFailure(ctx context.Context, err error) error {
 		s.c.setOutcome("upstream refused login")
 		s.noteThrottle(se)
 		return passReply(se)
-	case ctx.Err() != nil:
+	case ctx.Err() != nil || isTimeout(err):
+		// The connection's deadline equals ctx's and may fire first.
 		s.log.Warn("upstream did not answer in time", "err", err)
 		s.c.setOutcome("upstream timeout")
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 1},
