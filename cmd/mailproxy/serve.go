@@ -45,7 +45,7 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	if *debug {
+	if *debug || cfg.Log.Level <= slog.LevelDebug {
 		// Protocol traces, with every credential and token replaced by a
 		// marker.
 		d.imap.Trace = logger.With("trace", "imap")
