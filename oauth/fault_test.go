@@ -197,3 +197,38 @@ func TestFaultTwoProcessesRace(t *testing.T) {
 		t.Logf("note: Status() of the losing process still says NeedsSignIn (its refusal was recorded in the file's metadata) until the next successful refresh: %+v", st)
 	}
 }
+
+// A process whose refresh token was rotated by another process on the same
+// state dir reads the new tokens from the file (same key, no password) and
+// goes on, instead of asking for a new sign-in.
+func TestFaultOtherProcessRotatedFirst(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	m1 := e.manager(t, e.openStore(t, dir))
+	m2 := e.manager(t, e.openStore(t, dir))
+	e.signIn(t, m1, "pw")
+	s1 := mustOpen(t, m1, testUser, "pw")
+	s2 := mustOpen(t, m2, testUser, "pw")
+
+	tok1, err := s1.Token(t.Context()) // rotates and saves
+	if err != nil {
+		t.Fatalf("first process: Token() = %v", err)
+	}
+	if _, err := s2.Token(t.Context()); err == nil {
+		t.Fatalf("second process: Token() with the rotated-away refresh token = nil error, want invalid_grant")
+	}
+	tok2, err := s2.Token(t.Context())
+	if err != nil {
+		t.Fatalf("second process after recovering: Token() = %v, want the tokens on file", err)
+	}
+	if tok2 != tok1 {
+		t.Errorf("second process uses another access token than the one on file")
+	}
+	if st := m2.Status(testUser); st.NeedsSignIn {
+		t.Errorf("Status() after the other process rotated = needs sign-in (%s), want signed in", st.LastError)
+	}
+	// And it keeps refreshing with the file's refresh token.
+	if _, err := s2.Refresh(t.Context(), tok2); err != nil {
+		t.Errorf("second process: Refresh() = %v", err)
+	}
+}

@@ -279,6 +279,9 @@ func (m *Manager) persist(a *account, ts TokenSet) error {
 // recordError writes a refresh failure into the entry's metadata, where
 // `mailproxy status` and the admin page look.
 func (m *Manager) recordError(a *account, te *TokenError) {
+	if te.NeedsSignIn() && m.recoverRotated(a) {
+		return
+	}
 	msg := te.Error()
 	a.mu.Lock()
 	same := a.lastErr == msg
@@ -295,9 +298,34 @@ func (m *Manager) recordError(a *account, te *TokenError) {
 	}
 }
 
-// Seal writes a new entry for username, sealed with a fresh key derived from
-// password (`mailproxy login`, the admin page, demo), and forgets what was
-// cached for the account, so the next Open reads the new entry.
+// recoverRotated handles a refresh token refused because another process
+// on the same state dir rotated it first: that process re-sealed the entry
+// with the same key, so the new tokens can be read without the password and
+// handed to the source. It reports whether it did.
+func (m *Manager) recoverRotated(a *account) bool {
+	a.mu.Lock()
+	key, stamp, src := a.key, a.stamp, a.source
+	a.mu.Unlock()
+	if key == nil || src == nil {
+		return false
+	}
+	cur, err := m.store.Stamp(a.name)
+	if err != nil || cur == stamp {
+		return false
+	}
+	e, err := m.store.UnlockWithKey(a.name, key)
+	if err != nil {
+		return false // a new sign-in under another password: the next login reads it
+	}
+	a.mu.Lock()
+	a.stamp, a.meta = e.Stamp, e.Meta
+	a.rtSum = sha256.Sum256([]byte(e.Secret.RefreshToken))
+	a.mu.Unlock()
+	src.SetTokens(e.Secret)
+	m.logger.Info("another process rotated the tokens first; using the ones on file", "account", a.name)
+	return true
+}
+
 // Flush saves every source's rotated tokens that are not on disk yet (a
 // save that failed, say on a full disk) and returns the accounts whose
 // tokens still could not be saved.
@@ -319,6 +347,9 @@ func (m *Manager) Flush() (unsaved []string) {
 	return unsaved
 }
 
+// Seal writes a new entry for username, sealed with a fresh key derived from
+// password (`mailproxy login`, the admin page, demo), and forgets what was
+// cached for the account, so the next Open reads the new entry.
 func (m *Manager) Seal(username, password string, ts TokenSet, meta store.Meta) error {
 	key, err := m.store.NewKey(password)
 	if err != nil {

@@ -475,6 +475,38 @@ func (s *Store) Unlock(username, password string) (*Entry, *Key, error) {
 	return e, k, nil
 }
 
+// UnlockWithKey opens username's entry with a key an earlier Unlock or
+// NewKey gave, without the password: for re-reading an entry that another
+// process re-sealed with the same key (rotated tokens). An entry sealed
+// under another key (a new sign-in) yields an error wrapping
+// proxy.ErrBadCredentials.
+func (s *Store) UnlockWithKey(username string, k *Key) (*Entry, error) {
+	name, err := fileName(username)
+	if err != nil {
+		return nil, fmt.Errorf("unlock tokens: %w", err)
+	}
+	fj, err := s.read(name, username)
+	if err != nil {
+		return nil, fmt.Errorf("unlock tokens: %w", err)
+	}
+	if fj.KDF.Params != k.params || !bytes.Equal(fj.KDF.Salt, k.salt) {
+		return nil, fmt.Errorf("unlock tokens for %q: entry sealed under another key: %w", username, proxy.ErrBadCredentials)
+	}
+	aead, err := chacha20poly1305.NewX(k.key[:])
+	if err != nil {
+		return nil, fmt.Errorf("unlock tokens for %q: %w", username, err)
+	}
+	pt, err := aead.Open(nil, fj.Nonce, fj.Ciphertext, aad(username))
+	if err != nil {
+		return nil, fmt.Errorf("unlock tokens for %q: %w", username, proxy.ErrBadCredentials)
+	}
+	e := &Entry{Meta: fj.Meta, Stamp: fj.stamp()}
+	if err := json.Unmarshal(pt, &e.Secret); err != nil {
+		return nil, fmt.Errorf("unlock tokens for %q: %w (sealed part: %v)", username, ErrCorrupt, err)
+	}
+	return e, nil
+}
+
 // ReadMeta returns username's clear-text metadata; no password needed.
 func (s *Store) ReadMeta(username string) (*Meta, error) {
 	name, err := fileName(username)

@@ -508,3 +508,18 @@ func BenchmarkStamp(b *testing.B) {
 		}
 	}
 }
+
+func TestUnlockWithKey(t *testing.T) {
+	s := openTest(t)
+	want := testEntry()
+	k := saveTest(t, s, "alice@contoso.com", "pw1", want)
+	got, err := s.UnlockWithKey("alice@contoso.com", k)
+	if err != nil || !reflect.DeepEqual(got.Secret, want.Secret) {
+		t.Fatalf("UnlockWithKey(saving key) = %v; want the saved secret", err)
+	}
+	// A new sign-in seals under a new salt: the old key no longer opens it.
+	saveTest(t, s, "alice@contoso.com", "pw1", want)
+	if _, err := s.UnlockWithKey("alice@contoso.com", k); !errors.Is(err, proxy.ErrBadCredentials) {
+		t.Errorf("UnlockWithKey(key of a replaced entry) = %v, want ErrBadCredentials", err)
+	}
+}
