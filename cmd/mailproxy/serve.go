@@ -207,6 +207,8 @@ func newDaemon(cfg *config.Config, logger *slog.Logger) (*daemon, error) {
 		if err != nil {
 			return nil, fmt.Errorf("admin page: %w", err)
 		}
+		d.adminHS = d.admin.HTTPServer()
+		d.adminHS.ErrorLog = slog.NewLogLogger(logger.Handler(), slog.LevelWarn)
 	}
 	return d, nil
 }
@@ -239,39 +241,6 @@ func (d *daemon) adminListeners() []admin.Listener {
 		out = append(out, l)
 	}
 	return out
-}
-
-// startAdmin serves the admin page. Off loopback, with a certificate, it is
-// served over TLS so its password and session cookie are not sent in clear.
-func (d *daemon) startAdmin() error {
-	d.mu.Lock()
-	cfg := d.cfg
-	d.mu.Unlock()
-	if d.admin == nil {
-		return nil
-	}
-	ln, err := net.Listen("tcp", cfg.Admin.Listen)
-	if err != nil {
-		return fmt.Errorf("listen admin on %s: %w", cfg.Admin.Listen, err)
-	}
-	ln = &filterListener{Listener: ln, allow: d.allowFunc(false), logger: d.logger.With("listener", "admin")}
-	if ap, err := netip.ParseAddrPort(ln.Addr().String()); err == nil && !ap.Addr().IsLoopback() && d.certs != nil {
-		ln = tls.NewListener(ln, d.certs.config())
-	}
-	d.adminHS = d.admin.HTTPServer()
-	d.adminHS.ErrorLog = slog.NewLogLogger(d.logger.Handler(), slog.LevelWarn)
-	d.mu.Lock()
-	d.addrs["admin"] = ln.Addr()
-	d.mu.Unlock()
-	d.logger.Info("listening", "listener", "admin", "addr", ln.Addr().String())
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		if err := d.adminHS.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			d.failed <- fmt.Errorf("admin listener: %w", err)
-		}
-	}()
-	return nil
 }
 
 // applyAccounts makes cfg's accounts the live ones: delegated accounts are
@@ -349,12 +318,19 @@ type listenerSpec struct {
 }
 
 func (d *daemon) listenerSpecs(cfg *config.Config) []listenerSpec {
-	return []listenerSpec{
+	specs := []listenerSpec{
 		{"imap", cfg.IMAP.Listen, false, d.imap.Serve},
 		{"imaps", cfg.IMAP.ListenTLS, true, d.imap.Serve},
 		{"smtp", cfg.SMTP.Listen, false, d.smtp.Serve},
 		{"smtps", cfg.SMTP.ListenTLS, true, d.smtp.Serve},
+		{"admin", "", false, nil},
 	}
+	if d.admin != nil {
+		// An admin page turned on or off needs a restart; its address
+		// follows reloads like the others.
+		specs[4].addr, specs[4].serve = cfg.Admin.Listen, d.adminHS.Serve
+	}
+	return specs
 }
 
 // boundListener is a listener being served; closing is set before the
@@ -378,10 +354,6 @@ func (d *daemon) start() error {
 			d.closeListeners()
 			return err
 		}
-	}
-	if err := d.startAdmin(); err != nil {
-		d.closeListeners()
-		return err
 	}
 	d.wg.Add(1)
 	go func() {
@@ -432,7 +404,10 @@ func (d *daemon) bind(s listenerSpec) error {
 	if err != nil {
 		return fmt.Errorf("listen %s on %s: %w", s.name, s.addr, err)
 	}
-	ln = &filterListener{Listener: ln, allow: d.allowFunc(!s.implicit), logger: d.logger.With("listener", s.name)}
+	admin := s.name == "admin"
+	// The admin page asks for its own password off loopback, and sends it
+	// only over TLS when there is a certificate.
+	ln = &filterListener{Listener: ln, allow: d.allowFunc(!s.implicit && !admin), logger: d.logger.With("listener", s.name)}
 	refusal := "" // implicit TLS: nothing can be said before the handshake
 	switch s.name {
 	case "imap":
@@ -440,8 +415,10 @@ func (d *daemon) bind(s listenerSpec) error {
 	case "smtp":
 		refusal = smtpfront.TooManyConnections
 	}
-	ln = d.limiter.Listener(ln, refusal, d.logger.With("listener", s.name))
-	if s.implicit {
+	if !admin {
+		ln = d.limiter.Listener(ln, refusal, d.logger.With("listener", s.name))
+	}
+	if ap, err := netip.ParseAddrPort(ln.Addr().String()); s.implicit || (admin && d.certs != nil && err == nil && !ap.Addr().IsLoopback()) {
 		ln = tls.NewListener(ln, d.certs.config())
 	}
 	b := &boundListener{addr: s.addr, ln: ln}
@@ -459,7 +436,7 @@ func (d *daemon) bind(s listenerSpec) error {
 	go func() {
 		defer d.wg.Done()
 		err := s.serve(ln)
-		if b.closing.Load() || errors.Is(err, imapfront.ErrServerClosed) || errors.Is(err, smtpfront.ErrServerClosed) {
+		if b.closing.Load() || errors.Is(err, imapfront.ErrServerClosed) || errors.Is(err, smtpfront.ErrServerClosed) || errors.Is(err, http.ErrServerClosed) {
 			return
 		}
 		d.failed <- fmt.Errorf("%s listener: %w", s.name, err)

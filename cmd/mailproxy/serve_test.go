@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -252,5 +253,32 @@ func TestServeShutdownFinishesSMTPTransaction(t *testing.T) {
 	msgs := h.dm.smtpUp.Messages()
 	if len(msgs) != 1 || !strings.Contains(string(msgs[0].Data), "second half") {
 		t.Errorf("upstream got %d messages, want the whole in-flight one", len(msgs))
+	}
+}
+
+func TestServeAdminRebind(t *testing.T) {
+	h := startServeWith(t, func(s string) string {
+		return strings.Replace(s, "[admin]\nlisten = \"\"", "[admin]\nlisten = \"127.0.0.1:0\"", 1)
+	})
+	oldAddr := h.d.addr("admin")
+	if oldAddr == nil {
+		t.Fatal("admin page not listening")
+	}
+	newAddr := freeAddr(t)
+	text := strings.Replace(h.cfgText, "[admin]\nlisten = \"127.0.0.1:0\"", "[admin]\nlisten = \""+newAddr+"\"", 1)
+	if err := h.reload(t, text); err != nil {
+		t.Fatalf("reload = %v", err)
+	}
+	resp, err := http.Get("http://" + newAddr + "/healthz")
+	if err != nil {
+		t.Fatalf("GET /healthz on the new admin address = %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("GET /healthz on the new admin address = %d, want 200", resp.StatusCode)
+	}
+	if c, err := net.Dial("tcp", oldAddr.String()); err == nil {
+		c.Close()
+		t.Errorf("old admin address %s still accepts connections after the reload", oldAddr)
 	}
 }
