@@ -28,9 +28,9 @@ const (
 // address, across every listener it wraps. A limit of 0 or less is no
 // limit. It is safe for concurrent use.
 type ConnLimiter struct {
-	total, perIP int
-
-	mu    sync.Mutex // protects open, byIP and log
+	mu    sync.Mutex // protects total, perIP, open, byIP and log
+	total int
+	perIP int
 	open  int
 	byIP  map[netip.Addr]int
 	log   refusalLog
@@ -41,6 +41,14 @@ type ConnLimiter struct {
 // perIP from any one address.
 func NewConnLimiter(total, perIP int) *ConnLimiter {
 	return &ConnLimiter{total: total, perIP: perIP, byIP: make(map[netip.Addr]int)}
+}
+
+// SetLimits changes the limits (config reload). Connections already open
+// stay; new ones are counted against the new limits.
+func (l *ConnLimiter) SetLimits(total, perIP int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.total, l.perIP = total, perIP
 }
 
 // Refused returns how many connections the limiter has refused.

@@ -194,3 +194,20 @@ func TestMailboxLimiter(t *testing.T) {
 		release()
 	}
 }
+
+func TestConnLimiterSetLimits(t *testing.T) {
+	l := NewConnLimiter(1, 0)
+	ln := l.Listener(listen(t), testRefusal, slog.New(slog.DiscardHandler))
+	limitServer(t, ln)
+	addr := ln.Addr().String()
+	if _, line := dialFrom(t, "", addr); line != "* OK hello\r\n" {
+		t.Fatalf("first connection got %q, want the greeting", line)
+	}
+	if _, line := dialFrom(t, "", addr); line != testRefusal {
+		t.Fatalf("second connection with a limit of 1 got %q, want %q", line, testRefusal)
+	}
+	l.SetLimits(2, 0) // reload raises the limit
+	if _, line := dialFrom(t, "", addr); line != "* OK hello\r\n" {
+		t.Errorf("second connection after SetLimits(2) got %q, want the greeting", line)
+	}
+}

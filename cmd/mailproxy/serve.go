@@ -505,14 +505,16 @@ func (d *daemon) closeListeners() {
 }
 
 // reload applies a new config to the running daemon: accounts, providers,
-// allow lists, listen addresses and the certificate change at once; live
-// sessions are kept. Timeouts and size limits take effect at the next start.
+// allow lists, connection limits, lockout settings, listen addresses and
+// the certificate change at once; live sessions are kept. Timeouts and
+// size limits take effect at the next start.
 func (d *daemon) reload(cfg *config.Config) {
 	d.applyAccounts(cfg)
 	d.mu.Lock()
 	old := d.cfg
 	d.cfg = cfg
 	d.mu.Unlock()
+	d.limiter.SetLimits(cfg.Security.MaxConnections, cfg.Security.MaxConnectionsPerIP)
 	if o, n := old.Security, cfg.Security; o.LockoutFailures != n.LockoutFailures || o.LockoutWindow != n.LockoutWindow || o.LockoutDuration != n.LockoutDuration {
 		// Only on change: a new Lockout forgets the failures counted so far.
 		d.lockout = proxy.NewLockout(n.LockoutFailures, n.LockoutWindow, n.LockoutDuration)
