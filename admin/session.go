@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"mailproxy/proxy"
+
+	"mailproxy/internal/wait"
 )
 
 // Cookies. The session cookie is SameSite=Strict: a browser never sends it
@@ -281,14 +283,8 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 	}
 	next := safeNext(r.PostForm.Get("next"))
 	ip := remoteIP(r)
-	if d := s.loginDelay(ip); d > 0 {
-		t := time.NewTimer(d)
-		select {
-		case <-t.C:
-		case <-r.Context().Done():
-			t.Stop()
-			return
-		}
+	if wait.Sleep(r.Context(), s.loginDelay(ip)) != nil {
+		return
 	}
 	select {
 	case s.loginSlot <- struct{}{}:
@@ -396,14 +392,8 @@ func (s *Server) metricsAllowed(w http.ResponseWriter, r *http.Request) bool {
 			return true
 		}
 		ip := remoteIP(r)
-		if d := s.loginDelay(ip); d > 0 {
-			t := time.NewTimer(d)
-			select {
-			case <-t.C:
-			case <-r.Context().Done():
-				t.Stop()
-				return false
-			}
+		if wait.Sleep(r.Context(), s.loginDelay(ip)) != nil {
+			return false
 		}
 		select {
 		case s.loginSlot <- struct{}{}:

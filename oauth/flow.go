@@ -19,6 +19,8 @@ import (
 
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
+
+	"mailproxy/internal/wait"
 )
 
 // Sign-in timing.
@@ -526,14 +528,7 @@ func (f *DeviceFlow) wait(ctx context.Context, d time.Duration) error {
 	if f.Wait != nil {
 		return f.Wait(ctx, d)
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return wait.Sleep(ctx, d)
 }
 
 // Start asks the provider for a device code. x/oauth2 drops Entra's

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"mailproxy/internal/wait"
 )
 
 // Lockout defaults: the delay before a login attempt grows from
@@ -106,14 +108,7 @@ func (l *Lockout) sleep(ctx context.Context, d time.Duration) error {
 	if l.Sleep != nil {
 		return l.Sleep(ctx, d)
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return wait.Sleep(ctx, d)
 }
 
 // lockoutKey is the address a record is kept under: without an IPv4-mapped

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"mailproxy/proxy"
+
+	"mailproxy/internal/wait"
 )
 
 // Defaults for the Server fields left zero, and the fixed timeouts.
@@ -30,8 +32,6 @@ const (
 	byeWriteTimeout   = 5 * time.Second       // writing a last reply when a deadline has passed
 	lingerTimeout     = time.Second           // draining input after a protocol error
 	lingerMaxBytes    = 32 << 20              // ... at most this much
-	acceptBackoffMin  = 5 * time.Millisecond  // after a failed Accept
-	acceptBackoffMax  = time.Second           // ...
 	maxBadCommands    = 10                    // BAD replies (and failed logins) before BYE
 	ioBufferSize      = 4 << 10               // pre-auth bufio reader/writer, upstream reader
 	maxUpstreamLine   = 64 << 10              // one upstream response during login
@@ -197,7 +197,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 	}()
 
-	var backoff time.Duration
+	var backoff wait.Backoff
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
@@ -211,17 +211,12 @@ func (s *Server) Serve(ln net.Listener) error {
 				return err
 			}
 			// Out of file descriptors and the like: wait and retry.
-			backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
-			s.logger().Warn("imap accept failed", "err", err, "retry_in", backoff)
-			t := time.NewTimer(backoff)
-			select {
-			case <-t.C:
-			case <-s.ctx.Done():
-				t.Stop()
-			}
+			d := backoff.Next()
+			s.logger().Warn("imap accept failed", "err", err, "retry_in", d)
+			wait.Sleep(s.ctx, d)
 			continue
 		}
-		backoff = 0
+		backoff.Reset()
 		c := s.newSession(nc)
 		if c == nil {
 			nc.Close()

@@ -28,6 +28,8 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"mailproxy/proxy"
+
+	"mailproxy/internal/wait"
 )
 
 // Defaults for the zero values of Server's fields, and the fixed timeouts of
@@ -226,7 +228,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 	}()
 
-	var delay time.Duration
+	var backoff wait.Backoff
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
@@ -235,14 +237,14 @@ func (s *Server) Serve(ln net.Listener) error {
 			}
 			var te interface{ Temporary() bool }
 			if errors.As(err, &te) && te.Temporary() {
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				s.logger().Warn("smtp accept failed; retrying", "err", err, "in", delay)
-				time.Sleep(delay)
+				d := backoff.Next()
+				s.logger().Warn("smtp accept failed; retrying", "err", err, "in", d)
+				wait.Sleep(s.baseCtx, d) // Close cuts it short
 				continue
 			}
 			return fmt.Errorf("smtp accept: %w", err)
 		}
-		delay = 0
+		backoff.Reset()
 		c := s.track(nc)
 		if s.Trace != nil {
 			s.serveTraced(c)
