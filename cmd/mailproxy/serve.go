@@ -117,13 +117,12 @@ type daemon struct {
 	// the config error or nil.
 	reloadDone func(error)
 
-	mu  sync.Mutex // protects cfg and addrs
-	cfg *config.Config
-	// addrs are the bound addresses by listener name ("imap", "imaps",
-	// "smtp", "smtps", "admin"), for the demo banner and tests.
-	addrs     map[string]net.Addr
+	mu        sync.Mutex // protects the fields below
+	cfg       *config.Config
 	providers map[string]*oauth.Provider  // by lowercased username
 	apps      map[string]*oauth.AppSource // client_credentials sources by lowercased username
+	// listeners are the bound listeners by name ("imap", "imaps", "smtp",
+	// "smtps", "admin").
 	listeners map[string]*boundListener
 	wg        sync.WaitGroup // one per served listener
 }
@@ -141,7 +140,6 @@ func newDaemon(cfg *config.Config, logger *slog.Logger) (*daemon, error) {
 		cfg:       cfg,
 		failed:    make(chan error, 4),
 		stop:      make(chan struct{}),
-		addrs:     make(map[string]net.Addr),
 		listeners: make(map[string]*boundListener),
 		apps:      make(map[string]*oauth.AppSource),
 		metrics:   admin.NewMetrics(),
@@ -235,8 +233,8 @@ func (d *daemon) adminListeners() []admin.Listener {
 			continue
 		}
 		l := admin.Listener{Name: s.name, Addr: s.addr}
-		if a := d.addrs[s.name]; a != nil {
-			l.Addr, l.Up = a.String(), true
+		if b := d.listeners[s.name]; b != nil {
+			l.Addr, l.Up = b.ln.Addr().String(), true
 		}
 		out = append(out, l)
 	}
@@ -425,7 +423,6 @@ func (d *daemon) bind(s listenerSpec) error {
 	d.mu.Lock()
 	old := d.listeners[s.name]
 	d.listeners[s.name] = b
-	d.addrs[s.name] = ln.Addr()
 	d.mu.Unlock()
 	if old != nil {
 		old.closing.Store(true)
@@ -449,7 +446,6 @@ func (d *daemon) unbind(name string) {
 	d.mu.Lock()
 	old := d.listeners[name]
 	delete(d.listeners, name)
-	delete(d.addrs, name)
 	d.mu.Unlock()
 	if old != nil {
 		old.closing.Store(true)
@@ -486,10 +482,15 @@ func (d *daemon) plaintextAllowed(ip netip.Addr) bool {
 	return sec.PlaintextAllowedFrom(ip)
 }
 
+// addr returns the bound address of the named listener, nil when it is
+// not listening (for the demo banner and tests).
 func (d *daemon) addr(name string) net.Addr {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.addrs[name]
+	if b := d.listeners[name]; b != nil {
+		return b.ln.Addr()
+	}
+	return nil
 }
 
 func (d *daemon) closeListeners() {
