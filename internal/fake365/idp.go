@@ -204,6 +204,9 @@ type idpAccess struct {
 	scopes   []string // scp, short names ("Mail.Send"); delegated tokens
 	roles    []string // app-only tokens
 	expiry   time.Time
+	issued   time.Time
+	clientID string
+	scope    string // the scp claim: short scope names, space-separated
 }
 
 // AccessToken is what the IdP knows about an access token it issued, for
@@ -256,6 +259,7 @@ func NewIdP() (*IdP, error) {
 	mux.HandleFunc("POST /{tenant}/oauth2/v2.0/token", p.handleToken)
 	mux.HandleFunc("POST /{tenant}/oauth2/v2.0/devicecode", p.handleDeviceCode)
 	mux.HandleFunc("GET /{tenant}/v2.0/.well-known/openid-configuration", p.handleOpenIDConfig)
+	mux.HandleFunc("POST /{tenant}/oauth2/v2.0/introspect", p.handleIntrospect)
 	mux.HandleFunc("GET /devicelogin", p.handleDeviceLogin)
 	mux.HandleFunc("POST /devicelogin", p.handleDeviceLogin)
 	// No WriteTimeout: a hanging token request must be able to outlast it.
@@ -1009,7 +1013,7 @@ func (p *IdP) newAccessLocked(clientID string, user *idpUser, resource []string)
 		payload = idpSegment(c)
 	}
 	tok := header + "." + payload + "." + sig
-	a := idpAccess{subject: subject, audience: c.Aud, expiry: exp, roles: c.Roles}
+	a := idpAccess{subject: subject, audience: c.Aud, expiry: exp, roles: c.Roles, issued: now, clientID: clientID, scope: c.Scp}
 	if c.Scp != "" {
 		a.scopes = strings.Fields(c.Scp)
 	}
