@@ -152,8 +152,8 @@ func TestClientConfigs(t *testing.T) {
 				t.Skipf("%s not installed (Debian package %s; .ci/run installs it): %v", bin, debPackage(b.name), err)
 			}
 			dm := startTestDemo(t)
-			_, imapPort, _ := net.SplitHostPort(dm.d.addr("imap").String())
-			_, smtpPort, _ := net.SplitHostPort(dm.d.addr("smtp").String())
+			_, imapPort, _ := net.SplitHostPort(dm.d.Addr("imap").String())
+			_, smtpPort, _ := net.SplitHostPort(dm.d.Addr("smtp").String())
 			home := t.TempDir()
 			r := &clientRun{dm: dm, home: home, imap: imapPort, smtp: smtpPort,
 				text: demoValues(b.text, imapPort, smtpPort)}
