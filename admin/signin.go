@@ -12,7 +12,6 @@ import (
 	"mailproxy/auth"
 	"mailproxy/oauth"
 	"mailproxy/oauth/store"
-	"mailproxy/proxy"
 )
 
 // Flows as the sign-in form names them and store.Meta records them.
@@ -481,7 +480,7 @@ func (s *Server) handleSignOut(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	err := s.opts.Remove(a.Username)
-	if errors.Is(err, proxy.ErrNotSignedIn) {
+	if errors.Is(err, store.ErrNotSignedIn) {
 		s.setFlash(sess, a.Username+" was not signed in.")
 		http.Redirect(w, r, "/", http.StatusSeeOther)
 		return

@@ -6,13 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mailproxy/auth"
 	"os"
 	"strings"
 
 	"golang.org/x/term"
-
-	"mailproxy/auth"
-	"mailproxy/proxy"
 )
 
 // terminalPassword returns a reader of passwords without echo when stdin is
@@ -83,7 +81,7 @@ func runHashPassword(_ context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	h, err := proxy.HashPassword(pw)
+	h, err := auth.HashPassword(pw)
 	if err != nil {
 		return err
 	}

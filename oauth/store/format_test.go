@@ -10,7 +10,6 @@ import (
 
 	"golang.org/x/crypto/chacha20poly1305"
 
-	"mailproxy/proxy"
 )
 
 // rewrite edits the JSON of user's token file with fn.
@@ -47,7 +46,7 @@ func TestMetaBoundToSeal(t *testing.T) {
 			if !errors.As(err, &de) || !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("Unlock(tampered %s) = %v, want a *DamagedError wrapping ErrCorrupt", field, err)
 			}
-			if errors.Is(err, proxy.ErrBadCredentials) {
+			if errors.Is(err, ErrBadCredentials) {
 				t.Errorf("Unlock(tampered %s) = %v: reported as a wrong password", field, err)
 			}
 			if !de.NeedsSignIn() || de.Hint() == "" {
@@ -77,7 +76,7 @@ func TestUpdateMetaKeepsBoundFields(t *testing.T) {
 func TestDamagedVersusWrongPassword(t *testing.T) {
 	s := openTest(t)
 	saveTest(t, s, "alice", "correct horse", testEntry())
-	if _, _, err := s.Unlock("alice", "wrong horse!"); !errors.Is(err, proxy.ErrBadCredentials) || errors.Is(err, ErrCorrupt) {
+	if _, _, err := s.Unlock("alice", "wrong horse!"); !errors.Is(err, ErrBadCredentials) || errors.Is(err, ErrCorrupt) {
 		t.Errorf("Unlock(wrong password) = %v, want ErrBadCredentials only", err)
 	}
 	rewrite(t, s, "alice", func(m map[string]any) {
@@ -94,7 +93,7 @@ func TestDamagedVersusWrongPassword(t *testing.T) {
 	if !errors.As(err, &de) {
 		t.Errorf("Unlock(damaged ciphertext, right password) = %v, want *DamagedError", err)
 	}
-	if _, _, err := s.Unlock("alice", "wrong horse!"); !errors.Is(err, proxy.ErrBadCredentials) {
+	if _, _, err := s.Unlock("alice", "wrong horse!"); !errors.Is(err, ErrBadCredentials) {
 		t.Errorf("Unlock(damaged ciphertext, wrong password) = %v, want ErrBadCredentials", err)
 	}
 }
@@ -145,7 +144,7 @@ func TestReadsFormat1AndMigrates(t *testing.T) {
 	}
 	want := testEntry()
 	writeV1(t, s, "alice", k, want)
-	if _, _, err := s.Unlock("alice", "wrong horse!"); !errors.Is(err, proxy.ErrBadCredentials) {
+	if _, _, err := s.Unlock("alice", "wrong horse!"); !errors.Is(err, ErrBadCredentials) {
 		t.Errorf("Unlock(v1, wrong password) = %v, want ErrBadCredentials", err)
 	}
 	e, k2, err := s.Unlock("alice", "correct horse")

@@ -42,9 +42,26 @@ import (
 
 	"golang.org/x/crypto/argon2"
 	"golang.org/x/crypto/chacha20poly1305"
-
-	"mailproxy/proxy"
 )
+
+// The two ways opening an entry fails that callers act on. They are
+// recognised by behaviour too (BadCredentials(), NotSignedIn()), as
+// auth.Vault asks, so that neither side imports the other.
+var (
+	// ErrBadCredentials: the password does not open the entry.
+	ErrBadCredentials error = &openError{"invalid credentials", true}
+	// ErrNotSignedIn: there is no entry for the account.
+	ErrNotSignedIn error = &openError{"account is not signed in", false}
+)
+
+type openError struct {
+	msg string
+	bad bool // BadCredentials, else NotSignedIn
+}
+
+func (e *openError) Error() string        { return e.msg }
+func (e *openError) BadCredentials() bool { return e.bad }
+func (e *openError) NotSignedIn() bool    { return !e.bad }
 
 // On-disk format constants. Changing any of them makes existing files
 // unreadable: bump fileVersion and keep reading the old format instead.
@@ -492,11 +509,11 @@ func (s *Store) lockName(name string) (func(), error) {
 }
 
 // read reads and parses the file called name. A missing file yields an
-// error wrapping proxy.ErrNotSignedIn.
+// error wrapping ErrNotSignedIn.
 func (s *Store) read(name, username string) (*fileJSON, error) {
 	f, err := os.Open(s.path(name))
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("no token file for %q: %w", username, proxy.ErrNotSignedIn)
+		return nil, fmt.Errorf("no token file for %q: %w", username, ErrNotSignedIn)
 	}
 	if err != nil {
 		return nil, err
@@ -533,8 +550,8 @@ func (s *Store) read(name, username string) (*fileJSON, error) {
 
 // Unlock reads username's entry and opens it with password, deriving the key
 // with the parameters stored in the file. A wrong password yields an error
-// wrapping proxy.ErrBadCredentials, a missing entry one wrapping
-// proxy.ErrNotSignedIn, a file whose key check passes but whose sealed part
+// wrapping ErrBadCredentials, a missing entry one wrapping
+// ErrNotSignedIn, a file whose key check passes but whose sealed part
 // does not open a *DamagedError. Unlock never changes the file.
 func (s *Store) Unlock(username, password string) (*Entry, *Key, error) {
 	name, err := fileName(username)
@@ -557,7 +574,7 @@ func (s *Store) Unlock(username, password string) (*Entry, *Key, error) {
 // NewKey gave, without the password: for re-reading an entry that another
 // process re-sealed with the same key (rotated tokens). An entry sealed
 // under another key (a new sign-in) yields an error wrapping
-// proxy.ErrBadCredentials.
+// ErrBadCredentials.
 func (s *Store) UnlockWithKey(username string, k *Key) (*Entry, error) {
 	name, err := fileName(username)
 	if err != nil {
@@ -568,7 +585,7 @@ func (s *Store) UnlockWithKey(username string, k *Key) (*Entry, error) {
 		return nil, fmt.Errorf("unlock tokens: %w", err)
 	}
 	if fj.KDF.Params != k.params || !bytes.Equal(fj.KDF.Salt, k.salt) {
-		return nil, fmt.Errorf("unlock tokens for %q: entry sealed under another key: %w", username, proxy.ErrBadCredentials)
+		return nil, fmt.Errorf("unlock tokens for %q: entry sealed under another key: %w", username, ErrBadCredentials)
 	}
 	return open(fj, k, username)
 }
@@ -576,7 +593,7 @@ func (s *Store) UnlockWithKey(username string, k *Key) (*Entry, error) {
 // open checks k against fj and opens the sealed part.
 func open(fj *fileJSON, k *Key, username string) (*Entry, error) {
 	if fj.Version != fileVersionV1 && !hmac.Equal(k.check(), fj.Check) {
-		return nil, fmt.Errorf("unlock tokens for %q: %w", username, proxy.ErrBadCredentials)
+		return nil, fmt.Errorf("unlock tokens for %q: %w", username, ErrBadCredentials)
 	}
 	aead, err := k.aead(fj.Version)
 	if err != nil {
@@ -587,7 +604,7 @@ func open(fj *fileJSON, k *Key, username string) (*Entry, error) {
 		if fj.Version == fileVersionV1 {
 			// Format 1 has no key check: a wrong password and a damaged
 			// file look the same.
-			return nil, fmt.Errorf("unlock tokens for %q: %w", username, proxy.ErrBadCredentials)
+			return nil, fmt.Errorf("unlock tokens for %q: %w", username, ErrBadCredentials)
 		}
 		return nil, &DamagedError{Username: strings.ToLower(username),
 			Reason: "the key check passes but the sealed part or the fields bound to it (identity, flow, KDF parameters) were changed"}
@@ -614,7 +631,7 @@ func (s *Store) ReadMeta(username string) (*Meta, error) {
 
 // Stamp returns the stamp of username's entry: a cheap way to notice that
 // another process (`mailproxy login`) replaced it. A missing entry yields
-// the zero Stamp and an error wrapping proxy.ErrNotSignedIn.
+// the zero Stamp and an error wrapping ErrNotSignedIn.
 func (s *Store) Stamp(username string) (Stamp, error) {
 	name, err := fileName(username)
 	if err != nil {
@@ -679,7 +696,7 @@ func (s *Store) save(username string, k *Key, e *Entry, prev *Stamp) (Stamp, err
 	if prev != nil {
 		cur, err := s.read(name, username)
 		switch {
-		case errors.Is(err, proxy.ErrNotSignedIn):
+		case errors.Is(err, ErrNotSignedIn):
 			if !prev.IsZero() {
 				return Stamp{}, fmt.Errorf("save tokens for %q: %w", username, ErrChanged)
 			}
@@ -722,7 +739,7 @@ func (s *Store) UpdateMeta(username string, fn func(*Meta)) error {
 }
 
 // Remove deletes username's entry. A missing entry yields an error wrapping
-// proxy.ErrNotSignedIn.
+// ErrNotSignedIn.
 func (s *Store) Remove(username string) error {
 	name, err := fileName(username)
 	if err != nil {
@@ -735,7 +752,7 @@ func (s *Store) Remove(username string) error {
 	defer unlock()
 	err = os.Remove(s.path(name))
 	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("remove tokens for %q: %w", username, proxy.ErrNotSignedIn)
+		return fmt.Errorf("remove tokens for %q: %w", username, ErrNotSignedIn)
 	}
 	if err != nil {
 		return fmt.Errorf("remove tokens for %q: %w", username, err)
