@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"golang.org/x/crypto/chacha20poly1305"
-
 )
 
 // rewrite edits the JSON of user's token file with fn.
