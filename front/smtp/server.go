@@ -260,9 +260,13 @@ type listener struct {
 }
 
 // Close closes the listener once: Close and Shutdown close it, and so does
-// go-smtp.
+// go-smtp. One the owner closed already is not an error.
 func (l *listener) Close() error {
-	l.closeOnce.Do(func() { l.closeErr = l.Listener.Close() })
+	l.closeOnce.Do(func() {
+		if err := l.Listener.Close(); !errors.Is(err, net.ErrClosed) {
+			l.closeErr = err
+		}
+	})
 	return l.closeErr
 }
 
