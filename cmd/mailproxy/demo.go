@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -237,11 +236,11 @@ func demoMessages(to string) [][]byte {
 func printDemoBanner(w io.Writer, dm *demo) {
 	imapAddr := dm.d.Addr("imap").String()
 	smtpAddr := dm.d.Addr("smtp").String()
-	if a := dm.d.Addr("admin"); a != nil {
+	if u := dm.d.AdminURL(); u != "" {
 		// localhost, not 127.0.0.1: the sign-in returns to the redirect
 		// address registered for the app, and cookies follow the host name.
-		_, port, _ := net.SplitHostPort(a.String())
-		fmt.Fprintf(w, "\nAdmin page: http://localhost:%s/  (%s is signed in; sign %s in from there)\n", port, demoUser, demoPending)
+		// The link carries the page's access token.
+		fmt.Fprintf(w, "\nAdmin page: %s\n  (%s is signed in; sign %s in from there)\n", u, demoUser, demoPending)
 	}
 	fmt.Fprintf(w, `
 mailproxy demo is running against a fake Microsoft 365 (in this process; nothing leaves this machine).

@@ -23,6 +23,7 @@ Usage:
   mailproxy logout  [-config FILE] USER
   mailproxy status  [-config FILE]
   mailproxy check   [-config FILE]
+  mailproxy admin-url [-config FILE]          the admin page's link with its access token
   mailproxy hash-password                     print an Argon2id hash for password_hash
   mailproxy version
 
@@ -98,6 +99,7 @@ func commands() []command {
 		{"logout", runLogout},
 		{"status", runStatus},
 		{"check", runCheck},
+		{"admin-url", runAdminURL},
 		{"hash-password", runHashPassword},
 		{"version", func(_ context.Context, env *cmdEnv, args []string) error {
 			if len(args) > 0 {
