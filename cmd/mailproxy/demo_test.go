@@ -1,9 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"io"
-	"mailproxy/internal/testutil"
 	"net"
 	"net/http"
 	"os"
@@ -17,6 +17,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"mailproxy/internal/cmdline"
+	"mailproxy/internal/testutil"
 )
 
 // startTestDemo runs the demo in-process on ports the kernel picks.
