@@ -28,7 +28,7 @@ func runAdminURL(_ context.Context, env *cmdEnv, args []string) error {
 	if flags.NArg() > 0 {
 		return usagef("admin-url takes no arguments")
 	}
-	cfg, err := loadConfig(*cfgPath)
+	cfg, err := loadConfig(env, *cfgPath)
 	if err != nil {
 		return err
 	}
