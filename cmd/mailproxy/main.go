@@ -23,6 +23,7 @@ Usage:
   mailproxy logout  [-config FILE] USER
   mailproxy status  [-config FILE]
   mailproxy check   [-config FILE]
+  mailproxy queue   [-config FILE] list|show ID|retry ID|delete ID|pause MAILBOX|resume MAILBOX
   mailproxy hash-password                     print an Argon2id hash for password_hash
   mailproxy version
 
@@ -99,6 +100,7 @@ func commands() []command {
 		{"status", runStatus},
 		{"check", runCheck},
 		{"hash-password", runHashPassword},
+		{"queue", runQueue},
 		{"version", func(_ context.Context, env *cmdEnv, args []string) error {
 			if len(args) > 0 {
 				return usagef("version takes no arguments")
