@@ -24,6 +24,7 @@ import (
 	"mailproxy/config"
 	"mailproxy/daemon"
 	"mailproxy/internal/fake365"
+	"mailproxy/internal/testutil"
 	"mailproxy/oauth/store"
 	"mailproxy/upstream"
 )
@@ -201,11 +202,11 @@ func (e *cliEnv) openedCount() int {
 // output.
 func (e *cliEnv) runCmd(t *testing.T, stdin io.Reader, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
-	var out, errb bytes.Buffer
+	var out, errb testutil.Buffer
 	env := &cmdEnv{
 		stdin:   stdin,
-		stdout:  &lockedWriter{w: &out},
-		stderr:  &lockedWriter{w: &errb},
+		stdout:  &out,
+		stderr:  &errb,
 		getenv:  func(string) string { return "" },
 		openURL: e.open,
 	}
@@ -371,8 +372,8 @@ func (e *cliEnv) loginManual(t *testing.T, user string, edit func(*url.URL)) (in
 	t.Helper()
 	pr, pw := io.Pipe()
 	stdout := &manualStdout{urls: make(chan string, 1)}
-	var errb bytes.Buffer
-	env := &cmdEnv{stdin: pr, stdout: stdout, stderr: &lockedWriter{w: &errb}, getenv: func(string) string { return "" },
+	var errb testutil.Buffer
+	env := &cmdEnv{stdin: pr, stdout: stdout, stderr: &errb, getenv: func(string) string { return "" },
 		openURL: func(string) error { return errors.New("-manual must not open a browser") }}
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()

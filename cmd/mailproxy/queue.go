@@ -48,7 +48,7 @@ func runQueue(ctx context.Context, env *cmdEnv, args []string) error {
 		return usagef("queue needs a command: list, show ID, retry ID, delete ID, pause MAILBOX or resume MAILBOX")
 	}
 	op, rest := fs.Arg(0), fs.Args()[1:]
-	cfg, err := loadConfig(*cfgPath)
+	cfg, err := loadConfig(env, *cfgPath)
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -10,13 +9,14 @@ import (
 	"testing"
 	"time"
 
+	"mailproxy/internal/testutil"
 	"mailproxy/spool"
 )
 
 func runQueueCmd(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
-	var out, errb bytes.Buffer
-	env := &cmdEnv{stdin: strings.NewReader(""), stdout: &lockedWriter{w: &out}, stderr: &lockedWriter{w: &errb},
+	var out, errb testutil.Buffer
+	env := &cmdEnv{stdin: strings.NewReader(""), stdout: &out, stderr: &errb,
 		getenv: func(string) string { return "" }}
 	code := run(t.Context(), env, append([]string{"queue"}, args...))
 	return code, out.String(), errb.String()
