@@ -112,6 +112,9 @@ func (t TLS) Enabled() bool { return t.CertFile != "" || t.SelfSigned }
 type Admin struct {
 	Listen       string // "" = off
 	PasswordHash string // Argon2id PHC string; "" = no password (loopback only)
+	// Hostnames are the extra names (or addresses) the page answers to,
+	// lowercased, without port; see AllowedHosts.
+	Hostnames []string
 }
 
 // Security holds the keys of the file's security table.

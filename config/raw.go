@@ -57,6 +57,7 @@ type rawTLS struct {
 type rawAdmin struct {
 	Listen       val `toml:"listen"`
 	PasswordHash val `toml:"password_hash"`
+	Hostnames    val `toml:"hostnames"`
 }
 
 type rawSecurity struct {

@@ -314,6 +314,7 @@ func validDomain(s string) bool {
 func (c *checker) admin(r *rawAdmin, a *Admin) {
 	a.Listen = c.listen(r.Listen, "admin.listen", "127.0.0.1:8025")
 	a.PasswordHash = c.phc(r.PasswordHash, "admin.password_hash")
+	a.Hostnames = c.hostnames(r.Hostnames, "admin.hostnames")
 	if a.Listen == "" || c.bad["admin.listen"] || c.bad["admin.password_hash"] {
 		return
 	}
@@ -392,6 +393,7 @@ func (c *checker) listeners(cfg *Config) {
 			c.plaintext(l.key, l.addr, cfg.Security.AllowPlaintextFrom)
 		}
 	}
+	c.adminPlaintext(cfg)
 	for i, a := range all {
 		for _, b := range all[:i] {
 			if a.addr == "" || b.addr == "" || c.bad[a.key] || c.bad[b.key] {
