@@ -88,7 +88,7 @@ func runLogin(ctx context.Context, env *cmdEnv, args []string) error {
 		method = m.name
 	}
 
-	cfg, err := loadConfig(*cfgPath)
+	cfg, err := loadConfig(env, *cfgPath)
 	if err != nil {
 		return err
 	}
@@ -342,7 +342,7 @@ func runLogout(_ context.Context, env *cmdEnv, args []string) error {
 	if fs.NArg() != 1 {
 		return usagef("logout needs exactly one USER (an account's username)")
 	}
-	cfg, err := loadConfig(*cfgPath)
+	cfg, err := loadConfig(env, *cfgPath)
 	if err != nil {
 		return err
 	}
