@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
-	"time"
 
 	"mailproxy/auth"
 	"mailproxy/config"
@@ -15,7 +14,7 @@ import (
 )
 
 // tokenHTTPTimeout bounds one request to an identity provider.
-const tokenHTTPTimeout = 30 * time.Second
+const tokenHTTPTimeout = oauth.RequestTimeout
 
 // OAuthProvider turns a config provider into what package oauth needs.
 func OAuthProvider(p *config.Provider) *oauth.Provider {

@@ -23,10 +23,15 @@ import (
 	"mailproxy/oauth/store"
 )
 
+// RequestTimeout bounds one request to an identity provider's token or
+// device code endpoint; login and check tell the person they may wait this
+// long.
+const RequestTimeout = 30 * time.Second
+
 // Timing. Entra access tokens live 60-90 minutes.
 const (
 	// tokenRequestTimeout bounds one request to the token endpoint.
-	tokenRequestTimeout = 30 * time.Second
+	tokenRequestTimeout = RequestTimeout
 	// refreshMargin is how much life a token must have left when its
 	// lifetime is unknown; otherwise a token is refreshed at half-life.
 	refreshMargin = 30 * time.Minute

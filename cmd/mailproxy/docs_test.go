@@ -397,7 +397,7 @@ func TestDocsCommandLines(t *testing.T) {
 				}
 				return ""
 			}
-		case "serve", "login", "logout":
+		case "serve", "login", "logout", "queue":
 			// Interactive or long-running: with a config that does not
 			// exist they stop right after parsing the command line, so an
 			// unknown flag, a flag after an argument or a wrong number of

@@ -23,6 +23,7 @@ Usage:
   mailproxy logout  [-config FILE] USER
   mailproxy status  [-config FILE]
   mailproxy check   [-config FILE] [-account USER [-send-to ADDR]]
+  mailproxy queue   [-config FILE] list|show ID|retry ID|delete ID|pause MAILBOX|resume MAILBOX
   mailproxy hash-password                     print an Argon2id hash for password_hash
   mailproxy version | --version
 
@@ -101,6 +102,7 @@ func commands() []command {
 		{"status", runStatus},
 		{"check", runCheck},
 		{"hash-password", runHashPassword},
+		{"queue", runQueue},
 		{"version", runVersion},
 	}
 }
