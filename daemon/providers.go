@@ -31,6 +31,10 @@ func OAuthProvider(p *config.Provider) *oauth.Provider {
 		Scopes:        p.Scopes,
 		AppScopes:     p.AppScopes,
 		HTTPClient:    &http.Client{Transport: tr, Timeout: tokenHTTPTimeout},
+		// Graph (send_via = "graph") and HVE: config/graph.go.
+		GraphScopes:      p.GraphScopes,
+		GraphAppScopes:   p.GraphAppScopes,
+		MinTokenLifetime: p.MinTokenLifetime,
 	}
 }
 
