@@ -24,7 +24,7 @@ func (s *session) connect() (submit.Submitter, error) {
 	ctx, cancel := context.WithTimeout(s.ctx, s.srv.upstreamTimeout())
 	defer cancel()
 	g := s.grant
-	if (s.srv.Opener == nil && (g.Upstream == nil || g.Upstream.SMTPAddr == "")) || g.Tokens == nil {
+	if (s.srv.Opener == nil && g.Upstream.AddrOf(Name) == "") || g.Tokens == nil {
 		s.log.Error("account has no upstream SMTP server or token source")
 		s.c.setOutcome("no upstream")
 		return nil, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 5},
@@ -58,7 +58,7 @@ func (s *session) connect() (submit.Submitter, error) {
 		if errors.As(err, &se) && tokenRefused(se) {
 			s.log.Warn("upstream refused the refreshed access token; the account needs a new sign-in",
 				"identity", g.Identity, "reply", smtpclient.ReplyText(se))
-			s.srv.metrics.UpstreamAuthFailed("smtp")
+			s.srv.metrics.UpstreamAuthFailed(Name)
 			s.c.setOutcome("upstream refused token")
 			return nil, &smtp.SMTPError{
 				Code:         454,
@@ -80,7 +80,7 @@ func (s *session) opener() submit.Opener {
 	if s.srv.Opener != nil {
 		return s.srv.Opener(s.grant)
 	}
-	addr := s.grant.Upstream.SMTPAddr
+	addr := s.grant.Upstream.AddrOf(Name)
 	cfg := s.grant.Upstream.TLSFor(addr)
 	// Full-size TLS records from the first message on: small first
 	// records help a browser render early, not a mail submission.
