@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"mailproxy/auth"
+	"mailproxy/front"
 	"mailproxy/upstream"
 	"net"
 	"os"
@@ -57,6 +58,7 @@ func (s *session) connect() (*upClient, error) {
 			s.log.Warn("upstream refused the refreshed access token; the account needs a new sign-in",
 				"identity", g.Identity, "reply", replyText(se))
 			s.srv.metrics.UpstreamAuthFailed("smtp")
+			front.ObserveUpstream(s.srv.metrics, g.Username, "smtp", fmt.Errorf("upstream refused the refreshed access token: %s", replyText(se)))
 			s.c.setOutcome("upstream refused token")
 			return nil, &smtp.SMTPError{
 				Code:         454,
@@ -66,6 +68,7 @@ func (s *session) connect() (*upClient, error) {
 			}
 		}
 	}
+	front.ObserveUpstream(s.srv.metrics, g.Username, "smtp", err)
 	if err != nil {
 		return nil, s.connectFailure(ctx, err)
 	}
