@@ -408,3 +408,21 @@ func TestNoRoomForTheMessage(t *testing.T) {
 	err := e.send(t, testUser, m.to, bytes.NewReader(m.bytes(t)))
 	wantReply(t, err, 452, smtp.EnhancedCode{4, 3, 1}, "nothing was sent")
 }
+
+// The fake's assembled message is what recipients would get: one MIME
+// with every attachment, To/Cc from the recipient lists, no Bcc.
+func TestAssembledMessage(t *testing.T) {
+	e := newEnv(t, defaults)
+	m := testMsg{from: testUser, subject: "assembled", body: "see files", to: []string{"bob@fabrikam.com", "dave@fabrikam.com"}, bcc: []string{"x@fabrikam.com"},
+		atts: []attachment{{name: "big.pdf", ctype: "application/pdf", size: mb(4), seed: 31}, {name: "small.txt", ctype: "text/plain", size: 1000, seed: 32}}}
+	if err := e.send(t, testUser, []string{"bob@fabrikam.com", "x@fabrikam.com"}, bytes.NewReader(m.bytes(t))); err != nil {
+		t.Fatal(err)
+	}
+	s := onlySent(t, e.graph)
+	msg := s.Message()
+	if bytes.Contains(msg, []byte("\nBcc:")) || bytes.Contains(msg, []byte("dave@")) || bytes.Contains(msg, []byte("x@fabrikam.com")) {
+		t.Errorf("assembled message shows a Bcc or a recipient the envelope dropped:\n%.600s", msg)
+	}
+	whole := &fake365.GraphSent{MIME: msg, To: s.To}
+	check(t, whole, m, []string{"bob@fabrikam.com"}, nil, nil)
+}
