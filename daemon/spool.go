@@ -21,8 +21,8 @@ import (
 
 // Timings of the device relay's background work.
 const (
-	controlInterval   = time.Second    // `mailproxy queue` commands are picked up this often
-	keepAliveInterval = 6 * time.Hour  // accounts are checked for tokens.keepalive this often
+	controlInterval   = time.Second   // `mailproxy queue` commands are picked up this often
+	keepAliveInterval = 6 * time.Hour // accounts are checked for tokens.keepalive this often
 	unlockTimeout     = 30 * time.Second
 )
 
