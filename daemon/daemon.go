@@ -23,6 +23,8 @@ import (
 	"mailproxy/auth"
 	"mailproxy/config"
 	"mailproxy/front"
+	imapfront "mailproxy/front/imap"
+	smtpfront "mailproxy/front/smtp"
 	"mailproxy/oauth"
 	"mailproxy/oauth/store"
 	"mailproxy/upstream"
@@ -36,12 +38,18 @@ type Daemon struct {
 	manager  *oauth.Manager
 	accounts *auth.Accounts
 	fronts   []front.Front // one per frontDefs entry, in its order
-	certs    *certHolder
-	metrics  *admin.Metrics
-	limiter  *front.ConnLimiter // connections, total and per address, across listeners
-	lockout  *auth.Lockout      // nil: off
-	admin    *admin.Server
-	adminHS  *http.Server
+	frontTLS []*tls.Config // each front's local TLS config (nil: no certificate)
+	// imap and smtp are two of fronts, typed, for wiring that is theirs
+	// alone (the spool is the SMTP front's intake).
+	imap    *imapfront.Server
+	smtp    *smtpfront.Server
+	certs   *certHolder
+	metrics *admin.Metrics
+	limiter *front.ConnLimiter // connections, total and per address, across listeners
+	lockout *auth.Lockout      // nil: off
+	admin   *admin.Server
+	adminHS *http.Server
+	relay   *deviceRelay // the spool; nil when nothing is spooled
 	// adminToken is the admin page's access token (state_dir/admin-token).
 	adminToken string
 	failed     chan error    // a listener died
@@ -94,7 +102,15 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 	d.lockout = auth.NewLockout(cfg.Security.LockoutFailures, cfg.Security.LockoutWindow, cfg.Security.LockoutDuration)
 	d.accounts.SetLockout(d.lockout)
 	for _, def := range frontDefs {
-		d.fronts = append(d.fronts, def.build(d, cfg, tlsConf))
+		ftls := listenerTLS(tlsConf, def.tlsMin(cfg))
+		d.fronts = append(d.fronts, def.build(d, cfg, ftls))
+		d.frontTLS = append(d.frontTLS, ftls)
+	}
+	if d.relay, err = newDeviceRelay(d, cfg); err != nil {
+		return nil, err
+	}
+	if d.relay != nil {
+		d.smtp.Intake = d.relay
 	}
 	if cfg.Admin.Listen != "" {
 		if d.adminToken, err = admin.LoadAccessToken(cfg.StateDir); err != nil {
@@ -111,6 +127,7 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 			AllowedHosts: d.adminHosts,
 			Metrics:      d.metrics,
 			Listeners:    d.adminListeners,
+			Spool:        d.relay.view(),
 			Logger:       logger.With("listener", "admin"),
 		})
 		if err != nil {
@@ -251,9 +268,10 @@ func (d *Daemon) provider(username string) *oauth.Provider {
 // listenerSpec is one configured listener.
 type listenerSpec struct {
 	name, addr string
-	block      string // the config block that sets it
-	implicit   bool   // implicit TLS
-	refusal    string // written to a connection over the limit
+	block      string      // the config block that sets it
+	implicit   bool        // implicit TLS
+	refusal    string      // written to a connection over the limit
+	tls        *tls.Config // the front's local TLS config; nil: the certificate's defaults
 	serve      func(net.Listener) error
 }
 
@@ -263,9 +281,9 @@ func (d *Daemon) listenerSpecs(cfg *config.Config) []listenerSpec {
 		plain, implicit := def.listen(cfg)
 		f := d.fronts[i]
 		specs = append(specs,
-			listenerSpec{name: def.name, addr: plain, block: def.name, refusal: def.refusal, serve: f.Serve},
+			listenerSpec{name: def.name, addr: plain, block: def.name, refusal: def.refusal, tls: d.frontTLS[i], serve: f.Serve},
 			// implicit TLS: nothing can be said before the handshake
-			listenerSpec{name: def.name + "s", addr: implicit, block: def.name, implicit: true, serve: f.Serve})
+			listenerSpec{name: def.name + "s", addr: implicit, block: def.name, implicit: true, tls: d.frontTLS[i], serve: f.Serve})
 	}
 	admin := listenerSpec{name: "admin", block: "admin"}
 	if d.admin != nil {
@@ -319,6 +337,9 @@ func (d *Daemon) Start() error {
 		defer d.wg.Done()
 		d.alertLoop()
 	}()
+	if d.relay != nil {
+		d.relay.start()
+	}
 	return nil
 }
 
@@ -385,7 +406,11 @@ func (d *Daemon) bind(s listenerSpec) error {
 		ln = d.limiter.Listener(ln, s.refusal, d.logger.With("listener", s.name))
 	}
 	if ap, err := netip.ParseAddrPort(ln.Addr().String()); s.implicit || (admin && d.certs != nil && err == nil && !ap.Addr().IsLoopback()) { // config.Config.AdminTLS
-		ln = tls.NewListener(ln, d.certs.config())
+		cfg := s.tls
+		if cfg == nil {
+			cfg = d.certs.config()
+		}
+		ln = tls.NewListener(ln, cfg)
 	}
 	b := &boundListener{addr: s.addr, ln: ln}
 	d.mu.Lock()
@@ -436,7 +461,11 @@ func (d *Daemon) allowFunc(plain bool) func(netip.Addr) bool {
 			return false
 		}
 		if plain && d.certs == nil && !sec.PlaintextAllowedFrom(ip) {
-			return false
+			// A device without a credential sends no password.
+			d.mu.Lock()
+			dev := d.cfg.DeviceFrom(ip)
+			d.mu.Unlock()
+			return dev != nil && dev.Username == ""
 		}
 		return true
 	}
@@ -528,6 +557,13 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	wg.Wait()
 	for _, f := range d.fronts {
 		f.Close()
+	}
+	// After the SMTP front: nothing more comes in; queued mail stays on
+	// disk for the next start.
+	if d.relay != nil {
+		if err := d.relay.shutdown(ctx); err != nil {
+			d.logger.Warn("spool shutdown", "err", err)
+		}
 	}
 	d.wg.Wait()
 	// Rotated tokens a failed save left in memory get one last chance.

@@ -24,6 +24,8 @@ type frontDef struct {
 	// upstream gives the address of the provider's server the front
 	// relays to.
 	upstream func(p *config.Provider) string
+	// tlsMin is the lowest TLS version its listeners accept.
+	tlsMin func(cfg *config.Config) uint16
 	// refusal is written to a plain connection over the connection limit
 	// before it is closed.
 	refusal string
@@ -35,9 +37,11 @@ type frontDef struct {
 // frontDefs are the fronts, in the order they are bound and listed.
 var frontDefs = []frontDef{
 	{imapfront.Name, func(c *config.Config) (string, string) { return c.IMAP.Listen, c.IMAP.ListenTLS },
-		func(p *config.Provider) string { return p.IMAPServer }, imapfront.TooManyConnections, newIMAP},
+		func(p *config.Provider) string { return p.IMAPServer },
+		func(c *config.Config) uint16 { return c.IMAP.TLSMinVersion }, imapfront.TooManyConnections, newIMAP},
 	{smtpfront.Name, func(c *config.Config) (string, string) { return c.SMTP.Listen, c.SMTP.ListenTLS },
-		func(p *config.Provider) string { return p.SMTPServer }, smtpfront.TooManyConnections, newSMTP},
+		func(p *config.Provider) string { return p.SMTPServer },
+		func(c *config.Config) uint16 { return c.SMTP.TLSMinVersion }, smtpfront.TooManyConnections, newSMTP},
 }
 
 // frontNames are the registered fronts' names.
@@ -50,7 +54,7 @@ func frontNames() []string {
 }
 
 func newIMAP(d *Daemon, cfg *config.Config, tlsConf *tls.Config) front.Front {
-	return &imapfront.Server{
+	d.imap = &imapfront.Server{
 		Auth:                  d.accounts,
 		TLSConfig:             tlsConf,
 		Logger:                d.logger,
@@ -63,6 +67,7 @@ func newIMAP(d *Daemon, cfg *config.Config, tlsConf *tls.Config) front.Front {
 		MaxLine:               cfg.IMAP.MaxLine,
 		MaxLiteral:            cfg.IMAP.MaxLiteral,
 	}
+	return d.imap
 }
 
 func newSMTP(d *Daemon, cfg *config.Config, tlsConf *tls.Config) front.Front {
@@ -70,7 +75,7 @@ func newSMTP(d *Daemon, cfg *config.Config, tlsConf *tls.Config) front.Front {
 	if maxMsg == 0 {
 		maxMsg = config.FallbackMaxMessageBytes
 	}
-	return &smtpfront.Server{
+	d.smtp = &smtpfront.Server{
 		Auth:             d.accounts,
 		TLSConfig:        tlsConf,
 		Logger:           d.logger,
@@ -83,4 +88,5 @@ func newSMTP(d *Daemon, cfg *config.Config, tlsConf *tls.Config) front.Front {
 		WriteTimeout:     cfg.SMTP.WriteTimeout,
 		UpstreamTimeout:  cfg.Security.UpstreamTimeout,
 	}
+	return d.smtp
 }
