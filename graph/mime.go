@@ -13,6 +13,7 @@ import (
 	"github.com/emersion/go-message"
 	"github.com/emersion/go-message/mail"
 	"github.com/emersion/go-message/textproto"
+	"github.com/emersion/go-smtp"
 )
 
 // spoolFile is a message on disk, private to this process.
@@ -23,27 +24,51 @@ type spoolFile struct {
 
 // spoolMessage copies r into a new temporary file of at most limit bytes. Past the
 // limit it reads r to its end (so the SMTP exchange stays in step) and
-// returns errTooLarge.
+// returns errTooLarge. A failing r (the client's data broke off) yields an
+// error wrapping errClientData, or r's own *smtp.SMTPError; a failing disk
+// one wrapping errLocalStorage. Nothing is sent in either case.
 func spoolMessage(dir string, r io.Reader, limit int64) (*spoolFile, error) {
 	f, err := os.CreateTemp(dir, "mailproxy-graph-*.eml") // mode 0600
 	if err != nil {
-		return nil, fmt.Errorf("spool the message: %w", err)
+		return nil, fmt.Errorf("spool the message: %w: %w", errLocalStorage, err)
 	}
-	n, err := io.Copy(f, io.LimitReader(r, limit+1))
+	src := &errReader{r: r}
+	n, err := io.Copy(f, io.LimitReader(src, limit+1))
 	if err == nil && n > limit {
-		_, err = io.Copy(io.Discard, r)
+		_, err = io.Copy(io.Discard, src)
 		if err == nil {
 			err = errTooLarge
 		}
 	}
 	if err != nil {
 		removeTemp(f)
-		if errors.Is(err, errTooLarge) {
+		switch {
+		case errors.Is(err, errTooLarge):
 			return nil, err
+		case src.err != nil:
+			var se *smtp.SMTPError
+			if errors.As(src.err, &se) {
+				return nil, se
+			}
+			return nil, fmt.Errorf("read the message: %w: %w", errClientData, src.err)
 		}
-		return nil, fmt.Errorf("spool the message: %w", err)
+		return nil, fmt.Errorf("spool the message: %w: %w", errLocalStorage, err)
 	}
 	return &spoolFile{f: f, size: n}, nil
+}
+
+// errReader remembers the error of its reader.
+type errReader struct {
+	r   io.Reader
+	err error
+}
+
+func (e *errReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF {
+		e.err = err
+	}
+	return n, err
 }
 
 func removeTemp(f *os.File) {
