@@ -45,6 +45,7 @@ type Daemon struct {
 	lockout  *auth.Lockout      // nil: off
 	admin    *admin.Server
 	adminHS  *http.Server
+	relay    *deviceRelay // the spool; nil when nothing is spooled
 	// adminToken is the admin page's access token (state_dir/admin-token).
 	adminToken string
 	blocksMu   sync.Mutex    // serializes writes of state_dir/lockout.json
@@ -99,7 +100,7 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 	d.accounts.SetLockout(d.lockout)
 	d.imap = &imapfront.Server{
 		Auth:                  d.accounts,
-		TLSConfig:             tlsConf,
+		TLSConfig:             listenerTLS(tlsConf, cfg.IMAP.TLSMinVersion),
 		Logger:                logger,
 		Metrics:               d.metrics,
 		PlaintextAllowed:      d.plaintextAllowed,
@@ -116,7 +117,7 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 	}
 	d.smtp = &smtpfront.Server{
 		Auth:             d.accounts,
-		TLSConfig:        tlsConf,
+		TLSConfig:        listenerTLS(tlsConf, cfg.SMTP.TLSMinVersion),
 		Logger:           logger,
 		Metrics:          d.metrics,
 		PlaintextAllowed: d.plaintextAllowed,
@@ -126,6 +127,12 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 		ReadTimeout:      cfg.SMTP.ReadTimeout,
 		WriteTimeout:     cfg.SMTP.WriteTimeout,
 		UpstreamTimeout:  cfg.Security.UpstreamTimeout,
+	}
+	if d.relay, err = newDeviceRelay(d, cfg); err != nil {
+		return nil, err
+	}
+	if d.relay != nil {
+		d.smtp.Intake = d.relay
 	}
 	if cfg.Admin.Listen != "" {
 		if d.adminToken, err = admin.LoadAccessToken(cfg.StateDir); err != nil {
@@ -144,6 +151,7 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 			ClearBlock:   d.adminClearBlock,
 			Metrics:      d.metrics,
 			Listeners:    d.adminListeners,
+			Spool:        d.relay.view(),
 			Logger:       logger.With("listener", "admin"),
 		})
 		if err != nil {
@@ -339,6 +347,9 @@ func (d *Daemon) Start() error {
 		defer d.wg.Done()
 		d.alertLoop()
 	}()
+	if d.relay != nil {
+		d.relay.start()
+	}
 	return nil
 }
 
@@ -412,7 +423,7 @@ func (d *Daemon) bind(s listenerSpec) error {
 		ln = d.limiter.Listener(ln, refusal, d.logger.With("listener", s.name))
 	}
 	if ap, err := netip.ParseAddrPort(ln.Addr().String()); s.implicit || (admin && d.certs != nil && err == nil && !ap.Addr().IsLoopback()) { // config.Config.AdminTLS
-		ln = tls.NewListener(ln, d.certs.config())
+		ln = tls.NewListener(ln, d.tlsFor(s.name))
 	}
 	b := &boundListener{addr: s.addr, ln: ln}
 	d.mu.Lock()
@@ -463,7 +474,11 @@ func (d *Daemon) allowFunc(plain bool) func(netip.Addr) bool {
 			return false
 		}
 		if plain && d.certs == nil && !sec.PlaintextAllowedFrom(ip) {
-			return false
+			// A device without a credential sends no password.
+			d.mu.Lock()
+			dev := d.cfg.DeviceFrom(ip)
+			d.mu.Unlock()
+			return dev != nil && dev.Username == ""
 		}
 		return true
 	}
@@ -559,6 +574,13 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	wg.Wait()
 	d.imap.Close()
 	d.smtp.Close()
+	// After the SMTP front: nothing more comes in; queued mail stays on
+	// disk for the next start.
+	if d.relay != nil {
+		if err := d.relay.shutdown(ctx); err != nil {
+			d.logger.Warn("spool shutdown", "err", err)
+		}
+	}
 	d.wg.Wait()
 	// Rotated tokens a failed save left in memory get one last chance.
 	for _, u := range d.manager.Flush() {
