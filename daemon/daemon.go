@@ -269,6 +269,7 @@ func (d *Daemon) applyAccounts(cfg *config.Config) {
 		}
 		specs = append(specs, spec)
 	}
+	specs = append(specs, deviceSpecs(cfg)...)
 	d.mu.Lock()
 	old := d.cfg
 	d.apps = apps
