@@ -161,10 +161,16 @@ func (r *deviceRelay) Anonymous(remote netip.Addr) (submit.Submitter, string) {
 		EnvelopeFrom: dev.EnvelopeFrom, HeaderFrom: dev.HeaderFrom}), dev.Name
 }
 
-// Authenticated implements the SMTP front's Intake: an account with
-// spool = true spools its clients' mail.
+// Authenticated implements the SMTP front's Intake: a device that logged
+// in with its own credential, and an account with spool = true, spool
+// their mail.
 func (r *deviceRelay) Authenticated(g *auth.Grant, _ netip.Addr) submit.Submitter {
-	a := r.config().Account(g.Username)
+	cfg := r.config()
+	if dev := cfg.Device(g.Username); dev != nil && dev.Account != nil {
+		return r.sp.NewSession(spool.Intake{Device: dev.Name, Account: dev.Account.Username, Mailbox: dev.Account.Mailbox,
+			EnvelopeFrom: dev.EnvelopeFrom, HeaderFrom: dev.HeaderFrom})
+	}
+	a := cfg.Account(g.Username)
 	if a == nil || !a.Spool {
 		return nil
 	}
@@ -233,3 +239,26 @@ func listenerTLS(base *tls.Config, min uint16) *tls.Config {
 	}
 	return c
 }
+
+// deviceSpecs are the local logins of devices with a credential of their
+// own: their password_hash checks the login; their mail always goes
+// through the spool (the Intake), so their token source is never asked.
+func deviceSpecs(cfg *config.Config) []auth.AccountSpec {
+	var out []auth.AccountSpec
+	for _, dev := range cfg.Devices {
+		if dev.Username == "" || dev.Account == nil {
+			continue
+		}
+		out = append(out, auth.AccountSpec{Username: dev.Username, Mailbox: dev.Account.Mailbox,
+			Identity: dev.Account.Mailbox, PasswordHash: dev.PasswordHash, Tokens: spoolOnly{}})
+	}
+	return out
+}
+
+// spoolOnly is the token source of a device login: none.
+type spoolOnly struct{}
+
+var errSpoolOnly = errors.New("a device's mail goes through the spool, with its account's tokens")
+
+func (spoolOnly) Token(context.Context) (string, error)           { return "", errSpoolOnly }
+func (spoolOnly) Refresh(context.Context, string) (string, error) { return "", errSpoolOnly }
