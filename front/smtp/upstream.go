@@ -21,6 +21,13 @@ import (
 // once and tried on a fresh connection. The error is a reply for the
 // client; the cause is logged here.
 func (s *session) connect() (submit.Submitter, error) {
+	if sub := s.spoolFor(); sub != nil {
+		// Spooled: no token and no upstream needed now.
+		return sub, nil
+	}
+	if s.grant == nil { // a device no longer listed (reload)
+		return nil, errAuthRequired
+	}
 	ctx, cancel := context.WithTimeout(s.ctx, s.srv.upstreamTimeout())
 	defer cancel()
 	g := s.grant
