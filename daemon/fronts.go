@@ -87,6 +87,7 @@ func newSMTP(d *Daemon, cfg *config.Config, tlsConf *tls.Config) front.Front {
 		ReadTimeout:      cfg.SMTP.ReadTimeout,
 		WriteTimeout:     cfg.SMTP.WriteTimeout,
 		UpstreamTimeout:  cfg.Security.UpstreamTimeout,
+		Opener:           d.smtpOpener,
 	}
 	return d.smtp
 }
