@@ -62,6 +62,7 @@ need attention (the "!" lines say so).`)
 			return oauth.AccountStatus{Username: user, NeedsSignIn: true}
 		}
 		printStatus(env, cfg, notSignedIn, time.Now())
+		printSpoolPauses(env, cfg)
 		return nil
 	}
 	m, st, err := newManager(cfg, discardLogger())
@@ -82,6 +83,7 @@ need attention (the "!" lines say so).`)
 			fmt.Fprintf(env.stdout, "\nStored sign-ins of accounts not in the config (remove with mailproxy logout): %s\n", strings.Join(orphans, ", "))
 		}
 	}
+	printSpoolPauses(env, cfg)
 	return nil
 }
 
