@@ -104,6 +104,10 @@ type Options struct {
 	// in on (config.Config.AllowedHosts); it is called per request, so a
 	// reload shows at once. nil means none besides those.
 	AllowedHosts func() []string
+	// Blocks returns the lockout's active blocks and ClearBlock ends one
+	// (auth.Lockout.Blocks, Clear); nil: the page shows none.
+	Blocks     func() []LoginBlock
+	ClearBlock func(user, addr string) bool
 	// Metrics are the counters the fronts report to; nil makes new ones.
 	Metrics *Metrics
 	// Listeners returns the state of the proxy listeners for /healthz; nil
@@ -201,6 +205,8 @@ func New(opts Options) (*Server, error) {
 	mux.HandleFunc("POST /signout", s.handleSignOut)
 	mux.HandleFunc("GET /healthz", s.handleHealth)
 	mux.HandleFunc("GET /metrics", s.handleMetrics)
+	mux.HandleFunc("GET /lockout", s.handleLockout)
+	mux.HandleFunc("POST /lockout/clear", s.handleLockoutClear)
 	mux.HandleFunc("GET /spool", s.handleSpool)
 	mux.HandleFunc("POST /spool/resume", s.handleSpoolResume)
 	s.mux = mux

@@ -150,6 +150,7 @@ func (s *Server) handleIndex(w http.ResponseWriter, r *http.Request) {
 		d.Rows = append(d.Rows, rw)
 	}
 	d.Alerts = append(Alerts(statuses, now), s.spoolAlerts()...)
+	d.Alerts = append(d.Alerts, s.lockoutAlerts()...)
 	pg := page{Title: "Accounts", CSRF: s.csrf(sess), Data: d}
 	for o := range targets {
 		pg.formTargets = append(pg.formTargets, o)

@@ -138,7 +138,7 @@ func TestDefaults(t *testing.T) {
 		Security: Security{
 			AllowFrom:      []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
 			MaxConnections: 1000, MaxConnectionsPerIP: 50, UpstreamTimeout: 30 * time.Second,
-			LockoutFailures: 5, LockoutWindow: 15 * time.Minute, LockoutDuration: 15 * time.Minute,
+			LockoutFailures: 5, LockoutWindow: 15 * time.Minute, LockoutDuration: 15 * time.Minute, LockoutAddrFailures: 20,
 			MaxUpstreamPerMailbox: 16,
 		},
 		Log: Log{Format: LogText, Level: slog.LevelInfo},
@@ -714,6 +714,7 @@ func render(cfg *Config) []byte {
 			"max_connections": cfg.Security.MaxConnections, "max_connections_per_ip": cfg.Security.MaxConnectionsPerIP,
 			"upstream_timeout": cfg.Security.UpstreamTimeout.String(), "lockout_failures": cfg.Security.LockoutFailures,
 			"lockout_window": cfg.Security.LockoutWindow.String(), "lockout_duration": cfg.Security.LockoutDuration.String(),
+			"lockout_address_failures": cfg.Security.LockoutAddrFailures,
 			"max_upstream_per_mailbox": cfg.Security.MaxUpstreamPerMailbox,
 		},
 		"log": map[string]any{"format": cfg.Log.Format, "level": levels[cfg.Log.Level]},

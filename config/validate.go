@@ -336,6 +336,10 @@ func (c *checker) security(r *rawSecurity, s *Security) {
 	s.LockoutFailures = int(c.integer(r.LockoutFailures, "security.lockout_failures", 5, 0, 1000))
 	s.LockoutWindow = c.duration(r.LockoutWindow, "security.lockout_window", 15*time.Minute)
 	s.LockoutDuration = c.duration(r.LockoutDuration, "security.lockout_duration", 15*time.Minute)
+	s.LockoutAddrFailures = int(c.integer(r.LockoutAddrFailures, "security.lockout_address_failures", 4*int64(max(s.LockoutFailures, 1)), 1, 100000))
+	if s.LockoutAddrFailures < s.LockoutFailures && !c.bad["security.lockout_address_failures"] {
+		c.errorf("security.lockout_address_failures", "%d is below security.lockout_failures (%d): one username's failures would block the whole address first", s.LockoutAddrFailures, s.LockoutFailures)
+	}
 	s.MaxUpstreamPerMailbox = int(c.integer(r.MaxUpstreamPerMailbox, "security.max_upstream_per_mailbox", 16, 1, 1000))
 }
 

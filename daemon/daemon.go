@@ -48,6 +48,7 @@ type Daemon struct {
 	relay    *deviceRelay // the spool; nil when nothing is spooled
 	// adminToken is the admin page's access token (state_dir/admin-token).
 	adminToken string
+	blocksMu   sync.Mutex    // serializes writes of state_dir/lockout.json
 	failed     chan error    // a listener died
 	stop       chan struct{} // closed at shutdown
 	stopOnce   sync.Once
@@ -95,7 +96,7 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 		tlsConf = d.certs.config()
 	}
 	d.limiter = front.NewConnLimiter(cfg.Security.MaxConnections, cfg.Security.MaxConnectionsPerIP)
-	d.lockout = auth.NewLockout(cfg.Security.LockoutFailures, cfg.Security.LockoutWindow, cfg.Security.LockoutDuration)
+	d.lockout = d.newLockout(cfg)
 	d.accounts.SetLockout(d.lockout)
 	d.imap = &imapfront.Server{
 		Auth:                  d.accounts,
@@ -146,6 +147,8 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 			PasswordHash: cfg.Admin.PasswordHash,
 			AccessToken:  d.adminToken,
 			AllowedHosts: d.adminHosts,
+			Blocks:       d.adminBlocks,
+			ClearBlock:   d.adminClearBlock,
 			Metrics:      d.metrics,
 			Listeners:    d.adminListeners,
 			Spool:        d.relay.view(),
@@ -524,10 +527,15 @@ func (d *Daemon) Reload(cfg *config.Config) {
 	d.cfg = cfg
 	d.mu.Unlock()
 	d.limiter.SetLimits(cfg.Security.MaxConnections, cfg.Security.MaxConnectionsPerIP)
-	if o, n := old.Security, cfg.Security; o.LockoutFailures != n.LockoutFailures || o.LockoutWindow != n.LockoutWindow || o.LockoutDuration != n.LockoutDuration {
+	if o, n := old.Security, cfg.Security; o.LockoutFailures != n.LockoutFailures || o.LockoutWindow != n.LockoutWindow ||
+		o.LockoutDuration != n.LockoutDuration || o.LockoutAddrFailures != n.LockoutAddrFailures {
 		// Only on change: a new Lockout forgets the failures counted so far.
-		d.lockout = auth.NewLockout(n.LockoutFailures, n.LockoutWindow, n.LockoutDuration)
-		d.accounts.SetLockout(d.lockout)
+		lo := d.newLockout(cfg)
+		d.mu.Lock()
+		d.lockout = lo
+		d.mu.Unlock()
+		d.accounts.SetLockout(lo)
+		d.saveBlocks()
 	}
 	oldSpecs := d.listenerSpecs(old)
 	for i, s := range d.listenerSpecs(cfg) {
