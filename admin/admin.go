@@ -272,6 +272,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !s.guard(w, r) {
 		return
 	}
+	if s.unknownPath(r) {
+		s.renderError(w, r, http.StatusNotFound, "Page not found", "There is no page at this address. The accounts are on the start page.")
+		return
+	}
 	s.mux.ServeHTTP(w, r)
 }
 
@@ -405,4 +409,20 @@ func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
 		writeSpoolMetrics(&b, s.opts.Spool.Status(), now)
 		io.WriteString(w, b.String())
 	}
+}
+
+// unknownPath reports whether no route has r's path for any method: the
+// mux's plain-text 404 is replaced by the page's own, its 405 kept.
+func (s *Server) unknownPath(r *http.Request) bool {
+	if _, pattern := s.mux.Handler(r); pattern != "" {
+		return false
+	}
+	for _, m := range []string{http.MethodGet, http.MethodPost} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := s.mux.Handler(probe); pattern != "" {
+			return false
+		}
+	}
+	return true
 }
