@@ -27,6 +27,7 @@ import (
 	smtpfront "mailproxy/front/smtp"
 	"mailproxy/oauth"
 	"mailproxy/oauth/store"
+	"mailproxy/relay"
 	"mailproxy/upstream"
 )
 
@@ -405,6 +406,11 @@ func (d *Daemon) bind(s listenerSpec) error {
 		ln = d.limiter.Listener(ln, refusal, d.logger.With("listener", s.name))
 	}
 	if ap, err := netip.ParseAddrPort(ln.Addr().String()); s.implicit || (admin && d.certs != nil && err == nil && !ap.Addr().IsLoopback()) { // config.Config.AdminTLS
+		if s.name == "imap" {
+			// Relayed sessions: TLS records to and from the client are
+			// gathered (relay.UnderTLS).
+			ln = relay.UnderTLSListener(ln)
+		}
 		ln = tls.NewListener(ln, d.certs.config())
 	}
 	b := &boundListener{addr: s.addr, ln: ln}
