@@ -41,6 +41,7 @@ type Daemon struct {
 	smtp     *smtpfront.Server
 	certs    *certHolder
 	metrics  *admin.Metrics
+	graphs   *graphSenders      // accounts that send through Microsoft Graph
 	limiter  *front.ConnLimiter // connections, total and per address, across listeners
 	lockout  *auth.Lockout      // nil: off
 	admin    *admin.Server
@@ -81,6 +82,7 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 		listeners: make(map[string]*boundListener),
 		apps:      make(map[string]*oauth.AppSource),
 		metrics:   admin.NewMetrics(),
+		graphs:    newGraphSenders(logger.With("via", "graph")),
 	}
 	m.OnRefresh = func(_ string, ok bool) { d.metrics.TokenRefresh(ok) }
 	d.accounts = auth.NewAccounts(nil, auth.VaultOf(m.Open))
@@ -127,6 +129,7 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 		ReadTimeout:      cfg.SMTP.ReadTimeout,
 		WriteTimeout:     cfg.SMTP.WriteTimeout,
 		UpstreamTimeout:  cfg.Security.UpstreamTimeout,
+		Opener:           d.smtpOpener,
 	}
 	if d.relay, err = newDeviceRelay(d, cfg); err != nil {
 		return nil, err
@@ -522,6 +525,7 @@ func (d *Daemon) closeListeners() {
 // size limits take effect at the next start.
 func (d *Daemon) Reload(cfg *config.Config) {
 	d.applyAccounts(cfg)
+	d.graphs.forget(cfg)
 	d.mu.Lock()
 	old := d.cfg
 	d.cfg = cfg
