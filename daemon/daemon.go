@@ -134,7 +134,13 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 			Metrics:      d.metrics,
 			Listeners:    d.adminListeners,
 			Spool:        d.relay.view(),
-			Logger:       logger.With("listener", "admin"),
+			KeepAliveGaps: func() []string {
+				if d.relay == nil {
+					return nil
+				}
+				return m.KeepAliveGaps()
+			},
+			Logger: logger.With("listener", "admin"),
 		})
 		if err != nil {
 			return nil, fmt.Errorf("admin page: %w", err)
