@@ -131,7 +131,7 @@ func TestDefaults(t *testing.T) {
 		StateDir:        testStateDir,
 		ShutdownTimeout: 30 * time.Second,
 		IMAP: IMAP{Listen: "127.0.0.1:1143", PreAuthTimeout: time.Minute, IdleTimeout: 30 * time.Minute,
-			MaxLine: 8192, MaxLiteral: 65536, TLSMinVersion: tls.VersionTLS12},
+			MaxLine: 65536, MaxLiteral: 65536, TLSMinVersion: tls.VersionTLS12},
 		SMTP: SMTP{Listen: "127.0.0.1:1587", Domain: defaultDomain(), MaxRecipients: 500,
 			ReadTimeout: 10 * time.Minute, WriteTimeout: time.Minute, TLSMinVersion: tls.VersionTLS12},
 		Admin: Admin{Listen: "127.0.0.1:8025"},

@@ -263,7 +263,7 @@ func (c *checker) imap(r *rawIMAP, m *IMAP) {
 	}
 	// RFC 3501 needs room for 1000-byte lines; a bound is the point, so
 	// keep it well under a megabyte.
-	m.MaxLine = int(c.integer(r.MaxLine, "imap.max_line", 8192, 1000, 1<<20))
+	m.MaxLine = int(c.integer(r.MaxLine, "imap.max_line", 65536, 1000, 1<<20))
 	m.MaxLiteral = int(c.integer(r.MaxLiteral, "imap.max_literal", 65536, 256, 1<<20))
 	m.TLSMinVersion = c.tlsMinVersion(r.TLSMinVersion, "imap.tls_min_version")
 }

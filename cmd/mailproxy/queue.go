@@ -191,3 +191,17 @@ func dash(s string) string {
 	}
 	return s
 }
+
+// printSpoolPauses adds the paused mailboxes of the spool to `status`:
+// nothing is sent from them until an admin resumes them.
+func printSpoolPauses(env *cmdEnv, cfg *config.Config) {
+	_, paused, err := openLog(cfg)
+	if err != nil || len(paused) == 0 {
+		return
+	}
+	fmt.Fprintln(env.stdout)
+	for _, p := range paused {
+		fmt.Fprintf(env.stdout, "spool of %s PAUSED since %s: %s\n  fix the cause, then: mailproxy queue resume %s\n",
+			p.Mailbox, p.Since.Local().Format(timeLayout), p.Reason, p.Mailbox)
+	}
+}

@@ -89,6 +89,12 @@ func TestQueueWithoutDaemon(t *testing.T) {
 	if strings.Contains(out, ids[0]) || !strings.Contains(out, ids[1]) || !strings.Contains(out, "PAUSED scanner@contoso.com") {
 		t.Errorf("list after delete and pause:\n%s", out)
 	}
+	var sout testutil.Buffer
+	senv := &cmdEnv{stdin: strings.NewReader(""), stdout: &sout, stderr: &sout, getenv: func(string) string { return "" }}
+	run(t.Context(), senv, []string{"status", "-config", cfgPath})
+	if !strings.Contains(sout.String(), "spool of scanner@contoso.com PAUSED") {
+		t.Errorf("status does not show the paused spool:\n%s", sout.String())
+	}
 	_, out, _ = runQueueCmd(t, "-config", cfgPath, "list", "-all", "-search", "deleted")
 	if !strings.Contains(out, ids[0]) {
 		t.Errorf("list -all -search deleted does not show the deleted message:\n%s", out)

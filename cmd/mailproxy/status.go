@@ -64,6 +64,7 @@ need attention (the "!" lines say so).`)
 		}
 		printStatus(env, cfg, notSignedIn, time.Now())
 		printBlocks(env, cfg, time.Now())
+		printSpoolPauses(env, cfg)
 		return nil
 	}
 	m, st, err := newManager(cfg, discardLogger())
@@ -86,6 +87,7 @@ need attention (the "!" lines say so).`)
 			fmt.Fprintf(env.stdout, "\nStored sign-ins of accounts not in the config (remove with mailproxy logout): %s\n", strings.Join(orphans, ", "))
 		}
 	}
+	printSpoolPauses(env, cfg)
 	return nil
 }
 
