@@ -205,3 +205,22 @@ func printSpoolPauses(env *cmdEnv, cfg *config.Config) {
 			p.Mailbox, p.Since.Local().Format(timeLayout), p.Reason, p.Mailbox)
 	}
 }
+
+// resumeAfterCheck resumes the account's mailbox in the spool after a
+// check of it succeeded: the refusal that paused it is gone.
+func resumeAfterCheck(ctx context.Context, env *cmdEnv, cfg *config.Config, acct *config.Account) {
+	_, paused, err := openLog(cfg)
+	if err != nil {
+		return
+	}
+	for _, p := range paused {
+		if !strings.EqualFold(p.Mailbox, acct.Mailbox) {
+			continue
+		}
+		if err := queueApply(ctx, cfg.Spool.Dir, spool.Command{Op: "resume", Arg: p.Mailbox}); err != nil {
+			fmt.Fprintf(env.stdout, "The spool of %s stays paused: %v\n", p.Mailbox, err)
+			return
+		}
+		fmt.Fprintf(env.stdout, "The spool of %s was paused (%s); the check passed, so it is resumed.\n", p.Mailbox, p.Reason)
+	}
+}

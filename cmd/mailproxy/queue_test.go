@@ -154,3 +154,25 @@ func TestQueueTellsRunningDaemon(t *testing.T) {
 		t.Errorf("daemon's status = %+v, want one queued, paused", st[0])
 	}
 }
+
+// A check of the account that passes resumes its paused spool.
+func TestCheckAccountResumesSpool(t *testing.T) {
+	e := newCLIEnv(t)
+	e.idp.SignInAs(cliAlice)
+	e.mustLogin(t, cliAlice)
+	dir := filepath.Join(e.dir, "state", "spool")
+	if err := spool.ApplyDir(t.Context(), dir, spool.Command{Op: "pause", Arg: cliAlice}); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := e.checkAccount(t, cliAlice)
+	if code != exitOK || !strings.Contains(out, "the check passed, so it is resumed") {
+		t.Fatalf("check -account = %d\n%s%s", code, out, errOut)
+	}
+	st, err := spool.ReadOnly(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := st.Paused(); len(p) != 0 {
+		t.Errorf("still paused after a passing check: %+v", p)
+	}
+}
