@@ -27,6 +27,7 @@ import (
 	smtpfront "mailproxy/front/smtp"
 	"mailproxy/oauth"
 	"mailproxy/oauth/store"
+	"mailproxy/relay"
 	"mailproxy/upstream"
 )
 
@@ -421,6 +422,11 @@ func (d *Daemon) bind(s listenerSpec) error {
 		cfg := s.tls
 		if cfg == nil {
 			cfg = d.certs.config()
+		}
+		if s.name == "imap" {
+			// Relayed sessions: TLS records to and from the client are
+			// gathered (relay.UnderTLS).
+			ln = relay.UnderTLSListener(ln)
 		}
 		ln = tls.NewListener(ln, cfg)
 	}
