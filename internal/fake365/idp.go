@@ -31,7 +31,18 @@ type TokenValidator interface {
 	Validate(token string) (subject string, expiry time.Time, ok bool)
 }
 
-var _ TokenValidator = (*IdP)(nil)
+// ScopeValidator is implemented by validators that also know what a token
+// was issued for. The fake POP3 server asks it, so that a sign-in made
+// before the POP scope was among the provider's scopes is refused as
+// Exchange Online refuses it.
+type ScopeValidator interface {
+	HasScope(token, scope string) bool
+}
+
+var (
+	_ TokenValidator = (*IdP)(nil)
+	_ ScopeValidator = (*IdP)(nil)
+)
 
 // Client is an app registration.
 type Client struct {
@@ -199,6 +210,7 @@ type idpRefresh struct {
 type idpAccess struct {
 	subject string
 	expiry  time.Time
+	scopes  []string // resource scopes the token was issued for
 }
 
 // NewIdP starts a fake Entra ID on 127.0.0.1 with a kernel-chosen port.
@@ -435,6 +447,17 @@ func (p *IdP) Validate(token string) (subject string, expiry time.Time, ok bool)
 		return "", time.Time{}, false
 	}
 	return a.subject, a.expiry, p.now().Before(a.expiry)
+}
+
+// HasScope implements ScopeValidator: it reports whether token was issued
+// for scope (compared case-insensitively, as Entra does). App-only tokens
+// carry "<resource>/.default", which covers every permission granted to the
+// app.
+func (p *IdP) HasScope(token, scope string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	a, found := p.access[token]
+	return found && idpHasScope(a.scopes, scope)
 }
 
 // ExpireAccessTokens makes every access token issued so far invalid.
@@ -913,7 +936,7 @@ func (p *IdP) newAccessLocked(clientID string, user *idpUser, resource []string)
 		c.AppIDAcr = "1"
 		c.OID = idpUUID()
 		c.Sub = c.OID
-		c.Roles = []string{"IMAP.AccessAsApp", "SMTP.SendAsApp"}
+		c.Roles = []string{"IMAP.AccessAsApp", "POP.AccessAsApp", "SMTP.SendAsApp"}
 	} else {
 		subject = user.name
 		c.Acr, c.Amr = "1", []string{"pwd"}
@@ -936,7 +959,7 @@ func (p *IdP) newAccessLocked(clientID string, user *idpUser, resource []string)
 		payload = idpSegment(c)
 	}
 	tok := header + "." + payload + "." + sig
-	p.access[tok] = idpAccess{subject: subject, expiry: exp}
+	p.access[tok] = idpAccess{subject: subject, expiry: exp, scopes: resource}
 	p.pruneAccessLocked(now)
 	return tok, lifetime
 }
