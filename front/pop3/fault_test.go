@@ -7,8 +7,9 @@ import (
 	"strings"
 	"testing"
 
+	"mailproxy/auth"
 	"mailproxy/internal/fake365"
-	"mailproxy/proxy"
+	"mailproxy/upstream"
 )
 
 func TestWrongPassword(t *testing.T) {
@@ -38,28 +39,28 @@ func TestWrongPassword(t *testing.T) {
 }
 
 // authFunc is an Authenticator made of a function.
-type authFunc func(ctx context.Context, username, password string, remote netip.Addr) (*proxy.Grant, error)
+type authFunc func(ctx context.Context, username, password string, remote netip.Addr) (*auth.Grant, error)
 
-func (f authFunc) Authenticate(ctx context.Context, username, password string, remote netip.Addr) (*proxy.Grant, error) {
+func (f authFunc) Authenticate(ctx context.Context, username, password string, remote netip.Addr) (*auth.Grant, error) {
 	return f(ctx, username, password, remote)
 }
 
 func TestRefusalCodes(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		err  *proxy.AuthError
+		err  *auth.AuthError
 		want string
 	}{
-		{"lockout", &proxy.AuthError{Kind: proxy.AuthFailed, Msg: "invalid credentials", Err: proxy.ErrLockedOut},
+		{"lockout", &auth.AuthError{Kind: auth.AuthFailed, Msg: "invalid credentials", Err: auth.ErrLockedOut},
 			"-ERR [SYS/TEMP] too many failed logins; try again later"},
-		{"unavailable", &proxy.AuthError{Kind: proxy.AuthUnavailable, Msg: "server busy; try again later"},
+		{"unavailable", &auth.AuthError{Kind: auth.AuthUnavailable, Msg: "server busy; try again later"},
 			"-ERR [SYS/TEMP] server busy; try again later"},
-		{"needs sign-in", &proxy.AuthError{Kind: proxy.AuthNeedsSignIn, Msg: "account a needs a new sign-in by the admin (mailproxy login a)\r\nX"},
+		{"needs sign-in", &auth.AuthError{Kind: auth.AuthNeedsSignIn, Msg: "account a needs a new sign-in by the admin (mailproxy login a)\r\nX"},
 			"-ERR [SYS/PERM] account a needs a new sign-in by the admin (mailproxy login a)  X"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, withServer(func(s *Server) {
-				s.Auth = authFunc(func(context.Context, string, string, netip.Addr) (*proxy.Grant, error) { return nil, tc.err })
+				s.Auth = authFunc(func(context.Context, string, string, netip.Addr) (*auth.Grant, error) { return nil, tc.err })
 			}))
 			c := greet(t, e.addr)
 			c.cmd("USER " + alice)
@@ -72,7 +73,7 @@ func TestRefusalCodes(t *testing.T) {
 
 func TestNotSignedIn(t *testing.T) {
 	e := newEnv(t)
-	e.addSpec(proxy.AccountSpec{Username: "pending@example.com", PasswordHash: hashOf(t, "pw"), Upstream: e.upstream})
+	e.addSpec(auth.AccountSpec{Username: "pending@example.com", PasswordHash: hashOf(t, "pw"), Upstream: e.upstream})
 	c := greet(t, e.addr)
 	c.cmd("USER pending@example.com")
 	got := c.cmd("PASS pw")
@@ -127,7 +128,7 @@ func TestUpstreamWrongCertificate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.upstream.TLS = other.ClientTLS() // trusts another CA only
+	e.changeUpstream(func(u *upstream.Upstream) { u.TLS = other.ClientTLS() }) // trusts another CA only
 	c := greet(t, e.addr)
 	c.cmd("USER " + alice)
 	if got := c.cmd("PASS " + alicePass); got != "-ERR [SYS/TEMP] cannot reach the mail server" {
@@ -164,7 +165,7 @@ func TestTokenRefusedTwice(t *testing.T) {
 	// it is not delegated to her.
 	e.store.AddMailbox("carol@example.com")
 	e.idp.AddUser("carol@example.com")
-	e.addSpec(proxy.AccountSpec{Username: "dave@example.com", Mailbox: "carol@example.com", PasswordHash: hashOf(t, "pw"),
+	e.addSpec(auth.AccountSpec{Username: "dave@example.com", Mailbox: "carol@example.com", PasswordHash: hashOf(t, "pw"),
 		Tokens: e.tokens[alice], Upstream: e.upstream})
 	c := greet(t, e.addr)
 	c.cmd("USER dave@example.com")

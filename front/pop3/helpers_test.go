@@ -15,9 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"mailproxy/auth"
 	"mailproxy/internal/fake365"
 	"mailproxy/oauth"
-	"mailproxy/proxy"
+	"mailproxy/upstream"
 )
 
 const (
@@ -41,7 +42,7 @@ func hashOf(t *testing.T, password string) string {
 	if h, ok := hashes.Load(password); ok {
 		return h.(string)
 	}
-	h, err := proxy.HashPassword(password)
+	h, err := auth.HashPassword(password)
 	if err != nil {
 		t.Fatalf("HashPassword() = %v", err)
 	}
@@ -50,7 +51,7 @@ func hashOf(t *testing.T, password string) string {
 }
 
 // env is the POP3 front in front of the fake IdP and the fake POP3
-// upstream, with the real account check (proxy.Accounts) and the real token
+// upstream, with the real account check (auth.Accounts) and the real token
 // source (oauth.Source).
 type env struct {
 	t        *testing.T
@@ -58,13 +59,12 @@ type env struct {
 	idp      *fake365.IdP
 	store    *fake365.IMAPUpstream
 	pop      *fake365.POP3Upstream
-	upstream *proxy.Upstream
-	accounts *proxy.Accounts
-	specs    []proxy.AccountSpec
+	upstream *upstream.Upstream
+	accounts *auth.Accounts
+	specs    []auth.AccountSpec
 	srv      *Server
-	addr     string // plain listener
-	popAddr  string // what UpstreamAddr answers; the fake's address unless changed
-	mu       sync.Mutex
+	addr     string     // plain listener
+	mu       sync.Mutex // protects tokens
 	tokens   map[string]*oauth.Source
 	dials    atomic.Int64
 	logs     logBuffer
@@ -98,9 +98,8 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 		t.Fatalf("NewPOP3Upstream() = %v", err)
 	}
 	t.Cleanup(func() { e.pop.Close() })
-	e.popAddr = e.pop.Addr
-	e.upstream = &proxy.Upstream{TLS: e.ca.ClientTLS()}
-	e.accounts = proxy.NewAccounts(nil, nil)
+	e.upstream = &upstream.Upstream{POP3Addr: e.pop.Addr, TLS: e.ca.ClientTLS()}
+	e.accounts = auth.NewAccounts(nil, nil)
 	e.addAccount(alice, alicePass, "")
 	e.addAccount(bob, bobPass, "")
 
@@ -108,11 +107,6 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 		Auth:   e.accounts,
 		Logger: slog.New(slog.NewTextHandler(testWriter{t, &e.logs}, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Dial:   e.dial,
-		UpstreamAddr: func(*proxy.Grant) string {
-			e.mu.Lock()
-			defer e.mu.Unlock()
-			return e.popAddr
-		},
 	}
 	for _, o := range opts {
 		o(e)
@@ -137,19 +131,30 @@ func (e *env) addAccount(username, password, mailbox string) *oauth.Source {
 	e.mu.Lock()
 	e.tokens[username] = ts
 	e.mu.Unlock()
-	e.addSpec(proxy.AccountSpec{Username: username, Mailbox: mailbox, PasswordHash: hashOf(e.t, password), Tokens: ts, Upstream: e.upstream})
+	e.addSpec(auth.AccountSpec{Username: username, Mailbox: mailbox, PasswordHash: hashOf(e.t, password), Tokens: ts, Upstream: e.upstream})
 	return ts
 }
 
-func (e *env) addSpec(spec proxy.AccountSpec) {
+func (e *env) addSpec(spec auth.AccountSpec) {
 	e.specs = append(e.specs, spec)
 	e.accounts.Replace(e.specs)
 }
 
+// setPOPAddr points every account at another POP3 server.
 func (e *env) setPOPAddr(addr string) {
-	e.mu.Lock()
-	e.popAddr = addr
-	e.mu.Unlock()
+	e.changeUpstream(func(u *upstream.Upstream) { u.POP3Addr = addr })
+}
+
+// changeUpstream gives every account a changed copy of the Upstream:
+// sessions may be reading the old one.
+func (e *env) changeUpstream(f func(*upstream.Upstream)) {
+	u := *e.upstream
+	f(&u)
+	e.upstream = &u
+	for i := range e.specs {
+		e.specs[i].Upstream = e.upstream
+	}
+	e.accounts.Replace(e.specs)
 }
 
 // seed appends msgs to mailbox's INBOX.

@@ -18,8 +18,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"mailproxy/auth"
+	"mailproxy/front"
 	"mailproxy/internal/wait"
-	"mailproxy/proxy"
+	"mailproxy/upstream"
 )
 
 // Defaults for the Server fields left zero, and the fixed limits.
@@ -63,13 +65,10 @@ const TooManyConnections = "-ERR [SYS/TEMP] too many connections\r\n"
 // before the client's QUIT loses nothing: the upstream applies DELE only
 // at QUIT.
 type Server struct {
-	Auth      proxy.Authenticator
-	TLSConfig *tls.Config  // nil: no STLS
-	Logger    *slog.Logger // nil: slog.Default()
-	Dial      proxy.Dialer // nil: net.Dialer
-	// UpstreamAddr returns the POP3 server (host:port, implicit TLS) of a
-	// login's provider; "" means the provider has none.
-	UpstreamAddr   func(*proxy.Grant) string
+	Auth           auth.Authenticator
+	TLSConfig      *tls.Config     // nil: no STLS
+	Logger         *slog.Logger    // nil: slog.Default()
+	Dial           upstream.Dialer // nil: net.Dialer
 	PreAuthTimeout time.Duration
 	// UpstreamTimeout bounds the upstream login: getting the token, dial,
 	// TLS, greeting and XOAUTH2 exchange, and the one retry after a forced
@@ -80,7 +79,7 @@ type Server struct {
 	// for this long; 0 means DefaultIdleTimeout, negative none.
 	IdleTimeout time.Duration
 	// MaxUpstreamPerMailbox caps the concurrent upstream connections of one
-	// mailbox; 0 means proxy.DefaultMaxUpstreamPerMailbox.
+	// mailbox; 0 means upstream.DefaultMaxUpstreamPerMailbox.
 	MaxUpstreamPerMailbox int
 	// PlaintextAllowed says whether a client at an address may send its
 	// password over a connection without TLS; nil allows everyone. A client
@@ -88,7 +87,7 @@ type Server struct {
 	// USER, PASS and AUTH get "-ERR [SYS/PERM] TLS required".
 	PlaintextAllowed func(netip.Addr) bool
 	// Metrics receives connection, login and relay counts; nil: none.
-	Metrics proxy.Metrics
+	Metrics front.Metrics
 
 	nextID   atomic.Uint64
 	shutting atomic.Bool
@@ -102,9 +101,9 @@ type Server struct {
 	active    sync.WaitGroup // one per session; Add only under mu while !closed
 
 	// Set by initLocked, read-only after.
-	mailboxes *proxy.MailboxLimiter
-	backoff   *proxy.Backoff
-	metrics   proxy.Metrics // never nil
+	mailboxes *upstream.MailboxLimiter
+	backoff   *upstream.Backoff
+	metrics   front.Metrics // never nil
 }
 
 func (s *Server) logger() *slog.Logger {
@@ -151,9 +150,9 @@ func (s *Server) initLocked() {
 		s.listeners = make(map[*net.Listener]struct{})
 		s.sessions = make(map[*session]struct{})
 		s.ctx, s.cancel = context.WithCancel(context.Background())
-		s.mailboxes = proxy.NewMailboxLimiter(s.MaxUpstreamPerMailbox)
-		s.backoff = proxy.NewBackoff()
-		s.metrics = proxy.MetricsOrNop(s.Metrics)
+		s.mailboxes = upstream.NewMailboxLimiter(s.MaxUpstreamPerMailbox)
+		s.backoff = upstream.NewBackoff()
+		s.metrics = front.MetricsOrNop(s.Metrics)
 	}
 }
 

@@ -21,7 +21,10 @@ import (
 
 	"github.com/emersion/go-sasl"
 
-	"mailproxy/proxy"
+	"mailproxy/auth"
+	"mailproxy/front"
+	"mailproxy/relay"
+	"mailproxy/upstream"
 )
 
 // Session states, for Shutdown.
@@ -419,7 +422,7 @@ func (c *session) auth(arg []byte) bool {
 			if resp == nil {
 				return []byte{}, false, nil // "+ "
 			}
-			_, u, pw, err := proxy.ParsePlain(resp)
+			_, u, pw, err := front.ParsePlain(resp)
 			if err != nil {
 				identityMismatch = bytes.Count(resp, []byte{0}) == 2
 				return nil, true, err
@@ -428,7 +431,7 @@ func (c *session) auth(arg []byte) bool {
 			return nil, true, nil
 		})
 	case "LOGIN":
-		srv = proxy.NewLoginServer(func(username, password string) error {
+		srv = front.NewLoginServer(func(username, password string) error {
 			user, pass = username, password
 			return nil
 		})
@@ -501,7 +504,7 @@ func (c *session) login(user, pass string) bool {
 		m.Login("pop3", false)
 		ae := asAuthError(err)
 		log.Info("pop3 login refused", "kind", kindName(ae.Kind), "err", ae)
-		if ae.Kind == proxy.AuthFailed {
+		if ae.Kind == auth.AuthFailed {
 			c.logAuthFailure(user, ae)
 		}
 		return c.refuse(ae)
@@ -514,7 +517,7 @@ func (c *session) login(user, pass string) bool {
 	}
 	if d := c.s.backoff.Remaining(mailbox); d > 0 {
 		log.Warn("pop3 login refused: the upstream throttled this mailbox", "mailbox", mailbox, "retry_in", d.Round(time.Second))
-		return c.fail(codeSysTemp + proxy.ThrottledText(d))
+		return c.fail(codeSysTemp + upstream.ThrottledText(d))
 	}
 	release, ok := c.s.mailboxes.Acquire(mailbox)
 	if !ok {
@@ -553,12 +556,12 @@ func (c *session) login(user, pass string) bool {
 	r, up, upr := c.r, res.up, res.upr
 	c.r, c.w, res = nil, nil, upstreamResult{}
 	m.Session(grant.Username, 1)
-	c.up, c.down, err = proxy.RelayWith(c.conn, r, up, upr, proxy.RelayOptions{Idle: c.s.idleTimeout()})
+	c.up, c.down, err = relay.RelayWith(c.conn, r, up, upr, relay.RelayOptions{Idle: c.s.idleTimeout()})
 	m.Session(grant.Username, -1)
 	m.Relayed("pop3", c.up, c.down)
 	c.outcome = outcomeRelayed
 	switch {
-	case errors.Is(err, proxy.ErrIdleTimeout):
+	case errors.Is(err, relay.ErrIdleTimeout):
 		c.outcome = outcomeIdle
 		log.Info("pop3 session idle; closed", "idle_timeout", c.s.idleTimeout())
 	case err != nil:
@@ -569,22 +572,22 @@ func (c *session) login(user, pass string) bool {
 
 // logAuthFailure writes the one line fail2ban and the like look for:
 // level=WARN msg="auth failure" proto=pop3 remote=IP user=NAME.
-func (c *session) logAuthFailure(user string, ae *proxy.AuthError) {
+func (c *session) logAuthFailure(user string, ae *auth.AuthError) {
 	attrs := []any{"proto", "pop3", "remote", c.remoteAddr().String(), "user", user, "conn", c.id}
-	if errors.Is(ae, proxy.ErrLockedOut) {
+	if errors.Is(ae, auth.ErrLockedOut) {
 		attrs = append(attrs, "reason", "locked out")
 	}
 	c.s.logger().Warn("auth failure", attrs...)
 }
 
 // refuse answers a failed login with its RFC 3206 code and counts it.
-func (c *session) refuse(ae *proxy.AuthError) bool {
+func (c *session) refuse(ae *auth.AuthError) bool {
 	switch {
-	case ae.Kind == proxy.AuthNeedsSignIn:
+	case ae.Kind == auth.AuthNeedsSignIn:
 		return c.fail(codeSysPerm + clean(ae.Msg))
-	case ae.Kind == proxy.AuthUnavailable:
+	case ae.Kind == auth.AuthUnavailable:
 		return c.fail(codeSysTemp + clean(ae.Msg))
-	case errors.Is(ae, proxy.ErrLockedOut):
+	case errors.Is(ae, auth.ErrLockedOut):
 		return c.fail(codeSysTemp + "too many failed logins; try again later")
 	case errors.Is(ae.Err, errUpstreamRefused):
 		return c.fail(codeAuth + clean(ae.Msg))
@@ -593,21 +596,21 @@ func (c *session) refuse(ae *proxy.AuthError) bool {
 	}
 }
 
-func asAuthError(err error) *proxy.AuthError {
-	var ae *proxy.AuthError
+func asAuthError(err error) *auth.AuthError {
+	var ae *auth.AuthError
 	if errors.As(err, &ae) {
 		return ae
 	}
-	return &proxy.AuthError{Kind: proxy.AuthUnavailable, Msg: "temporary failure checking the login", Err: err}
+	return &auth.AuthError{Kind: auth.AuthUnavailable, Msg: "temporary failure checking the login", Err: err}
 }
 
-func kindName(k proxy.AuthKind) string {
+func kindName(k auth.AuthKind) string {
 	switch k {
-	case proxy.AuthFailed:
+	case auth.AuthFailed:
 		return "failed"
-	case proxy.AuthNeedsSignIn:
+	case auth.AuthNeedsSignIn:
 		return "needs sign-in"
-	case proxy.AuthUnavailable:
+	case auth.AuthUnavailable:
 		return "unavailable"
 	}
 	return fmt.Sprint(int(k))

@@ -12,7 +12,8 @@ import (
 	"strings"
 	"time"
 
-	"mailproxy/proxy"
+	"mailproxy/auth"
+	"mailproxy/upstream"
 )
 
 // errUpstreamRefused marks the AuthError of a login whose access token the
@@ -26,24 +27,21 @@ type upstreamResult struct {
 	upr   *bufio.Reader
 	addr  string
 	reply []byte // the upstream's +OK line, for the client
-	err   *proxy.AuthError
+	err   *auth.AuthError
 }
 
 func unavailable(msg string, err error) upstreamResult {
-	return upstreamResult{err: &proxy.AuthError{Kind: proxy.AuthUnavailable, Msg: msg, Err: err}}
+	return upstreamResult{err: &auth.AuthError{Kind: auth.AuthUnavailable, Msg: msg, Err: err}}
 }
 
 // openUpstream logs in to the account's upstream POP3 server with XOAUTH2
 // by deadline. When the upstream refuses the token it forces one refresh
 // and tries again on a new connection.
-func (c *session) openUpstream(deadline time.Time, g *proxy.Grant, log *slog.Logger) upstreamResult {
-	var addr string
-	if g != nil && c.s.UpstreamAddr != nil {
-		addr = c.s.UpstreamAddr(g)
-	}
-	if g == nil || g.Tokens == nil || g.Upstream == nil || addr == "" {
+func (c *session) openUpstream(deadline time.Time, g *auth.Grant, log *slog.Logger) upstreamResult {
+	if g == nil || g.Tokens == nil || g.Upstream == nil || g.Upstream.POP3Addr == "" {
 		return unavailable("no POP3 server configured for this account", errors.New("grant without POP3 upstream"))
 	}
+	addr := g.Upstream.POP3Addr
 	ctx, cancel := context.WithDeadline(c.ctx, deadline)
 	defer cancel()
 	// Half of the time at most for the token, as for IMAP: when the
@@ -53,7 +51,7 @@ func (c *session) openUpstream(deadline time.Time, g *proxy.Grant, log *slog.Log
 	tok, err := g.Tokens.Token(tctx)
 	tcancel()
 	if err != nil {
-		return upstreamResult{err: proxy.TokenAuthError(g.Username, err)}
+		return upstreamResult{err: auth.TokenAuthError(g.Username, err)}
 	}
 	for attempt := 1; ; attempt++ {
 		res, refusal := c.tryUpstream(ctx, addr, g, tok)
@@ -64,22 +62,22 @@ func (c *session) openUpstream(deadline time.Time, g *proxy.Grant, log *slog.Log
 		log.Warn("pop3 upstream refused the access token", "attempt", attempt, "reply", refusal)
 		if attempt == 2 {
 			c.s.metrics.UpstreamAuthFailed("pop3")
-			return upstreamResult{err: &proxy.AuthError{
-				Kind: proxy.AuthFailed,
+			return upstreamResult{err: &auth.AuthError{
+				Kind: auth.AuthFailed,
 				Msg:  fmt.Sprintf("upstream refused the access token for %s; the account may need a new sign-in", g.Username),
 				Err:  fmt.Errorf("%w: %s", errUpstreamRefused, refusal),
 			}}
 		}
 		if tok, err = g.Tokens.Refresh(ctx, tok); err != nil {
-			return upstreamResult{err: proxy.TokenAuthError(g.Username, err)}
+			return upstreamResult{err: auth.TokenAuthError(g.Username, err)}
 		}
 	}
 }
 
 // tryUpstream makes one login attempt. A non-empty refusal is the text of
 // the upstream's -ERR to the token; the connection is then closed.
-func (c *session) tryUpstream(ctx context.Context, addr string, g *proxy.Grant, tok string) (res upstreamResult, refusal string) {
-	up, err := proxy.DialTLS(ctx, c.s.Dial, addr, g.Upstream.TLSFor(addr))
+func (c *session) tryUpstream(ctx context.Context, addr string, g *auth.Grant, tok string) (res upstreamResult, refusal string) {
+	up, err := upstream.DialTLS(ctx, c.s.Dial, addr, g.Upstream.TLSFor(addr))
 	if err != nil {
 		return unavailable("cannot reach the mail server", fmt.Errorf("dial upstream %s: %w", addr, err)), ""
 	}
@@ -107,7 +105,7 @@ func (c *session) tryUpstream(ctx context.Context, addr string, g *proxy.Grant, 
 	if mailbox == "" {
 		mailbox = g.Username
 	}
-	ir := base64.StdEncoding.EncodeToString(proxy.XOAuth2(mailbox, tok))
+	ir := base64.StdEncoding.EncodeToString(upstream.XOAuth2(mailbox, tok))
 	// RFC 5034: the initial response only when the command line stays
 	// within RFC 2449's 255 octets; an Entra token never does, so Exchange
 	// sees the two-step form Microsoft documents.
@@ -147,9 +145,9 @@ func (c *session) tryUpstream(ctx context.Context, addr string, g *proxy.Grant, 
 			}
 		case bytes.HasPrefix(line, []byte("-ERR")):
 			text := strings.TrimSpace(string(trimEOL(line[len("-ERR"):])))
-			if d, thr := proxy.ThrottleDelay(text); thr {
+			if d, thr := upstream.ThrottleDelay(text); thr {
 				if d <= 0 {
-					d = proxy.DefaultThrottleBackoff
+					d = upstream.DefaultThrottleBackoff
 				}
 				c.s.backoff.Set(mailbox, d)
 				c.log.Warn("upstream throttles this mailbox; new logins wait", "mailbox", mailbox, "backoff", d, "reply", clean(text))

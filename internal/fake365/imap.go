@@ -44,6 +44,7 @@ type IMAPUpstream struct {
 	validator TokenValidator
 	srv       *imapserver.Server
 	ln        *trackingListener
+	records   *recordListener // nil: plain text
 	serveDone chan struct{}
 	closeOnce sync.Once
 	closeErr  error
@@ -58,9 +59,10 @@ type IMAPUpstream struct {
 	storeLn   *pipeListener
 	storeSrv  *imapserver.Server
 
-	mu        sync.Mutex                     // protects mailboxes and delegates
+	mu        sync.Mutex                     // protects mailboxes, delegates and folders
 	mailboxes map[string]*imapmemserver.User // key: lower-case address
 	delegates map[string]map[string]struct{} // lower-case mailbox -> lower-case delegate
+	folders   map[string]map[string]struct{} // lower-case mailbox -> folder names (folders.go)
 }
 
 // NewIMAPUpstream starts a fake IMAP server on 127.0.0.1:0 that checks tokens
@@ -81,10 +83,12 @@ func NewIMAPUpstream(v TokenValidator, tlsCfg *tls.Config) (*IMAPUpstream, error
 		serveDone: make(chan struct{}),
 		mailboxes: make(map[string]*imapmemserver.User),
 		delegates: make(map[string]map[string]struct{}),
+		folders:   make(map[string]map[string]struct{}),
 	}
 	var ln net.Listener = u.ln
 	if tlsCfg != nil {
-		ln = tls.NewListener(u.ln, tlsCfg)
+		u.records = newRecordListener(u.ln, tlsCfg)
+		ln = u.records
 	}
 	u.srv = imapserver.New(&imapserver.Options{
 		NewSession: u.newSession,
@@ -94,11 +98,13 @@ func NewIMAPUpstream(v TokenValidator, tlsCfg *tls.Config) (*IMAPUpstream, error
 			imap.CapUIDPlus:     {},
 			imap.CapMove:        {},
 			imap.CapLiteralPlus: {},
+			imap.CapSpecialUse:  {},
 		},
 		Logger: log.New(io.Discard, "", 0),
-		// Connections from the TLS listener are *tls.Conn, which imapserver
-		// recognises; the plain listener exists for tests only.
-		InsecureAuth: tlsCfg == nil,
+		// Every connection of the TLS listener is TLS, but imapserver
+		// recognises only a bare *tls.Conn, and with SetRecordSize they
+		// are wrapped; the plain listener exists for tests only.
+		InsecureAuth: true,
 	})
 	go func() {
 		defer close(u.serveDone)
@@ -126,8 +132,8 @@ func (u *IMAPUpstream) Close() error {
 	return nil
 }
 
-// AddMailbox creates the mailbox (an email address) with an empty INBOX.
-// Adding an existing mailbox does nothing.
+// AddMailbox creates the mailbox (an email address) with an empty INBOX and
+// Exchange's StandardFolders. Adding an existing mailbox does nothing.
 func (u *IMAPUpstream) AddMailbox(mailbox string) {
 	key := strings.ToLower(mailbox)
 	u.mu.Lock()
@@ -138,6 +144,11 @@ func (u *IMAPUpstream) AddMailbox(mailbox string) {
 	// The memserver password is never used: Login is refused before it.
 	user := imapmemserver.NewUser(mailbox, "")
 	user.Create("INBOX", nil)
+	u.addFolderLocked(key, "INBOX")
+	for _, f := range StandardFolders {
+		user.Create(f.Name, nil)
+		u.addFolderLocked(key, f.Name)
+	}
 	u.mailboxes[key] = user
 }
 
@@ -168,11 +179,24 @@ func (u *IMAPUpstream) Append(mailbox, folder string, msg []byte) error {
 		if err := user.Create(folder, nil); err != nil {
 			return fmt.Errorf("fake365: append to %q folder %q: create: %w", mailbox, folder, err)
 		}
+		u.folderChanged(mailbox, "", folder)
 	}
 	if _, err := user.Append(folder, bytes.NewReader(msg), &imap.AppendOptions{}); err != nil {
 		return fmt.Errorf("fake365: append to %q folder %q: %w", mailbox, folder, err)
 	}
 	return nil
+}
+
+// SetRecordSize makes connections accepted from now on write TLS records
+// of n bytes of plaintext (2048, 4096 or 16384, say), as real servers
+// choose their own: a response longer than n arrives in records of n
+// bytes. n <= 0 goes back to crypto/tls's default (small records for the
+// first 128 KiB of a connection, then 16 KiB). It does nothing on a plain
+// text server.
+func (u *IMAPUpstream) SetRecordSize(n int) {
+	if u.records != nil {
+		u.records.setSize(n)
+	}
 }
 
 // Logins returns the number of successful XOAUTH2 authentications.
@@ -249,8 +273,9 @@ func (u *IMAPUpstream) newSession(conn *imapserver.Conn) (imapserver.Session, *i
 type imapSession struct {
 	*imapmemserver.UserSession
 
-	up   *IMAPUpstream
-	conn *imapserver.Conn
+	up      *IMAPUpstream
+	conn    *imapserver.Conn
+	mailbox string // the XOAUTH2 user= of the session, once authenticated
 
 	mu     sync.Mutex  // protects expiry and closed
 	expiry *time.Timer // ends the session when the token expires
@@ -285,6 +310,7 @@ func (s *imapSession) login(user, token string) bool {
 		return false
 	}
 	s.up.logins.Add(1)
+	s.mailbox = user
 	s.UserSession = imapmemserver.NewUserSession(store)
 
 	s.mu.Lock()
