@@ -35,3 +35,13 @@ func (c *checker) pop3(r *rawPOP3, p *POP3) {
 	// response with a long password or a LOGIN answer can be longer.
 	p.MaxLine = int(c.integer(r.MaxLine, "pop3.max_line", 8192, 512, 1<<20))
 }
+
+// pop3Server reads provider.pop3_server: host:port like the other servers,
+// but "" is allowed and means the provider has no POP3 (custom providers,
+// or an admin who wants POP3 logins of its accounts refused).
+func (c *checker) pop3Server(v val, key, def string) string {
+	if s := c.str(v, key, def); s == "" || c.bad[key] {
+		return s
+	}
+	return c.server(v, key, def, false)
+}

@@ -33,6 +33,23 @@ self_signed = true
 	if got := cfg.Providers[0].POP3Server; got != "127.0.0.1:10995" {
 		t.Errorf("pop3_server = %q, want the override", got)
 	}
+	off := mustParse(t, provider+"pop3_server = \"\"\n", "")
+	if got := off.Providers[0].POP3Server; got != "" {
+		t.Errorf("pop3_server = \"\" gives %q, want \"\" (no POP3)", got)
+	}
+	custom := mustParse(t, `[[provider]]
+name = "c"
+type = "custom"
+client_id = "x"
+auth_url = "https://idp.example/auth"
+token_url = "https://idp.example/token"
+scopes = ["mail"]
+imap_server = "imap.example:993"
+smtp_server = "smtp.example:587"
+`, "")
+	if got := custom.Providers[0].POP3Server; got != "" {
+		t.Errorf("custom provider without pop3_server: POP3Server = %q, want \"\"", got)
+	}
 }
 
 func TestPOP3Errors(t *testing.T) {
@@ -43,6 +60,7 @@ func TestPOP3Errors(t *testing.T) {
 		{"[pop3]\nidle_timeout = \"5m\"\n", "pop3.idle_timeout", "RFC 1939"},
 		{"[pop3]\nidle_timeout = 600\n", "pop3.idle_timeout", ""},
 		{"[pop3]\nmax_line = 100\n", "pop3.max_line", ""},
+		{"pop3_server = \"pop.example\"\n", "provider[0].pop3_server", "host:port"},
 		{"[pop3]\nlisten = \"127.0.0.1:1143\"\n", "pop3.listen", "clashes with imap.listen"},
 		{"[pop3]\nlistn = \"127.0.0.1:1110\"\n", "pop3.listn", `did you mean "listen"`},
 		{"pop3 = 1\n" + provider, "pop3", "must be a table"},

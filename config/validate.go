@@ -535,7 +535,7 @@ func (c *checker) provider(base string, r *rawProvider, redirectPort string) *Pr
 	p.AppScopes = c.scopes(r.AppScopes, k("app_scopes"), pre.appScopes, false, false)
 	p.IMAPServer = c.server(r.IMAPServer, k("imap_server"), pre.imapServer, custom)
 	p.SMTPServer = c.server(r.SMTPServer, k("smtp_server"), pre.smtpServer, custom)
-	p.POP3Server = c.server(r.POP3Server, k("pop3_server"), pre.pop3Server, false)
+	p.POP3Server = c.pop3Server(r.POP3Server, k("pop3_server"), pre.pop3Server)
 
 	p.CAFile = c.path(r.CAFile, k("ca_file"))
 	if p.CAFile != "" && !c.bad[k("ca_file")] {
