@@ -507,10 +507,10 @@ func TestDocsWithFlag(t *testing.T) {
 
 // ---- config keys ----
 
-var configSections = []string{"imap", "smtp", "tls", "admin", "security", "log", "provider", "account"}
+var configSections = []string{"imap", "smtp", "pop3", "tls", "admin", "security", "log", "provider", "account"}
 
 var (
-	exampleSectionRE = regexp.MustCompile(`^#?\s*\[\[?([a-z_]+)\]\]?\s*(#.*)?$`)
+	exampleSectionRE = regexp.MustCompile(`^#?\s*\[\[?([a-z0-9_]+)\]\]?\s*(#.*)?$`)
 	exampleKeyRE     = regexp.MustCompile(`^#?\s*([a-z][a-z0-9_]*)\s*=`)
 )
 
