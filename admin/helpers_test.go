@@ -15,13 +15,13 @@ import (
 	"regexp"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"golang.org/x/crypto/argon2"
 
 	"mailproxy/internal/fake365"
+	"mailproxy/internal/testutil"
 	"mailproxy/oauth"
 	"mailproxy/oauth/store"
 )
@@ -42,12 +42,6 @@ var testScopes = []string{
 	"https://outlook.office.com/SMTP.Send",
 	"offline_access", "openid", "profile",
 }
-
-// testClock is time.Now moved by an offset the test sets.
-type testClock struct{ offset atomic.Int64 }
-
-func (c *testClock) Now() time.Time          { return time.Now().Add(time.Duration(c.offset.Load())) }
-func (c *testClock) Advance(d time.Duration) { c.offset.Add(int64(d)) }
 
 // backend stands in for the daemon: the account list, the statuses, and
 // records of Seal and Remove.
@@ -180,7 +174,7 @@ type env struct {
 	prov    *oauth.Provider
 	be      *backend
 	metrics *Metrics
-	clock   *testClock
+	clock   *testutil.Clock
 	srv     *Server
 	ts      *httptest.Server
 	log     *bodyLog
@@ -198,7 +192,7 @@ func withTLS() envOption { return func(e *env, _ *Options) { e.tls = true } }
 
 func newEnv(t *testing.T, opts ...envOption) *env {
 	t.Helper()
-	e := &env{t: t, clock: &testClock{}, log: &bodyLog{}, metrics: NewMetrics(), devices: make(chan string, 16)}
+	e := &env{t: t, clock: testutil.NewWallClock(), log: &bodyLog{}, metrics: NewMetrics(), devices: make(chan string, 16)}
 	var err error
 	if e.idp, err = fake365.NewIdP(); err != nil {
 		t.Fatalf("NewIdP() = %v", err)

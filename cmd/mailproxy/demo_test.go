@@ -1,9 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"io"
+	"mailproxy/internal/testutil"
 	"net"
 	"net/http"
 	"strings"
@@ -19,8 +19,8 @@ import (
 // startTestDemo runs the demo in-process on ports the kernel picks.
 func startTestDemo(t *testing.T) *demo {
 	t.Helper()
-	var logs bytes.Buffer
-	dm, err := startDemo(demoOptions{imap: "127.0.0.1:0", smtp: "127.0.0.1:0", admin: "", stateDir: t.TempDir(), logOut: &lockedWriter{w: &logs}})
+	var logs testutil.Buffer
+	dm, err := startDemo(demoOptions{imap: "127.0.0.1:0", smtp: "127.0.0.1:0", admin: "", stateDir: t.TempDir(), logOut: &logs})
 	if err != nil {
 		t.Fatalf("startDemo() = %v", err)
 	}

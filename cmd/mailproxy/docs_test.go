@@ -13,7 +13,6 @@ package main
 //     source.
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -23,7 +22,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -31,6 +29,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"mailproxy/config"
+	"mailproxy/internal/testutil"
 )
 
 // repoRoot is the repository root seen from this package's directory,
@@ -306,29 +305,10 @@ func withFlag(args []string, name, value string) []string {
 	return slices.Insert(out, 1, "-"+name, value)
 }
 
-// syncBuffer is a buffer that goroutines a command leaves behind may still
-// write to while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex // protects b
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // runDocCommand runs mailproxy in-process like main would, without a
 // terminal and without a browser.
 func runDocCommand(ctx context.Context, args []string, stdin string) (code int, stdout, stderr string) {
-	var out, errb syncBuffer
+	var out, errb testutil.Buffer
 	env := &cmdEnv{
 		stdin:   strings.NewReader(stdin),
 		stdout:  &out,
@@ -345,7 +325,7 @@ func runDocCommand(ctx context.Context, args []string, stdin string) (code int, 
 func startDocsDemo(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	dm, err := startDemo(demoOptions{imap: "127.0.0.1:0", smtp: "127.0.0.1:0", admin: "", stateDir: dir, logOut: &syncBuffer{}})
+	dm, err := startDemo(demoOptions{imap: "127.0.0.1:0", smtp: "127.0.0.1:0", admin: "", stateDir: dir, logOut: &testutil.Buffer{}})
 	if err != nil {
 		t.Fatalf("startDemo() = %v", err)
 	}
@@ -507,7 +487,7 @@ func TestDocsWithFlag(t *testing.T) {
 
 // ---- config keys ----
 
-var configSections = []string{"imap", "smtp", "pop3", "tls", "admin", "security", "log", "provider", "account"}
+var configSections = []string{"imap", "smtp", "pop3", "tls", "admin", "security", "log", "provider", "account", "spool", "tokens", "device"}
 
 var (
 	exampleSectionRE = regexp.MustCompile(`^#?\s*\[\[?([a-z0-9_]+)\]\]?\s*(#.*)?$`)
@@ -544,7 +524,7 @@ func parserKnows(t *testing.T, key string) bool {
 	text := key + " = 1\n"
 	if section, name, ok := strings.Cut(key, "."); ok {
 		header := "[" + section + "]"
-		if section == "provider" || section == "account" {
+		if section == "provider" || section == "account" || section == "device" {
 			header = "[" + header + "]"
 		}
 		text = header + "\n" + name + " = 1\n"

@@ -24,6 +24,7 @@ import (
 	"mailproxy/config"
 	"mailproxy/daemon"
 	"mailproxy/internal/fake365"
+	"mailproxy/internal/testutil"
 	"mailproxy/oauth/store"
 	"mailproxy/upstream"
 )
@@ -201,11 +202,11 @@ func (e *cliEnv) openedCount() int {
 // output.
 func (e *cliEnv) runCmd(t *testing.T, stdin io.Reader, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
-	var out, errb bytes.Buffer
+	var out, errb testutil.Buffer
 	env := &cmdEnv{
 		stdin:   stdin,
-		stdout:  &lockedWriter{w: &out},
-		stderr:  &lockedWriter{w: &errb},
+		stdout:  &out,
+		stderr:  &errb,
 		getenv:  func(string) string { return "" },
 		openURL: e.open,
 	}
@@ -371,8 +372,8 @@ func (e *cliEnv) loginManual(t *testing.T, user string, edit func(*url.URL)) (in
 	t.Helper()
 	pr, pw := io.Pipe()
 	stdout := &manualStdout{urls: make(chan string, 1)}
-	var errb bytes.Buffer
-	env := &cmdEnv{stdin: pr, stdout: stdout, stderr: &lockedWriter{w: &errb}, getenv: func(string) string { return "" },
+	var errb testutil.Buffer
+	env := &cmdEnv{stdin: pr, stdout: stdout, stderr: &errb, getenv: func(string) string { return "" },
 		openURL: func(string) error { return errors.New("-manual must not open a browser") }}
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
@@ -629,12 +630,13 @@ func deadAddr(t *testing.T) string {
 	return addr
 }
 
-// On a terminal the password is asked twice, after the sign-in.
+// On a terminal the password is asked twice, after the sign-in; a short
+// one is refused with the reason and asked again.
 func TestLoginTerminalPasswordAfterSignIn(t *testing.T) {
 	e := newCLIEnv(t)
 	e.idp.SignInAs(cliAlice)
 	var prompts []string
-	answers := []string{"first", "typo", "first", "first"}
+	answers := []string{"short", "first-long-1", "typo-long-12", "first-long-1", "first-long-1"}
 	var out, errb bytes.Buffer
 	env := &cmdEnv{
 		stdin:  strings.NewReader(""),
@@ -655,13 +657,13 @@ func TestLoginTerminalPasswordAfterSignIn(t *testing.T) {
 	if code := run(t.Context(), env, []string{"login", "-config", e.cfgPath, cliAlice}); code != exitOK {
 		t.Fatalf("login = exit %d, stderr %q", code, errb.String())
 	}
-	if len(prompts) != 4 || !strings.Contains(prompts[0], "local password for "+cliAlice) {
-		t.Errorf("prompts = %q, want 4 naming the account (a mismatch asks again)", prompts)
+	if len(prompts) != 5 || !strings.Contains(prompts[0], "local password for "+cliAlice) {
+		t.Errorf("prompts = %q, want 5 naming the account (a short password and a mismatch ask again)", prompts)
 	}
-	if !strings.Contains(errb.String(), "differ") {
-		t.Errorf("stderr = %q, want the mismatch reported", errb.String())
+	if !strings.Contains(errb.String(), "differ") || !strings.Contains(errb.String(), "at least 10") {
+		t.Errorf("stderr = %q, want the short password and the mismatch reported", errb.String())
 	}
-	e.imapLogin(t, cliAlice, "first")
+	e.imapLogin(t, cliAlice, "first-long-1")
 }
 
 // Google sends refresh tokens only to sign-ins with access_type=offline.

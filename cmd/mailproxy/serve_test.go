@@ -3,7 +3,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -20,6 +19,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"mailproxy/daemon"
+	"mailproxy/internal/testutil"
 	"mailproxy/oauth"
 	"mailproxy/oauth/store"
 )
@@ -33,7 +33,7 @@ type serveHarness struct {
 	reloads chan error
 	cancel  context.CancelFunc
 	done    chan error
-	logs    *lockedWriter
+	logs    *testutil.Buffer
 }
 
 func startServe(t *testing.T) *serveHarness {
@@ -56,7 +56,7 @@ func startServeWith(t *testing.T, edit func(string) string) *serveHarness {
 	dm.d = nil
 	t.Cleanup(func() { dm.close(context.Background()) })
 
-	h := &serveHarness{dm: dm, cfgFile: filepath.Join(dir, "mailproxy.toml"), reloads: make(chan error, 1), done: make(chan error, 1), logs: &lockedWriter{w: new(bytes.Buffer)}}
+	h := &serveHarness{dm: dm, cfgFile: filepath.Join(dir, "mailproxy.toml"), reloads: make(chan error, 1), done: make(chan error, 1), logs: new(testutil.Buffer)}
 	b, err := os.ReadFile(h.cfgFile)
 	if err != nil {
 		t.Fatal(err)
@@ -73,7 +73,7 @@ func startServeWith(t *testing.T, edit func(string) string) *serveHarness {
 	h.cancel = cancel
 	env := &cmdEnv{
 		stdin:      strings.NewReader(""),
-		stdout:     &lockedWriter{w: new(bytes.Buffer)},
+		stdout:     new(testutil.Buffer),
 		stderr:     h.logs,
 		getenv:     func(string) string { return "" },
 		serving:    func(d *daemon.Daemon) { ready <- d },

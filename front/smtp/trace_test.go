@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"io"
 	"log/slog"
+	"mailproxy/internal/testutil"
 	"mailproxy/upstream"
 	"strings"
 	"testing"
@@ -50,7 +51,7 @@ func checkTrace(t *testing.T, e *env, trace string, want []string) {
 
 func TestTrace(t *testing.T) {
 	t.Parallel()
-	tr := newLogSink()
+	tr := testutil.NewLogSink(nil, "smtp connection end")
 	e := newEnv(t, envOpts{frontTLS: true, server: func(s *Server) { s.Trace = slog.New(tr) }})
 	body := []byte("Subject: traced\r\n\r\ntraced-body-marker\r\n.traced-body-marker\r\n")
 
@@ -143,7 +144,7 @@ func TestTrace(t *testing.T) {
 // client input chunks, "S:" entries what go-smtp writes.
 func traceOf(t *testing.T, steps ...string) string {
 	t.Helper()
-	sink := newLogSink()
+	sink := testutil.NewLogSink(nil, "smtp connection end")
 	c := &conn{trace: slog.New(sink)}
 	f := newFrontTrace(c)
 	for _, s := range steps {
@@ -229,7 +230,7 @@ func TestFrontTrace(t *testing.T) {
 // The upstream side of the trace with implicit TLS on both sides.
 func TestTraceImplicitTLS(t *testing.T) {
 	t.Parallel()
-	tr := newLogSink()
+	tr := testutil.NewLogSink(nil, "smtp connection end")
 	e := newEnv(t, envOpts{frontImplicitTLS: true, upstreamImplicitTLS: true, server: func(s *Server) { s.Trace = slog.New(tr) }})
 	conn, err := tls.Dial("tcp", e.addr, e.ca.ClientTLS())
 	if err != nil {

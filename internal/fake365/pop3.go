@@ -20,8 +20,8 @@ import (
 )
 
 // POPScope is the delegated scope Exchange Online wants in a token used for
-// POP3. App-only tokens ("<resource>/.default" with POP.AccessAsApp) are
-// accepted without it.
+// POP3. App-only tokens need the application permission POP.AccessAsApp
+// among their roles instead.
 const POPScope = "https://outlook.office.com/POP.AccessAsUser.All"
 
 // Replies that mimic Exchange Online and Gmail.
@@ -150,8 +150,12 @@ func (u *POP3Upstream) authorize(user, token string) bool {
 	if !ok {
 		return false
 	}
-	if !strings.HasPrefix(subject, "app:") {
-		if sv, ok := u.validator.(ScopeValidator); ok && !sv.HasScope(token, POPScope) {
+	if sv, ok := u.validator.(ScopeValidator); ok {
+		need := POPScope
+		if strings.HasPrefix(subject, "app:") {
+			need = "POP.AccessAsApp"
+		}
+		if !sv.HasScope(token, need) {
 			return false
 		}
 	}
