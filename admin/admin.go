@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -98,7 +99,10 @@ type Options struct {
 	// Listeners returns the state of the proxy listeners for /healthz; nil
 	// means there is nothing to check.
 	Listeners func() []Listener
-	Logger    *slog.Logger
+	// Spool is the device relay's spool for the Spool page, its alerts
+	// and /metrics; nil means there is none.
+	Spool  SpoolView
+	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -178,6 +182,8 @@ func New(opts Options) (*Server, error) {
 	mux.HandleFunc("POST /signout", s.handleSignOut)
 	mux.HandleFunc("GET /healthz", s.handleHealth)
 	mux.HandleFunc("GET /metrics", s.handleMetrics)
+	mux.HandleFunc("GET /spool", s.handleSpool)
+	mux.HandleFunc("POST /spool/resume", s.handleSpoolResume)
 	s.mux = mux
 	return s, nil
 }
@@ -359,5 +365,10 @@ func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	if err := s.metrics.WritePrometheus(w, gauges); err != nil {
 		s.log.Debug("write /metrics", "err", err)
+	}
+	if s.opts.Spool != nil {
+		var b strings.Builder
+		writeSpoolMetrics(&b, s.opts.Spool.Status(), now)
+		io.WriteString(w, b.String())
 	}
 }

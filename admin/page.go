@@ -127,7 +127,7 @@ func (s *Server) handleIndex(w http.ResponseWriter, r *http.Request) {
 		}
 		d.Rows = append(d.Rows, rw)
 	}
-	d.Alerts = Alerts(statuses, now)
+	d.Alerts = append(Alerts(statuses, now), s.spoolAlerts()...)
 	pg := page{Title: "Accounts", CSRF: s.csrf(sess), Data: d}
 	for o := range targets {
 		pg.formTargets = append(pg.formTargets, o)
@@ -270,7 +270,7 @@ form.stack button { margin-top: 1em; }
 var pageHTML = map[string]string{
 	"index": `{{define "content"}}{{with .Data}}
 {{if .Flash}}<p class="banner ok" role="status">{{.Flash}}</p>{{end}}
-{{range .Alerts}}<p class="banner {{if eq .Kind 1}}bad{{else}}warn{{end}}" role="alert">{{.Message}}</p>{{end}}
+{{range .Alerts}}<p class="banner {{if or (eq .Kind 1) (eq .Kind 3)}}bad{{else}}warn{{end}}" role="alert">{{.Message}}</p>{{end}}
 {{if not .Rows}}<p class="muted">No accounts are configured.</p>{{else}}
 <table>
 <thead><tr><th>Account</th><th>State</th><th>Access token</th><th>Refresh token age</th><th>Last upstream login</th><th>Sessions</th><th>Last error</th><th></th></tr></thead>

@@ -325,6 +325,20 @@ func (d *Daemon) logAlerts() {
 	}
 }
 
+// ListenError is a listener that could not be bound, such as a port that
+// another program holds (errors.Is(err, syscall.EADDRINUSE)).
+type ListenError struct {
+	Listener string // "imap", "imaps", "smtp", "smtps", "admin"
+	Addr     string // as configured
+	Err      error
+}
+
+func (e *ListenError) Error() string {
+	return fmt.Sprintf("listen %s on %s: %v", e.Listener, e.Addr, e.Err)
+}
+
+func (e *ListenError) Unwrap() error { return e.Err }
+
 // bind listens on s.addr and serves it, replacing a listener of the same
 // name (which is closed only after the new one is up).
 func (d *Daemon) bind(s listenerSpec) error {
@@ -333,7 +347,7 @@ func (d *Daemon) bind(s listenerSpec) error {
 	}
 	ln, err := net.Listen("tcp", s.addr)
 	if err != nil {
-		return fmt.Errorf("listen %s on %s: %w", s.name, s.addr, err)
+		return &ListenError{Listener: s.name, Addr: s.addr, Err: err}
 	}
 	admin := s.name == "admin"
 	// The admin page asks for its own password off loopback, and sends it

@@ -338,10 +338,11 @@ func TestConcurrencyPerMailbox(t *testing.T) {
 			msg = large
 		}
 		wg.Go(func() {
-			s := e.sender.NewSession()
+			s := e.sender.NewSession(context.Background())
 			s.Mail(testUser, nil)
 			s.Rcpt("bob@fabrikam.com", nil)
-			errs <- s.Data(context.Background(), bytes.NewReader(msg))
+			_, err := s.Data(bytes.NewReader(msg))
+			errs <- err
 		})
 	}
 	wg.Wait()
@@ -364,8 +365,8 @@ func TestConcurrencyPerMailbox(t *testing.T) {
 
 func TestNoRecipients(t *testing.T) {
 	e := newEnv(t, defaults)
-	s := e.sender.NewSession()
+	s := e.sender.NewSession(context.Background())
 	s.Mail(testUser, nil)
-	err := s.Data(context.Background(), strings.NewReader("Subject: x\r\n\r\nb\r\n"))
+	_, err := s.Data(strings.NewReader("Subject: x\r\n\r\nb\r\n"))
 	wantReply(t, err, 554, smtp.EnhancedCode{5, 5, 1}, "No valid recipients")
 }

@@ -21,10 +21,10 @@ type spoolFile struct {
 	size int64
 }
 
-// spool copies r into a new temporary file of at most limit bytes. Past the
+// spoolMessage copies r into a new temporary file of at most limit bytes. Past the
 // limit it reads r to its end (so the SMTP exchange stays in step) and
 // returns errTooLarge.
-func spool(dir string, r io.Reader, limit int64) (*spoolFile, error) {
+func spoolMessage(dir string, r io.Reader, limit int64) (*spoolFile, error) {
 	f, err := os.CreateTemp(dir, "mailproxy-graph-*.eml") // mode 0600
 	if err != nil {
 		return nil, fmt.Errorf("spool the message: %w", err)

@@ -55,7 +55,9 @@ func (s *Sender) replyFor(err error) *smtp.SMTPError {
 	case retryable(ge.Status):
 		msg := text
 		if ge.RetryAfter > 0 {
-			msg += fmt.Sprintf(" (retry after %d s)", int(ge.RetryAfter.Seconds()+0.5))
+			// Exchange's own wording, which the spool reads to pause the
+			// mailbox for that long.
+			msg += fmt.Sprintf(" (retry after %d s; Suggested Backoff Time: %d milliseconds)", int(ge.RetryAfter.Seconds()+0.5), ge.RetryAfter.Milliseconds())
 		}
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 500}, Message: clean(msg)}
 	case ge.Status == http.StatusUnauthorized:

@@ -15,19 +15,21 @@ import (
 	"github.com/emersion/go-smtp"
 )
 
-// Session is one SMTP transaction's way to Graph, with the shape of every
+// Session is an SMTP session's way to Graph, with the shape of every
 // Submitter: Mail, Rcpt, Data, Reset, Quit. Its errors are
 // *smtp.SMTPError with a text safe for the client. It is not safe for
 // concurrent use.
 type Session struct {
 	s    *Sender
+	ctx  context.Context
 	from string
 	rcpt []string // envelope recipients, deduplicated case-insensitively
 	seen map[string]bool
 }
 
-// NewSession starts a transaction.
-func (s *Sender) NewSession() *Session { return &Session{s: s} }
+// NewSession starts a session whose requests run under ctx (the SMTP
+// session's, or the spool worker's).
+func (s *Sender) NewSession(ctx context.Context) *Session { return &Session{s: s, ctx: ctx} }
 
 // Mail starts a message. Graph sends as the mailbox (the MIME From must be
 // the mailbox or one it may send as); the envelope sender is not sent.
@@ -58,31 +60,39 @@ func (t *Session) Rcpt(to string, _ *smtp.RcptOptions) error {
 }
 
 // Reset forgets the transaction.
-func (t *Session) Reset() {
+func (t *Session) Reset() error {
 	t.from, t.rcpt, t.seen = "", nil, nil
-}
-
-// Quit ends the session; nothing is held open between messages.
-func (t *Session) Quit() error {
-	t.Reset()
 	return nil
 }
 
-// Data reads the message from r to its end and sends it. nil means Graph
-// accepted it (202).
-func (t *Session) Data(ctx context.Context, r io.Reader) error {
+// Quit ends the session; nothing is held open between messages.
+func (t *Session) Quit() error { return t.Reset() }
+
+// AcceptedText is the reply text of a message Graph accepted.
+const AcceptedText = "2.0.0 OK: accepted by Microsoft Graph"
+
+// Data reads the message from r to its end and sends it. A nil error
+// means Graph accepted it (202); reply is then the text for the client's
+// 250.
+func (t *Session) Data(r io.Reader) (reply string, err error) {
 	defer t.Reset()
 	if len(t.rcpt) == 0 {
 		io.Copy(io.Discard, r)
-		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "No valid recipients"}
+		return "", &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "No valid recipients"}
 	}
-	err := t.s.Send(ctx, t.rcpt, r)
-	return t.s.reply(err)
+	ctx := t.ctx
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if err := t.s.reply(t.s.Send(ctx, t.rcpt, r)); err != nil {
+		return "", err
+	}
+	return AcceptedText, nil
 }
 
 // Send sends the message read from r to exactly the envelope recipients rcpt.
 func (s *Sender) Send(ctx context.Context, rcpt []string, r io.Reader) error {
-	sp, err := spool(s.opts.TempDir, r, s.opts.MaxMessageBytes)
+	sp, err := spoolMessage(s.opts.TempDir, r, s.opts.MaxMessageBytes)
 	if err != nil {
 		return err
 	}
@@ -307,3 +317,14 @@ func (s *Sender) postAttachment(ctx context.Context, th *throttle, msgURL string
 	_, err = s.do(ctx, th, call{op: "add attachment", method: http.MethodPost, url: msgURL + "/attachments", body: b, auth: true}, nil)
 	return err
 }
+
+// Submitter is the shape the spool (and the SMTP front) submit through.
+type Submitter interface {
+	Mail(from string, opts *smtp.MailOptions) error
+	Rcpt(to string, opts *smtp.RcptOptions) error
+	Data(r io.Reader) (reply string, err error)
+	Reset() error
+	Quit() error
+}
+
+var _ Submitter = (*Session)(nil)

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"mailproxy/internal/cmdline"
 	"mailproxy/oauth/store"
 )
 
@@ -441,7 +442,7 @@ type AccountStatus struct {
 // when open, its live Source.
 func (m *Manager) Status(username string) (st AccountStatus) {
 	st = AccountStatus{Username: strings.ToLower(username)}
-	defer func() { st.Hint = strings.ReplaceAll(st.Hint, "<user>", username) }()
+	defer func() { st.Hint = cmdline.Expand(st.Hint, username) }()
 	if a := m.account(username); a != nil {
 		a.mu.Lock()
 		st.Flow = a.cfg.Flow

@@ -63,7 +63,7 @@ check; exits 1 when any failed.`)
 	if fs.NArg() > 0 {
 		return usagef("check takes no arguments")
 	}
-	cfg, err := loadConfig(*cfgPath)
+	cfg, err := loadConfig(env, *cfgPath)
 	if err != nil {
 		return err
 	}

@@ -397,7 +397,7 @@ func TestDocsCommandLines(t *testing.T) {
 				}
 				return ""
 			}
-		case "serve", "login", "logout":
+		case "serve", "login", "logout", "queue":
 			// Interactive or long-running: with a config that does not
 			// exist they stop right after parsing the command line, so an
 			// unknown flag, a flag after an argument or a wrong number of
@@ -761,7 +761,7 @@ func replyFragments(reply string) []string {
 func sourceText(t *testing.T) string {
 	t.Helper()
 	var b strings.Builder
-	for _, dir := range []string{"auth", "front", "upstream", "relay"} {
+	for _, dir := range []string{"auth", "front", "upstream", "relay", "graph"} {
 		err := filepath.WalkDir(filepath.Join(repoRoot, dir), func(path string, d fs.DirEntry, err error) error {
 			if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
 				return err

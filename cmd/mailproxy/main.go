@@ -22,9 +22,12 @@ Usage:
   mailproxy login   [-config FILE] [-device|-browser|-manual] [-password-stdin] USER
   mailproxy logout  [-config FILE] USER
   mailproxy status  [-config FILE]
-  mailproxy check   [-config FILE]
+  mailproxy check   [-config FILE] [-account USER [-send-to ADDR]]
+  mailproxy queue   [-config FILE] list|show ID|retry ID|delete ID|pause MAILBOX|resume MAILBOX
   mailproxy hash-password                     print an Argon2id hash for password_hash
-  mailproxy version
+  mailproxy version | --version
+
+Run "mailproxy COMMAND -h" for what a command does and its flags.
 
 Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad config.
 `
@@ -99,13 +102,8 @@ func commands() []command {
 		{"status", runStatus},
 		{"check", runCheck},
 		{"hash-password", runHashPassword},
-		{"version", func(_ context.Context, env *cmdEnv, args []string) error {
-			if len(args) > 0 {
-				return usagef("version takes no arguments")
-			}
-			printVersion(env.stdout)
-			return nil
-		}},
+		{"queue", runQueue},
+		{"version", runVersion},
 	}
 }
 
@@ -118,6 +116,8 @@ func run(ctx context.Context, env *cmdEnv, args []string) int {
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(env.stdout, usage)
 		return exitOK
+	case "--version", "-version":
+		args = append([]string{"version"}, args[1:]...)
 	}
 	for _, c := range commands() {
 		if c.name != args[0] {

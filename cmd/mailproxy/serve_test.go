@@ -281,3 +281,17 @@ func TestServeAdminRebind(t *testing.T) {
 		t.Errorf("old admin address %s still accepts connections after the reload", oldAddr)
 	}
 }
+
+func TestServeLogsStart(t *testing.T) {
+	h := startServe(t)
+	logs := h.logs.String()
+	ver, _ := buildVersion()
+	for _, want := range []string{
+		`msg="mailproxy started"`, "version=" + ver, "config=" + h.cfgFile, "accounts=2",
+		"imap=" + h.d.Addr("imap").String(), "smtp=" + h.d.Addr("smtp").String(),
+	} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("serve's log lacks %q:\n%s", want, logs)
+		}
+	}
+}
