@@ -18,7 +18,7 @@ var _ front.Metrics = (*Metrics)(nil)
 
 // Protocols whose series exist from the start, at zero, so that a dashboard
 // sees them before the first connection.
-var knownProtos = []string{"imap", "smtp"}
+var knownProtos = []string{"imap", "smtp", "pop3"}
 
 // Metrics counts what the fronts report (front.Metrics) and token refreshes,
 // for /metrics and the account table. Every method is safe for concurrent

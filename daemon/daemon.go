@@ -23,6 +23,7 @@ import (
 	"mailproxy/config"
 	"mailproxy/front"
 	imapfront "mailproxy/front/imap"
+	pop3front "mailproxy/front/pop3"
 	smtpfront "mailproxy/front/smtp"
 	"mailproxy/oauth"
 	"mailproxy/oauth/store"
@@ -38,6 +39,7 @@ type Daemon struct {
 	accounts *auth.Accounts
 	imap     *imapfront.Server
 	smtp     *smtpfront.Server
+	pop3     *pop3front.Server
 	certs    *certHolder
 	metrics  *admin.Metrics
 	limiter  *front.ConnLimiter // connections, total and per address, across listeners
@@ -53,7 +55,7 @@ type Daemon struct {
 	providers map[string]*oauth.Provider  // by lowercased username
 	apps      map[string]*oauth.AppSource // client_credentials sources by lowercased username
 	// listeners are the bound listeners by name ("imap", "imaps", "smtp",
-	// "smtps", "admin").
+	// "smtps", "pop3", "pop3s", "admin").
 	listeners map[string]*boundListener
 	wg        sync.WaitGroup // one per served listener
 }
@@ -105,6 +107,18 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 		UpstreamTimeout:       cfg.Security.UpstreamTimeout,
 		MaxLine:               cfg.IMAP.MaxLine,
 		MaxLiteral:            cfg.IMAP.MaxLiteral,
+	}
+	d.pop3 = &pop3front.Server{
+		Auth:                  d.accounts,
+		TLSConfig:             tlsConf,
+		Logger:                logger,
+		Metrics:               d.metrics,
+		PlaintextAllowed:      d.plaintextAllowed,
+		PreAuthTimeout:        cfg.POP3.PreAuthTimeout,
+		IdleTimeout:           cfg.POP3.IdleTimeout,
+		MaxLine:               cfg.POP3.MaxLine,
+		MaxUpstreamPerMailbox: cfg.Security.MaxUpstreamPerMailbox,
+		UpstreamTimeout:       cfg.Security.UpstreamTimeout,
 	}
 	maxMsg := cfg.SMTP.MaxMessageBytes
 	if maxMsg == 0 {
@@ -255,6 +269,8 @@ func (d *Daemon) listenerSpecs(cfg *config.Config) []listenerSpec {
 		{"smtp", cfg.SMTP.Listen, false, d.smtp.Serve},
 		{"smtps", cfg.SMTP.ListenTLS, true, d.smtp.Serve},
 		{"admin", "", false, nil},
+		{"pop3", cfg.POP3.Listen, false, d.pop3.Serve},
+		{"pop3s", cfg.POP3.ListenTLS, true, d.pop3.Serve},
 	}
 	if d.admin != nil {
 		// An admin page turned on or off needs a restart; its address
@@ -359,6 +375,8 @@ func (d *Daemon) bind(s listenerSpec) error {
 		refusal = imapfront.TooManyConnections
 	case "smtp":
 		refusal = smtpfront.TooManyConnections
+	case "pop3":
+		refusal = pop3front.TooManyConnections
 	}
 	if !admin {
 		ln = d.limiter.Listener(ln, refusal, d.logger.With("listener", s.name))
@@ -380,7 +398,7 @@ func (d *Daemon) bind(s listenerSpec) error {
 	go func() {
 		defer d.wg.Done()
 		err := s.serve(ln)
-		if b.closing.Load() || errors.Is(err, imapfront.ErrServerClosed) || errors.Is(err, smtpfront.ErrServerClosed) || errors.Is(err, http.ErrServerClosed) {
+		if b.closing.Load() || errors.Is(err, imapfront.ErrServerClosed) || errors.Is(err, smtpfront.ErrServerClosed) || errors.Is(err, pop3front.ErrServerClosed) || errors.Is(err, http.ErrServerClosed) {
 			return
 		}
 		d.failed <- fmt.Errorf("%s listener: %w", s.name, err)
@@ -499,19 +517,21 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 		d.admin.Close()
 	}
 	var wg sync.WaitGroup
-	var imapErr, smtpErr error
-	wg.Add(2)
+	var imapErr, smtpErr, pop3Err error
+	wg.Add(3)
 	go func() { defer wg.Done(); imapErr = d.imap.Shutdown(ctx) }()
 	go func() { defer wg.Done(); smtpErr = d.smtp.Shutdown(ctx) }()
+	go func() { defer wg.Done(); pop3Err = d.pop3.Shutdown(ctx) }()
 	wg.Wait()
 	d.imap.Close()
 	d.smtp.Close()
+	d.pop3.Close()
 	d.wg.Wait()
 	// Rotated tokens a failed save left in memory get one last chance.
 	for _, u := range d.manager.Flush() {
 		d.logger.Error("rotated tokens could not be saved: the account will need a new sign-in", "account", u)
 	}
-	if err := errors.Join(imapErr, smtpErr); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+	if err := errors.Join(imapErr, smtpErr, pop3Err); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	return nil

@@ -43,6 +43,7 @@ func UpstreamFor(p *config.Provider) *upstream.Upstream {
 	return &upstream.Upstream{
 		IMAPAddr: p.IMAPServer,
 		SMTPAddr: p.SMTPServer,
+		POP3Addr: p.POP3Server,
 		TLS: &tls.Config{
 			RootCAs:    p.RootCAs,
 			MinVersion: tls.VersionTLS12,
