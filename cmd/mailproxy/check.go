@@ -53,7 +53,8 @@ Validates the config (exit 2 when it is wrong), then checks what can be
 checked without a user's sign-in: each provider's token endpoint answers and
 knows the app, client_credentials accounts get an app token, and each IMAP
 and SMTP server completes the TLS handshake (IMAP: implicit TLS; SMTP:
-STARTTLS, or implicit TLS on port 465) and offers XOAUTH2. One line per
+STARTTLS, or implicit TLS on port 465) and offers XOAUTH2, and so does each
+POP3 server (implicit TLS) when [pop3] has a listener. One line per
 check; exits 1 when any failed.`)
 		fs.PrintDefaults()
 	}
@@ -84,7 +85,9 @@ check; exits 1 when any failed.`)
 		addr string
 		tls  *tls.Config
 	}
-	var imapServers, smtpServers []server
+	var imapServers, smtpServers, pop3Servers []server
+	// POP3 servers only matter when the POP3 front is on.
+	pop3On := cfg.POP3.Listen != "" || cfg.POP3.ListenTLS != ""
 	seen := map[string]bool{}
 	for _, p := range cfg.Providers {
 		op := daemon.OAuthProvider(p)
@@ -114,6 +117,10 @@ check; exits 1 when any failed.`)
 			seen["smtp "+p.SMTPServer] = true
 			smtpServers = append(smtpServers, server{p.SMTPServer, base})
 		}
+		if pop3On && p.POP3Server != "" && !seen["pop3 "+p.POP3Server] {
+			seen["pop3 "+p.POP3Server] = true
+			pop3Servers = append(pop3Servers, server{p.POP3Server, base})
+		}
 	}
 	for _, s := range imapServers {
 		var detail string
@@ -130,6 +137,14 @@ check; exits 1 when any failed.`)
 			return err
 		})
 		c.report("smtp "+s.addr, detail, err)
+	}
+	for _, s := range pop3Servers {
+		var detail string
+		err := checkTimed(ctx, func(ctx context.Context) (err error) {
+			detail, err = checkPOP3(ctx, s.addr, s.tls)
+			return err
+		})
+		c.report("pop3 "+s.addr, detail, err)
 	}
 	if c.failed > 0 {
 		return fmt.Errorf("%d of %d checks failed", c.failed, c.total)
