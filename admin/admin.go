@@ -94,6 +94,16 @@ type Options struct {
 	// /healthz with a login form; /metrics also accepts HTTP Basic auth
 	// with that password (any user name).
 	PasswordHash string
+	// AccessToken is the secret (LoadAccessToken) that, without
+	// PasswordHash, every page but /healthz needs: a link with ?token=
+	// is exchanged for a session cookie. /metrics also takes it as a
+	// bearer token or Basic password. Required without PasswordHash.
+	AccessToken string
+	// AllowedHosts returns the host names the page answers to besides
+	// localhost, the loopback addresses and the address a connection came
+	// in on (config.Config.AllowedHosts); it is called per request, so a
+	// reload shows at once. nil means none besides those.
+	AllowedHosts func() []string
 	// Metrics are the counters the fronts report to; nil makes new ones.
 	Metrics *Metrics
 	// Listeners returns the state of the proxy listeners for /healthz; nil
@@ -125,6 +135,10 @@ type Server struct {
 
 	loginSlot chan struct{} // one admin password check (64 MiB Argon2id) at a time
 	basicKey  [32]byte      // HMAC key of the Basic auth cache
+	cop       *http.CrossOriginProtection
+
+	refusalMu sync.Mutex // protects refusals
+	refusals  map[string]*refusalState
 
 	mu       sync.Mutex // protects the fields below
 	closed   bool
@@ -140,6 +154,9 @@ type Server struct {
 func New(opts Options) (*Server, error) {
 	if opts.Accounts == nil || opts.Status == nil {
 		return nil, errors.New("admin: Options.Accounts and Options.Status are required")
+	}
+	if opts.PasswordHash == "" && len(opts.AccessToken) < 32 {
+		return nil, errors.New("admin: Options.AccessToken (at least 32 characters) is required without Options.PasswordHash")
 	}
 	if opts.RedirectURL != "" {
 		u, err := url.Parse(opts.RedirectURL)
@@ -158,6 +175,8 @@ func New(opts Options) (*Server, error) {
 		devices:   make(map[string]*deviceSignIn),
 		pending:   make(map[string]*pendingSet),
 		fails:     make(map[string]*failures),
+		cop:       http.NewCrossOriginProtection(),
+		refusals:  make(map[string]*refusalState),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -243,6 +262,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.Method == http.MethodPost {
 		r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
+	}
+	if !s.guard(w, r) {
+		return
 	}
 	s.mux.ServeHTTP(w, r)
 }

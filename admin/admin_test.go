@@ -256,9 +256,14 @@ func TestCSRF(t *testing.T) {
 		t.Fatalf("alice signed out by a refused request")
 	}
 
+	// A post that says nothing of where it comes from is refused: every
+	// current browser sends Sec-Fetch-Site or Origin with a form.
+	b.origin, b.header = "", nil
+	if r := b.post("/signout", url.Values{"account": {alice}, "csrf": {csrf}}); r.code != http.StatusForbidden {
+		t.Errorf("POST /signout without Origin and Sec-Fetch-Site = %d, want 403", r.code)
+	}
 	// Origin: null is what browsers send from a no-referrer page; with
-	// Sec-Fetch-Site: same-origin and the token it is accepted, and so is
-	// a post without any of these headers.
+	// Sec-Fetch-Site: same-origin and the token it is accepted.
 	b.origin = "null"
 	b.header = http.Header{"Sec-Fetch-Site": {"same-origin"}}
 	r := b.post("/signout", url.Values{"account": {alice}, "csrf": {csrf}})
@@ -271,7 +276,7 @@ func TestCSRF(t *testing.T) {
 	if body := b.get("/").body; !strings.Contains(body, "alice@example.com is signed out") || states(body)[alice] != stateNeedsSignIn {
 		t.Errorf("after sign-out the page does not show alice signed out")
 	}
-	b.origin, b.header = "", nil
+	b.origin, b.header = e.ts.URL, nil
 	// Signing out an account that has no entry says so.
 	r = b.post("/signout", url.Values{"account": {carol}, "csrf": {csrf}})
 	if r.code != http.StatusSeeOther || !strings.Contains(b.get("/").body, "carol@example.com was not signed in") {
@@ -681,37 +686,45 @@ func TestNew(t *testing.T) {
 		t.Errorf("New(Options{}) = nil error, want one")
 	}
 	be := &backend{statuses: map[string]oauth.AccountStatus{}}
-	if _, err := New(Options{Accounts: be.Accounts, Status: be.Status, RedirectURL: "ftp://x/"}); err == nil {
+	if _, err := New(Options{Accounts: be.Accounts, Status: be.Status, AccessToken: testAccessToken, RedirectURL: "ftp://x/"}); err == nil {
 		t.Errorf("New() with an ftp redirect URL = nil error, want one")
 	}
+	if _, err := New(Options{Accounts: be.Accounts, Status: be.Status}); err == nil {
+		t.Errorf("New() without an access token or a password = nil error, want one")
+	}
 	// Read-only: no sign-in buttons without Seal/Provider.
-	s, err := New(Options{Accounts: func() []AccountInfo { return []AccountInfo{{Username: alice, Flow: "authcode"}} }, Status: be.Status})
+	s, err := New(Options{Accounts: func() []AccountInfo { return []AccountInfo{{Username: alice, Flow: "authcode"}} }, Status: be.Status, AccessToken: testAccessToken})
 	if err != nil {
 		t.Fatalf("New() = %v", err)
 	}
 	defer s.Close()
 	rec := httptest.NewRecorder()
-	s.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
+	req := httptest.NewRequest(http.MethodGet, "/", nil)
+	req.Host = "localhost:8025"
+	req.AddCookie(exchange(t, s))
+	s.ServeHTTP(rec, req)
 	if rec.Code != http.StatusOK || strings.Contains(rec.Body.String(), `action="/signin"`) {
 		t.Errorf("read-only page = %d, has sign-in form: %v", rec.Code, strings.Contains(rec.Body.String(), `action="/signin"`))
 	}
 }
 
-// Clients that never return the cookie (probes fetching /) fill the session
-// table; the admin's active session survives them.
+// Clients that never return the cookie (probes fetching /login) fill the
+// session table; the admin's active session survives them.
 func TestSessionEviction(t *testing.T) {
-	e := newEnv(t)
+	e := newEnv(t, withPassword(adminPassword))
 	b := e.browser()
-	csrf := b.csrf()
+	csrf := b.login(adminPassword)
 	for range maxSessions + 10 {
 		e.clock.Advance(time.Second)
 		rec := httptest.NewRecorder()
-		e.srv.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
+		req := httptest.NewRequest(http.MethodGet, "/login", nil)
+		req.Host = "127.0.0.1"
+		e.srv.ServeHTTP(rec, req)
 		if rec.Code != http.StatusOK {
-			t.Fatalf("GET / = %d, want 200", rec.Code)
+			t.Fatalf("GET /login = %d, want 200", rec.Code)
 		}
 		if got := rec.Result().Cookies(); len(got) != 1 {
-			t.Fatalf("GET / without a cookie sets %d cookies, want 1", len(got))
+			t.Fatalf("GET /login without a cookie sets %d cookies, want 1", len(got))
 		}
 		// The admin keeps using the page.
 		if b.get("/").code != http.StatusOK {

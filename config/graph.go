@@ -125,7 +125,8 @@ func (c *checker) graph(base string, r *rawProvider, p *Provider) {
 			c.errorf(k("graph_url"), "%s: give the root without a path (mailproxy adds /v1.0/...)", q(p.GraphURL))
 		}
 	}
-	if res := graphResourceOf(p); res != "" {
+	if p.Type != TypeGmail {
+		res := graphResourceOf(p)
 		p.GraphScopes = []string{res + "/Mail.Send", res + "/Mail.ReadWrite"}
 		p.GraphAppScopes = []string{res + "/.default"}
 	}
@@ -137,15 +138,13 @@ func (c *checker) graph(base string, r *rawProvider, p *Provider) {
 }
 
 // graphResourceOf is the resource Graph scopes are named after: the
-// cloud's Graph root, or for a custom provider its graph_url's origin.
+// cloud's Graph root; Microsoft Graph's own for custom providers, whose
+// graph_url may point at a proxy or a test double of Graph.
 func graphResourceOf(p *Provider) string {
 	if root := graphRoot(p); root != "" {
 		return root
 	}
-	if u, err := url.Parse(p.GraphURL); err == nil && u.Host != "" {
-		return u.Scheme + "://" + u.Host
-	}
-	return ""
+	return clouds[CloudGlobal].graph
 }
 
 func (c *checker) sendVia(v val, key, def string) string {

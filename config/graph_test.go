@@ -131,7 +131,7 @@ send_via = "graph"
 `
 	cfg := mustParse(t, custom+"graph_url = \"http://127.0.0.1:8080/\"\n[[account]]\nusername = \"a@lab.test\"\n", "")
 	p := cfg.Providers[0]
-	if p.GraphURL != "http://127.0.0.1:8080" || !slices.Contains(p.GraphScopes, "http://127.0.0.1:8080/Mail.Send") {
+	if p.GraphURL != "http://127.0.0.1:8080" || !slices.Contains(p.GraphScopes, "https://graph.microsoft.com/Mail.Send") {
 		t.Errorf("custom graph_url %q, GraphScopes %v", p.GraphURL, p.GraphScopes)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -46,9 +47,11 @@ type Daemon struct {
 	lockout  *auth.Lockout      // nil: off
 	admin    *admin.Server
 	adminHS  *http.Server
-	failed   chan error    // a listener died
-	stop     chan struct{} // closed at shutdown
-	stopOnce sync.Once
+	// adminToken is the admin page's access token (state_dir/admin-token).
+	adminToken string
+	failed     chan error    // a listener died
+	stop       chan struct{} // closed at shutdown
+	stopOnce   sync.Once
 
 	mu        sync.Mutex // protects the fields below
 	cfg       *config.Config
@@ -138,6 +141,9 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 		UpstreamTimeout:  cfg.Security.UpstreamTimeout,
 	}
 	if cfg.Admin.Listen != "" {
+		if d.adminToken, err = admin.LoadAccessToken(cfg.StateDir); err != nil {
+			return nil, err
+		}
 		d.admin, err = admin.New(admin.Options{
 			Accounts:     d.adminAccounts,
 			Status:       m.Status,
@@ -145,6 +151,8 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 			Remove:       st.Remove,
 			Provider:     d.provider,
 			PasswordHash: cfg.Admin.PasswordHash,
+			AccessToken:  d.adminToken,
+			AllowedHosts: d.adminHosts,
 			Metrics:      d.metrics,
 			Listeners:    d.adminListeners,
 			Logger:       logger.With("listener", "admin"),
@@ -156,6 +164,33 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 		d.adminHS.ErrorLog = slog.NewLogLogger(logger.Handler(), slog.LevelWarn)
 	}
 	return d, nil
+}
+
+// adminHosts are the host names the admin page answers to; they follow
+// reloads.
+func (d *Daemon) adminHosts() []string {
+	d.mu.Lock()
+	cfg := d.cfg
+	d.mu.Unlock()
+	return cfg.AllowedHosts()
+}
+
+// AdminURL is the link that opens the admin page: with its access token
+// when there is no admin password. "" when the page is off or not bound.
+// It holds a secret: print it for the person at the terminal, never log it.
+func (d *Daemon) AdminURL() string {
+	a := d.Addr("admin")
+	if d.admin == nil || a == nil {
+		return ""
+	}
+	d.mu.Lock()
+	cfg := d.cfg
+	d.mu.Unlock()
+	tok := d.adminToken
+	if cfg.Admin.PasswordHash != "" {
+		tok = ""
+	}
+	return admin.AccessURL(a.String(), cfg.AdminTLS(), tok)
 }
 
 // adminAccounts lists the configured accounts for the admin page.
@@ -302,6 +337,12 @@ func (d *Daemon) Start() error {
 			return err
 		}
 	}
+	if u := d.AdminURL(); u != "" && cfg.Admin.PasswordHash == "" {
+		// The link holds the access token: it is printed by admin-url
+		// (and the demo's banner), never logged.
+		d.logger.Info("admin page: open the link that `mailproxy admin-url` prints; it carries the access token kept in state_dir",
+			"url", admin.AccessURL(d.Addr("admin").String(), cfg.AdminTLS(), ""), "token_file", filepath.Join(cfg.StateDir, admin.AccessTokenFile))
+	}
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
@@ -381,7 +422,7 @@ func (d *Daemon) bind(s listenerSpec) error {
 	if !admin {
 		ln = d.limiter.Listener(ln, refusal, d.logger.With("listener", s.name))
 	}
-	if ap, err := netip.ParseAddrPort(ln.Addr().String()); s.implicit || (admin && d.certs != nil && err == nil && !ap.Addr().IsLoopback()) {
+	if ap, err := netip.ParseAddrPort(ln.Addr().String()); s.implicit || (admin && d.certs != nil && err == nil && !ap.Addr().IsLoopback()) { // config.Config.AdminTLS
 		ln = tls.NewListener(ln, d.certs.config())
 	}
 	b := &boundListener{addr: s.addr, ln: ln}

@@ -163,7 +163,10 @@ func TestRelayUnderTLSBackPressure(t *testing.T) {
 	if _, err := io.ReadFull(clientFar, got); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("client ReadFull = %v, data equal %v", err, bytes.Equal(got, data))
 	}
+	// Unbuffered pipes: the relay's close_notify to the upstream would
+	// wait for a reader.
 	clientFar.Close()
+	rawFar.Close()
 	waitRelay(t, res)
 }
 

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -181,4 +182,47 @@ func ReadOnly(dir string) (*DirStore, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// ApplyDir applies a command to the spool in dir: through the running
+// daemon when one holds the spool (bounded by ctx), else directly. This is
+// `mailproxy queue`'s path, and the one a successful `check` of an account
+// takes to resume its paused mailbox.
+func ApplyDir(ctx context.Context, dir string, c Command) error {
+	if _, err := os.Stat(filepath.Join(dir, "queue")); errors.Is(err, os.ErrNotExist) {
+		switch c.Op {
+		case "resume":
+			return nil // nothing was ever spooled, so nothing is paused
+		case "retry", "delete":
+			return fmt.Errorf("%s %s: %w", c.Op, c.Arg, ErrNotFound)
+		}
+	}
+	if Running(dir) {
+		return Send(ctx, dir, c)
+	}
+	st, err := OpenDir(dir)
+	if err != nil {
+		return err
+	}
+	release, err := st.Lock()
+	if err != nil {
+		st.Close()
+		if errors.Is(err, errLocked) { // a daemon started meanwhile
+			return Send(ctx, dir, c)
+		}
+		return err
+	}
+	defer release()
+	sp, err := New(st, Options{
+		Open: func(context.Context, string) (Submitter, error) {
+			return nil, errors.New("not delivering: only an admin command")
+		},
+		Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		st.Close()
+		return err
+	}
+	defer sp.Shutdown(context.Background())
+	return sp.Apply(c)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -68,4 +69,58 @@ func TestCheckPOP3(t *testing.T) {
 	if code != exitOK || strings.Contains(out, "pop3 ") {
 		t.Errorf("check without [pop3] = exit %d, want 0 and no pop3 line:\n%s", code, out)
 	}
+}
+
+// withPOP3 rewrites the CLI env's config with the POP3 front on and
+// pop3Addr as every provider's pop3_server; withScope adds the POP scope to
+// the delegated provider's scopes.
+func (e *cliEnv) withPOP3(t *testing.T, pop3Addr string, withScope bool) {
+	t.Helper()
+	text, err := readFileString(e.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text = strings.Replace(text, "[[provider]]", "[pop3]\nlisten = \"127.0.0.1:0\"\n\n[[provider]]", 1)
+	text = regexp.MustCompile(`(?m)^smtp_server = .*$`).ReplaceAllString(text, "$0\npop3_server = \""+pop3Addr+"\"")
+	if withScope {
+		text = strings.Replace(text, `"https://outlook.office.com/SMTP.Send", `, `"https://outlook.office.com/SMTP.Send", "`+fake365.POPScope+`", `, 1)
+	}
+	writeFileString(t, e.cfgPath, text)
+}
+
+func TestCheckAccountPOP3(t *testing.T) {
+	e := newCLIEnv(t)
+	srvTLS, err := e.ca.ServerTLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pop, err := fake365.NewPOP3Upstream(e.idp, e.imap, srvTLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pop.Close() })
+	e.idp.SignInAs(cliAlice)
+
+	// Signed in without the POP scope: POP3 refuses, and check says why.
+	e.withPOP3(t, pop.Addr, false)
+	e.mustLogin(t, cliAlice)
+	code, out, _ := e.checkAccount(t, cliAlice)
+	if code != exitFailure {
+		t.Errorf("check -account without the POP scope = exit %d, want 1\n%s", code, out)
+	}
+	wantInOutput(t, "check -account without the POP scope", out,
+		"FAIL  pop3 "+pop.Addr+": AUTH XOAUTH2 as "+cliAlice,
+		"upstream said: -ERR Authentication failure",
+		"mailproxy login "+cliAlice, "-PopEnabled $true")
+
+	// A new sign-in with the POP scope fixes it.
+	newCLIConfig := func() { e.writeConfig(t, e.imap.Addr, e.smtp.Addr, ""); e.withPOP3(t, pop.Addr, true) }
+	newCLIConfig()
+	e.mustLogin(t, cliAlice)
+	code, out, _ = e.checkAccount(t, cliAlice)
+	if code != exitOK {
+		t.Errorf("check -account with the POP scope = exit %d, want 0\n%s", code, out)
+	}
+	wantInOutput(t, "check -account with the POP scope", out,
+		"ok    pop3 "+pop.Addr+": AUTH XOAUTH2 as "+cliAlice+": accepted; STAT: 0 messages")
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -323,11 +322,11 @@ mailproxy demo is running against a fake Microsoft 365 (in this process; nothing
 	fmt.Fprintf(w, `  username %s
   password %s
 `, demoUser, demoPassword)
-	if a := dm.d.Addr("admin"); a != nil {
+	if u := dm.d.AdminURL(); u != "" {
 		// localhost, not 127.0.0.1: the sign-in returns to the redirect
 		// address registered for the app, and cookies follow the host name.
-		_, port, _ := net.SplitHostPort(a.String())
-		fmt.Fprintf(w, "  admin    http://localhost:%s/   (%s is signed in; sign %s in from there)\n", port, demoUser, demoPending)
+		// The link carries the page's access token.
+		fmt.Fprintf(w, "  admin    %s\n           (%s is signed in; sign %s in from there)\n", u, demoUser, demoPending)
 	}
 	fmt.Fprintf(w, "  config   %s\n", dm.cfgFile)
 	if dm.logFile != "" {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
 	"os"
 	"strings"
 	"testing"
@@ -129,14 +130,31 @@ func TestDemoAdminPage(t *testing.T) {
 	}
 	t.Cleanup(func() { dm.close(context.Background()) })
 	base := "http://" + dm.d.Addr("admin").String()
+	// Without the access token the page shows nothing.
 	resp, err := http.Get(base + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("GET / without the token = %d, want 401", resp.StatusCode)
+	}
+	// The banner's link opens it.
+	var banner strings.Builder
+	printDemoBanner(&banner, dm)
+	link := dm.d.AdminURL()
+	if !strings.Contains(link, "?token=") || !strings.Contains(banner.String(), link) {
+		t.Fatalf("banner %q does not hold the admin link with its token %q", banner.String(), link)
+	}
+	jar, _ := cookiejar.New(nil)
+	resp, err = (&http.Client{Jar: jar}).Get(link)
 	if err != nil {
 		t.Fatal(err)
 	}
 	page, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET / = %d", resp.StatusCode)
+	if resp.StatusCode != http.StatusOK || strings.Contains(resp.Request.URL.String(), "token") {
+		t.Fatalf("GET %s = %d at %s, want 200 without the token in the address", link, resp.StatusCode, resp.Request.URL)
 	}
 	for _, want := range []string{demoUser, demoPending, "signed in", "needs sign-in"} {
 		if !strings.Contains(string(page), want) {

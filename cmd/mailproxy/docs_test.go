@@ -761,7 +761,7 @@ func replyFragments(reply string) []string {
 func sourceText(t *testing.T) string {
 	t.Helper()
 	var b strings.Builder
-	for _, dir := range []string{"auth", "front", "upstream", "relay", "graph"} {
+	for _, dir := range []string{"auth", "front", "upstream", "relay", "smtpclient", "submit", "graph"} {
 		err := filepath.WalkDir(filepath.Join(repoRoot, dir), func(path string, d fs.DirEntry, err error) error {
 			if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
 				return err

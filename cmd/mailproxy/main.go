@@ -24,6 +24,7 @@ Usage:
   mailproxy status  [-config FILE]
   mailproxy check   [-config FILE] [-account USER [-send-to ADDR]]
   mailproxy queue   [-config FILE] list|show ID|retry ID|delete ID|pause MAILBOX|resume MAILBOX
+  mailproxy admin-url [-config FILE]          the admin page's link with its access token
   mailproxy hash-password                     print an Argon2id hash for password_hash
   mailproxy version | --version
 
@@ -101,6 +102,7 @@ func commands() []command {
 		{"logout", runLogout},
 		{"status", runStatus},
 		{"check", runCheck},
+		{"admin-url", runAdminURL},
 		{"hash-password", runHashPassword},
 		{"queue", runQueue},
 		{"version", runVersion},

@@ -90,36 +90,9 @@ func runQueue(ctx context.Context, env *cmdEnv, args []string) error {
 // queueApply tells the running daemon, or changes the spool itself when
 // none runs.
 func queueApply(ctx context.Context, dir string, c spool.Command) error {
-	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) && (c.Op == "retry" || c.Op == "delete") {
-		return spool.ErrNotFound
-	}
-	if spool.Running(dir) {
-		ctx, cancel := context.WithTimeout(ctx, queueAnswerTimeout)
-		defer cancel()
-		return spool.Send(ctx, dir, c)
-	}
-	st, err := spool.OpenDir(dir)
-	if err != nil {
-		return err
-	}
-	release, err := st.Lock()
-	if err != nil {
-		st.Close()
-		return err
-	}
-	defer release()
-	sp, err := spool.New(st, spool.Options{
-		Open: func(context.Context, string) (spool.Submitter, error) {
-			return nil, errors.New("not delivering: only an admin command")
-		},
-		Logger: discardLogger(),
-	})
-	if err != nil {
-		st.Close()
-		return err
-	}
-	defer sp.Shutdown(context.Background())
-	return sp.Apply(c)
+	ctx, cancel := context.WithTimeout(ctx, queueAnswerTimeout)
+	defer cancel()
+	return spool.ApplyDir(ctx, dir, c)
 }
 
 func openLog(cfg *config.Config) ([]*spool.Record, []spool.Pause, error) {
