@@ -344,11 +344,17 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 		Addr string `json:"addr,omitempty"`
 		Up   bool   `json:"up"`
 	}
+	// "degraded" still answers 200: the process is alive and serves what
+	// it can; the reasons say what needs an admin.
 	body := struct {
 		Status    string                  `json:"status"`
+		Reasons   []string                `json:"reasons,omitempty"`
 		Listeners map[string]listenerJSON `json:"listeners"`
 	}{Status: "ok", Listeners: map[string]listenerJSON{}}
 	code := http.StatusOK
+	if body.Reasons = s.degradedReasons(); len(body.Reasons) > 0 {
+		body.Status = "degraded"
+	}
 	if s.opts.Listeners != nil {
 		for _, l := range s.opts.Listeners() {
 			body.Listeners[l.Name] = listenerJSON{Addr: l.Addr, Up: l.Up}

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -51,6 +52,7 @@ func TestIndexStates(t *testing.T) {
 	e := newEnv(t)
 	seedStates(e)
 	e.metrics.Session(alice, 1)
+	e.metrics.UpstreamResult(alice, "imap", nil)
 	e.metrics.Session(alice, 1)
 	e.metrics.Session(alice, -1)
 
@@ -504,6 +506,9 @@ func TestHealthz(t *testing.T) {
 	var listeners []Listener
 	e := newEnv(t, func(_ *env, o *Options) { o.Listeners = func() []Listener { return listeners } })
 	b := e.browser()
+	for _, u := range []string{alice, bob} {
+		e.be.setStatus(oauth.AccountStatus{Username: u, SignedIn: true, Flow: "authcode"})
+	}
 
 	listeners = up
 	r := b.get("/healthz")
@@ -551,6 +556,7 @@ func TestMetricsText(t *testing.T) {
 	m.TokenRefresh(true)
 	m.TokenRefresh(false)
 	m.Session(alice, 1)
+	m.UpstreamResult(alice, "imap", nil)
 	m.Session(`we"ird\name`+"\n", 1)
 
 	r := e.browser().get("/metrics")
@@ -739,5 +745,66 @@ func TestSessionEviction(t *testing.T) {
 	}
 	if r := b.post("/signout", url.Values{"account": {alice}, "csrf": {csrf}}); r.code != http.StatusSeeOther {
 		t.Errorf("admin's form after the flood = %d, want 303 (session kept)", r.code)
+	}
+}
+
+// /healthz tells the truth while staying a liveness check: accounts that
+// need a sign-in, upstreams whose last login failed and unsaved tokens make
+// it "degraded" (still 200), with reasons that name no account.
+func TestHealthzDegraded(t *testing.T) {
+	e := newEnv(t, func(_ *env, o *Options) {
+		o.Listeners = func() []Listener { return []Listener{{Name: "imap", Addr: "127.0.0.1:1143", Up: true}} }
+	})
+	b := e.browser()
+	health := func() (int, string, []string) {
+		t.Helper()
+		r := b.get("/healthz")
+		var got struct {
+			Status  string   `json:"status"`
+			Reasons []string `json:"reasons"`
+		}
+		if err := json.Unmarshal([]byte(r.body), &got); err != nil {
+			t.Fatalf("GET /healthz body %q: %v", r.body, err)
+		}
+		return r.code, got.Status, got.Reasons
+	}
+	e.be.setStatus(oauth.AccountStatus{Username: alice, SignedIn: true, Flow: "authcode"})
+	e.be.setStatus(oauth.AccountStatus{Username: bob, SignedIn: true, Flow: "device", NeedsSignIn: true})
+	code, status, reasons := health()
+	if code != http.StatusOK || status != "degraded" || len(reasons) != 1 || !strings.Contains(reasons[0], "1 account needs a sign-in") {
+		t.Errorf("GET /healthz with an account needing sign-in = %d %s %q, want 200 degraded naming it", code, status, reasons)
+	}
+	e.be.setStatus(oauth.AccountStatus{Username: bob, SignedIn: true, Flow: "device"})
+
+	// An SMTP session that never reached upstream says nothing; a failed
+	// upstream login does, until the next one succeeds.
+	e.metrics.Session(alice, 1)
+	if code, status, reasons := health(); code != http.StatusOK || status != "ok" {
+		t.Errorf("GET /healthz = %d %s %q, want 200 ok", code, status, reasons)
+	}
+	e.metrics.UpstreamResult(alice, "smtp", errors.New("cannot reach the mail server: dial upstream smtp.office365.com:587: connection refused"))
+	e.metrics.UpstreamResult(printer, "smtp", errors.New("cannot reach the mail server: dial upstream smtp.office365.com:587: connection refused"))
+	code, status, reasons = health()
+	if code != http.StatusOK || status != "degraded" || len(reasons) != 1 || !strings.Contains(reasons[0], "smtp upstream: the last login of 2 accounts failed: cannot reach the mail server") {
+		t.Errorf("GET /healthz with an unreachable upstream = %d %s %q, want 200 degraded with the failure", code, status, reasons)
+	}
+	if strings.Contains(strings.Join(reasons, " "), alice) {
+		t.Errorf("GET /healthz reasons %q name an account; /healthz needs no login", reasons)
+	}
+	if ups := e.metrics.Upstreams(alice); len(ups) != 1 || ups[0].Proto != "smtp" || !ups[0].LastLogin.IsZero() || !ups[0].Failing() {
+		t.Errorf("Upstreams(alice) = %+v, want one failing smtp state without a login", ups)
+	}
+	if !e.metrics.LastUpstreamLogin(alice).IsZero() {
+		t.Errorf("LastUpstreamLogin(alice) = %v after only a local session and a failure, want none", e.metrics.LastUpstreamLogin(alice))
+	}
+	e.metrics.UpstreamResult(alice, "smtp", nil)
+	e.metrics.UpstreamResult(printer, "smtp", nil)
+	if code, status, reasons := health(); code != http.StatusOK || status != "ok" {
+		t.Errorf("GET /healthz after the upstream recovered = %d %s %q, want 200 ok", code, status, reasons)
+	}
+
+	e.be.setStatus(oauth.AccountStatus{Username: alice, SignedIn: true, Flow: "authcode", Unsaved: true})
+	if _, status, reasons := health(); status != "degraded" || len(reasons) != 1 || !strings.Contains(reasons[0], "could not be saved") {
+		t.Errorf("GET /healthz with unsaved tokens = %s %q, want degraded saying so", status, reasons)
 	}
 }

@@ -393,7 +393,7 @@ var (
 	idRE     = regexp.MustCompile(`name="id" value="([^"]+)"`)
 	stateRE  = regexp.MustCompile(`data-state="([^"]+)"`)
 	rowRE    = regexp.MustCompile(`(?s)<tr id="account-([^"]+)">(.*?)</tr>`)
-	bannerRE = regexp.MustCompile(`<p class="banner (\w+)" role="alert">([^<]*)</p>`)
+	bannerRE = regexp.MustCompile(`<p class="banner (\w+)" role="alert">(.*?)</p>`)
 )
 
 // field returns the first submatch of re in body, failing the test if none.

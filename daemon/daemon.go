@@ -175,6 +175,10 @@ func (d *Daemon) adminHosts() []string {
 	return cfg.AllowedHosts()
 }
 
+// Metrics are the counters the fronts report to (the admin page, /metrics,
+// /healthz).
+func (d *Daemon) Metrics() *admin.Metrics { return d.metrics }
+
 // AdminURL is the link that opens the admin page: with its access token
 // when there is no admin password. "" when the page is off or not bound.
 // It holds a secret: print it for the person at the terminal, never log it.

@@ -426,3 +426,34 @@ func TestAssembledMessage(t *testing.T) {
 	whole := &fake365.GraphSent{MIME: msg, To: s.To}
 	check(t, whole, m, []string{"bob@fabrikam.com"}, nil, nil)
 }
+
+func TestCloseStopsAMessageInFlight(t *testing.T) {
+	waiting := make(chan struct{})
+	e := newEnv(t, Options{KeepSentItems: true, Sleep: func(ctx context.Context, d time.Duration) error {
+		close(waiting)
+		<-ctx.Done()
+		return ctx.Err()
+	}})
+	// A large message: the draft exists when Graph throttles the upload.
+	m := testMsg{from: testUser, subject: "x", body: "b", to: []string{"bob@fabrikam.com"},
+		atts: []attachment{{name: "big.bin", ctype: "application/octet-stream", size: mb(5), seed: 2}}}
+	e.graph.FailUploadRange(1, http.StatusTooManyRequests)
+	s := e.sender.NewSession(context.Background())
+	s.Mail(testUser, nil)
+	s.Rcpt("bob@fabrikam.com", nil)
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Data(bytes.NewReader(m.bytes(t)))
+		done <- err
+	}()
+	<-waiting
+	s.Close()
+	err := <-done
+	wantReply(t, err, 451, smtp.EnhancedCode{4, 7, 500}, "")
+	if n := len(e.graph.Sent()); n != 0 {
+		t.Errorf("%d sent after Close, want 0", n)
+	}
+	if n := e.graph.Drafts(); n != 0 {
+		t.Errorf("%d drafts left after Close, want 0 (deleted)", n)
+	}
+}

@@ -20,16 +20,21 @@ import (
 // *smtp.SMTPError with a text safe for the client. It is not safe for
 // concurrent use.
 type Session struct {
-	s    *Sender
-	ctx  context.Context
-	from string
-	rcpt []string // envelope recipients, deduplicated case-insensitively
-	seen map[string]bool
+	s      *Sender
+	ctx    context.Context
+	cancel context.CancelFunc
+	from   string
+	rcpt   []string // envelope recipients, deduplicated case-insensitively
+	seen   map[string]bool
 }
 
-// NewSession starts a session whose requests run under ctx (the SMTP
-// session's, or the spool worker's).
-func (s *Sender) NewSession(ctx context.Context) *Session { return &Session{s: s, ctx: ctx} }
+// NewSession starts a session whose requests run under ctx: the SMTP
+// session's or the spool worker's lifetime, not a deadline for opening it.
+// Close (or Quit) cancels what is in flight.
+func (s *Sender) NewSession(ctx context.Context) *Session {
+	ctx, cancel := context.WithCancel(ctx)
+	return &Session{s: s, ctx: ctx, cancel: cancel}
+}
 
 // Mail starts a message. Graph sends as the mailbox (the MIME From must be
 // the mailbox or one it may send as); the envelope sender is not sent.
@@ -66,7 +71,19 @@ func (t *Session) Reset() error {
 }
 
 // Quit ends the session; nothing is held open between messages.
-func (t *Session) Quit() error { return t.Reset() }
+func (t *Session) Quit() error {
+	t.Reset()
+	return t.Close()
+}
+
+// Close ends the session at once, from any goroutine: a message in flight
+// is not sent (its draft is deleted), and Data answers 451.
+func (t *Session) Close() error {
+	if t.cancel != nil {
+		t.cancel()
+	}
+	return nil
+}
 
 // AcceptedText is the reply text of a message Graph accepted.
 const AcceptedText = "2.0.0 OK: accepted by Microsoft Graph"
@@ -81,7 +98,7 @@ func (t *Session) Data(r io.Reader) (reply string, err error) {
 		return "", &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "No valid recipients"}
 	}
 	ctx := t.ctx
-	if ctx == nil {
+	if ctx == nil { // a zero Session
 		ctx = context.Background()
 	}
 	if err := t.s.reply(t.s.Send(ctx, t.rcpt, r)); err != nil {
@@ -327,4 +344,7 @@ type Submitter interface {
 	Quit() error
 }
 
-var _ Submitter = (*Session)(nil)
+var (
+	_ Submitter = (*Session)(nil)
+	_ io.Closer = (*Session)(nil)
+)

@@ -436,6 +436,7 @@ type AccountStatus struct {
 	LastError       string
 	Hint            string
 	NeedsSignIn     bool
+	Unsaved         bool // rotated tokens this process could not store yet
 }
 
 // Status returns what is known about username from its entry's metadata and,
@@ -484,6 +485,7 @@ func (m *Manager) Status(username string) (st AccountStatus) {
 	st.Open = true
 	ss := src.State()
 	st.AccessExpiry = ss.Expiry
+	st.Unsaved = ss.Unsaved
 	if ss.LastRefresh.After(st.LastRefresh) {
 		st.LastRefresh = ss.LastRefresh
 	}

@@ -464,6 +464,13 @@ func underOf(c net.Conn) *underConn {
 // buffer has no room for another full record. A lone line thus goes out at
 // once, and a stream goes out in writes of 48 to 64 KiB.
 func (h *relayHalf) gatherTLS(src net.Conn, u *underConn, b []byte, n int) ([]byte, int, error) {
+	// A short read into the wait buffer that ends a line is a response
+	// that fit what crypto/tls had (it returns less than asked only when
+	// it has no more plaintext at hand): send it without the system call
+	// that would look for more. Streams fill the wait buffer and go on.
+	if h.big == nil && n < len(b) && b[n-1] == '\n' {
+		return b, n, nil
+	}
 	for {
 		if h.big == nil && n == len(b) {
 			h.big = relayBufs.Get().(*[relayBufSize]byte)

@@ -36,9 +36,9 @@ func (x xoauth2) Next([]byte) ([]byte, error) { return []byte{}, nil }
 type goSMTPSubmitter struct{ c *smtp.Client }
 
 func (g goSMTPSubmitter) Mail(from string, o *smtp.MailOptions) error { return g.c.Mail(from, o) }
-func (g goSMTPSubmitter) Rcpt(to string, o *smtp.RcptOptions) error  { return g.c.Rcpt(to, o) }
-func (g goSMTPSubmitter) Reset() error                               { return g.c.Reset() }
-func (g goSMTPSubmitter) Quit() error                                { g.c.Quit(); return g.c.Close() }
+func (g goSMTPSubmitter) Rcpt(to string, o *smtp.RcptOptions) error   { return g.c.Rcpt(to, o) }
+func (g goSMTPSubmitter) Reset() error                                { return g.c.Reset() }
+func (g goSMTPSubmitter) Quit() error                                 { g.c.Quit(); return g.c.Close() }
 func (g goSMTPSubmitter) Data(r io.Reader) (string, error) {
 	w, err := g.c.Data()
 	if err != nil {

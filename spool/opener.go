@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	"github.com/emersion/go-smtp"
+
+	"mailproxy/submit"
 )
 
 // TokenSource is an account's access tokens (oauth.Source, or the app-only
@@ -18,9 +20,8 @@ type TokenSource interface {
 
 // UpstreamOpener opens an authenticated upstream session for identity
 // (the XOAUTH2 user=, or Graph's mailbox) with an access token: the
-// account's send_via (smtpclient, or Graph). The same shape as
-// submit.Opener.
-type UpstreamOpener func(ctx context.Context, identity, token string) (Submitter, error)
+// account's send_via (smtpclient, or Graph).
+type UpstreamOpener = submit.Opener
 
 // Account is what the workers need to reach the upstream for an account.
 type Account struct {

@@ -94,6 +94,10 @@ type Server struct {
 	// Opener, when set, gives the upstream session opener of a login
 	// (Graph, the spool, tests); nil: smtpclient to g.Upstream.SMTPAddr.
 	Opener func(g *auth.Grant) submit.Opener
+	// Intake, when set, sends device mail (and that of accounts with
+	// spool = true) through the spool; nil: everything goes straight
+	// upstream.
+	Intake Intake
 
 	metrics front.Metrics     // never nil once started
 	backoff *upstream.Backoff // identities the upstream throttled; tests may set it before Serve

@@ -77,6 +77,7 @@ type session struct {
 	up     submit.Submitter // protected by mu; opened at the first MAIL
 	upUsed bool             // protected by mu: a transaction ran on up; it may have gone stale while idle
 	inTx   bool             // protected by mu: the upstream accepted MAIL, the message is not finished
+	anon   bool             // protected by mu: a [[device]] sending without AUTH; up is its spool session
 
 	// abortMu lets Logout cut the upstream while a method holding mu is
 	// blocked on it.
@@ -308,7 +309,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 	defer s.mu.Unlock()
 	s.traceIn(mailLine(from, opts))
 	defer func() { s.traceReply(err) }()
-	if s.grant == nil {
+	if s.grant == nil && !s.anonymous() {
 		return errAuthRequired
 	}
 	if s.isClosed() {
@@ -353,7 +354,7 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) (err error) {
 	defer s.mu.Unlock()
 	s.traceIn(rcptLine(to, opts))
 	defer func() { s.traceReply(err) }()
-	if s.grant == nil {
+	if !s.authorized() {
 		return errAuthRequired
 	}
 	if s.up == nil || !s.inTx {
@@ -380,7 +381,7 @@ func (s *session) Data(r io.Reader) (err error) {
 		s.traceIn("DATA")
 	}
 	defer func() { s.traceReply(err) }()
-	if s.grant == nil {
+	if !s.authorized() {
 		return errAuthRequired
 	}
 	if s.up == nil || !s.inTx {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"mailproxy/auth"
+	"mailproxy/front"
 	"mailproxy/smtpclient"
 	"mailproxy/submit"
 	"mailproxy/upstream"
@@ -21,6 +22,13 @@ import (
 // once and tried on a fresh connection. The error is a reply for the
 // client; the cause is logged here.
 func (s *session) connect() (submit.Submitter, error) {
+	if sub := s.spoolFor(); sub != nil {
+		// Spooled: no token and no upstream needed now.
+		return sub, nil
+	}
+	if s.grant == nil { // a device no longer listed (reload)
+		return nil, errAuthRequired
+	}
 	ctx, cancel := context.WithTimeout(s.ctx, s.srv.upstreamTimeout())
 	defer cancel()
 	g := s.grant
@@ -59,6 +67,7 @@ func (s *session) connect() (submit.Submitter, error) {
 			s.log.Warn("upstream refused the refreshed access token; the account needs a new sign-in",
 				"identity", g.Identity, "reply", smtpclient.ReplyText(se))
 			s.srv.metrics.UpstreamAuthFailed("smtp")
+			front.ObserveUpstream(s.srv.metrics, g.Username, "smtp", fmt.Errorf("upstream refused the refreshed access token: %s", smtpclient.ReplyText(se)))
 			s.c.setOutcome("upstream refused token")
 			return nil, &smtp.SMTPError{
 				Code:         454,
@@ -68,6 +77,7 @@ func (s *session) connect() (submit.Submitter, error) {
 			}
 		}
 	}
+	front.ObserveUpstream(s.srv.metrics, g.Username, "smtp", err)
 	if err != nil {
 		return nil, s.connectFailure(ctx, err)
 	}
