@@ -37,7 +37,7 @@ var testScopes = []string{fake365.POPScope, "https://outlook.office.com/IMAP.Acc
 // hashes caches Argon2id hashes per password: one hash per process.
 var hashes sync.Map
 
-func hashOf(t *testing.T, password string) string {
+func hashOf(t testing.TB, password string) string {
 	t.Helper()
 	if h, ok := hashes.Load(password); ok {
 		return h.(string)
@@ -54,7 +54,7 @@ func hashOf(t *testing.T, password string) string {
 // upstream, with the real account check (auth.Accounts) and the real token
 // source (oauth.Source).
 type env struct {
-	t        *testing.T
+	t        testing.TB
 	ca       *fake365.CA
 	idp      *fake365.IdP
 	store    *fake365.IMAPUpstream
@@ -74,7 +74,7 @@ type envOption func(*env)
 
 func withServer(f func(*Server)) envOption { return func(e *env) { f(e.srv) } }
 
-func newEnv(t *testing.T, opts ...envOption) *env {
+func newEnv(t testing.TB, opts ...envOption) *env {
 	t.Helper()
 	e := &env{t: t, tokens: make(map[string]*oauth.Source)}
 	var err error
@@ -201,7 +201,7 @@ func (e *env) dial(ctx context.Context, network, addr string) (net.Conn, error) 
 }
 
 type testWriter struct {
-	t   *testing.T
+	t   testing.TB
 	buf *logBuffer
 }
 
@@ -217,6 +217,18 @@ func (w testWriter) Write(b []byte) (int, error) {
 type logBuffer struct {
 	mu sync.Mutex // protects b
 	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(b)
+}
+
+// logOnly keeps the server's log in e.logs without t.Log, which a fuzz
+// target may not call on its *testing.F.
+func logOnly(e *env) {
+	e.srv.Logger = slog.New(slog.NewTextHandler(&e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 func (l *logBuffer) String() string {
