@@ -151,6 +151,7 @@ func (s *Server) handleIndex(w http.ResponseWriter, r *http.Request) {
 		d.Rows = append(d.Rows, rw)
 	}
 	d.Alerts = append(Alerts(statuses, now), s.spoolAlerts()...)
+	d.Alerts = append(d.Alerts, s.lockoutAlerts()...)
 	d.Protocols = s.metrics.Protocols()
 	pg := page{Title: "Accounts", CSRF: s.csrf(sess), Data: d}
 	for o := range targets {
@@ -265,6 +266,8 @@ button, .button { white-space: nowrap; font: inherit; padding: .35em .8em; borde
 button.secondary, .button.secondary { background: transparent; color: var(--accent); }
 button.danger { background: var(--bad); border-color: var(--bad); }
 form.stack { max-width: 26em; }
+footer { margin: 2em 0 1em; }
+code { font: .95em ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: var(--card); padding: 0 .25em; border-radius: 4px; }
 form.stack label { display: block; margin: .7em 0 .2em; font-weight: 600; }
 input[type=password] { font: inherit; width: 100%; padding: .45em; border: 1px solid var(--line); border-radius: 6px; background: var(--bg); color: var(--fg); }
 form.stack button { margin-top: 1em; }
@@ -288,6 +291,7 @@ form.stack button { margin-top: 1em; }
 <h2>{{.Title}}</h2>
 {{template "content" .}}
 </main>
+<footer><small class="muted"><a href="/metrics">Metrics</a> · <a href="/healthz">Health</a></small></footer>
 </body>
 </html>
 `

@@ -43,12 +43,15 @@ type Daemon struct {
 	pop3     *pop3front.Server
 	certs    *certHolder
 	metrics  *admin.Metrics
+	graphs   *graphSenders      // accounts that send through Microsoft Graph
 	limiter  *front.ConnLimiter // connections, total and per address, across listeners
 	lockout  *auth.Lockout      // nil: off
 	admin    *admin.Server
 	adminHS  *http.Server
+	relay    *deviceRelay // the spool; nil when nothing is spooled
 	// adminToken is the admin page's access token (state_dir/admin-token).
 	adminToken string
+	blocksMu   sync.Mutex    // serializes writes of state_dir/lockout.json
 	failed     chan error    // a listener died
 	stop       chan struct{} // closed at shutdown
 	stopOnce   sync.Once
@@ -81,6 +84,7 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 		listeners: make(map[string]*boundListener),
 		apps:      make(map[string]*oauth.AppSource),
 		metrics:   admin.NewMetrics(),
+		graphs:    newGraphSenders(logger.With("via", "graph")),
 	}
 	m.OnRefresh = func(_ string, ok bool) { d.metrics.TokenRefresh(ok) }
 	d.accounts = auth.NewAccounts(nil, auth.VaultOf(m.Open))
@@ -96,11 +100,11 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 		tlsConf = d.certs.config()
 	}
 	d.limiter = front.NewConnLimiter(cfg.Security.MaxConnections, cfg.Security.MaxConnectionsPerIP)
-	d.lockout = auth.NewLockout(cfg.Security.LockoutFailures, cfg.Security.LockoutWindow, cfg.Security.LockoutDuration)
+	d.lockout = d.newLockout(cfg)
 	d.accounts.SetLockout(d.lockout)
 	d.imap = &imapfront.Server{
 		Auth:                  d.accounts,
-		TLSConfig:             tlsConf,
+		TLSConfig:             listenerTLS(tlsConf, cfg.IMAP.TLSMinVersion),
 		Logger:                logger,
 		Metrics:               d.metrics,
 		PlaintextAllowed:      d.plaintextAllowed,
@@ -129,7 +133,7 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 	}
 	d.smtp = &smtpfront.Server{
 		Auth:             d.accounts,
-		TLSConfig:        tlsConf,
+		TLSConfig:        listenerTLS(tlsConf, cfg.SMTP.TLSMinVersion),
 		Logger:           logger,
 		Metrics:          d.metrics,
 		PlaintextAllowed: d.plaintextAllowed,
@@ -139,6 +143,13 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 		ReadTimeout:      cfg.SMTP.ReadTimeout,
 		WriteTimeout:     cfg.SMTP.WriteTimeout,
 		UpstreamTimeout:  cfg.Security.UpstreamTimeout,
+		Opener:           d.smtpOpener,
+	}
+	if d.relay, err = newDeviceRelay(d, cfg); err != nil {
+		return nil, err
+	}
+	if d.relay != nil {
+		d.smtp.Intake = d.relay
 	}
 	if cfg.Admin.Listen != "" {
 		if d.adminToken, err = admin.LoadAccessToken(cfg.StateDir); err != nil {
@@ -153,8 +164,11 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 			PasswordHash: cfg.Admin.PasswordHash,
 			AccessToken:  d.adminToken,
 			AllowedHosts: d.adminHosts,
+			Blocks:       d.adminBlocks,
+			ClearBlock:   d.adminClearBlock,
 			Metrics:      d.metrics,
 			Listeners:    d.adminListeners,
+			Spool:        d.relay.view(),
 			Logger:       logger.With("listener", "admin"),
 		})
 		if err != nil {
@@ -272,6 +286,7 @@ func (d *Daemon) applyAccounts(cfg *config.Config) {
 		}
 		specs = append(specs, spec)
 	}
+	specs = append(specs, deviceSpecs(cfg)...)
 	d.mu.Lock()
 	old := d.cfg
 	d.apps = apps
@@ -352,6 +367,9 @@ func (d *Daemon) Start() error {
 		defer d.wg.Done()
 		d.alertLoop()
 	}()
+	if d.relay != nil {
+		d.relay.start()
+	}
 	return nil
 }
 
@@ -427,7 +445,7 @@ func (d *Daemon) bind(s listenerSpec) error {
 		ln = d.limiter.Listener(ln, refusal, d.logger.With("listener", s.name))
 	}
 	if ap, err := netip.ParseAddrPort(ln.Addr().String()); s.implicit || (admin && d.certs != nil && err == nil && !ap.Addr().IsLoopback()) { // config.Config.AdminTLS
-		ln = tls.NewListener(ln, d.certs.config())
+		ln = tls.NewListener(ln, d.tlsFor(s.name))
 	}
 	b := &boundListener{addr: s.addr, ln: ln}
 	d.mu.Lock()
@@ -478,7 +496,11 @@ func (d *Daemon) allowFunc(plain bool) func(netip.Addr) bool {
 			return false
 		}
 		if plain && d.certs == nil && !sec.PlaintextAllowedFrom(ip) {
-			return false
+			// A device without a credential sends no password.
+			d.mu.Lock()
+			dev := d.cfg.DeviceFrom(ip)
+			d.mu.Unlock()
+			return dev != nil && dev.Username == ""
 		}
 		return true
 	}
@@ -521,15 +543,21 @@ func (d *Daemon) closeListeners() {
 // size limits take effect at the next start.
 func (d *Daemon) Reload(cfg *config.Config) {
 	d.applyAccounts(cfg)
+	d.graphs.forget(cfg)
 	d.mu.Lock()
 	old := d.cfg
 	d.cfg = cfg
 	d.mu.Unlock()
 	d.limiter.SetLimits(cfg.Security.MaxConnections, cfg.Security.MaxConnectionsPerIP)
-	if o, n := old.Security, cfg.Security; o.LockoutFailures != n.LockoutFailures || o.LockoutWindow != n.LockoutWindow || o.LockoutDuration != n.LockoutDuration {
+	if o, n := old.Security, cfg.Security; o.LockoutFailures != n.LockoutFailures || o.LockoutWindow != n.LockoutWindow ||
+		o.LockoutDuration != n.LockoutDuration || o.LockoutAddrFailures != n.LockoutAddrFailures {
 		// Only on change: a new Lockout forgets the failures counted so far.
-		d.lockout = auth.NewLockout(n.LockoutFailures, n.LockoutWindow, n.LockoutDuration)
-		d.accounts.SetLockout(d.lockout)
+		lo := d.newLockout(cfg)
+		d.mu.Lock()
+		d.lockout = lo
+		d.mu.Unlock()
+		d.accounts.SetLockout(lo)
+		d.saveBlocks()
 	}
 	oldSpecs := d.listenerSpecs(old)
 	for i, s := range d.listenerSpecs(cfg) {
@@ -571,6 +599,13 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	d.imap.Close()
 	d.smtp.Close()
 	d.pop3.Close()
+	// After the SMTP front: nothing more comes in; queued mail stays on
+	// disk for the next start.
+	if d.relay != nil {
+		if err := d.relay.shutdown(ctx); err != nil {
+			d.logger.Warn("spool shutdown", "err", err)
+		}
+	}
 	d.wg.Wait()
 	// Rotated tokens a failed save left in memory get one last chance.
 	for _, u := range d.manager.Flush() {

@@ -26,7 +26,7 @@ import (
 const (
 	DefaultPreAuthTimeout  = 60 * time.Second // whole pre-auth phase, from accept to login
 	DefaultUpstreamTimeout = 30 * time.Second // token + dial + TLS + greeting + XOAUTH2, the retry included
-	DefaultMaxLine         = 8192             // command text bytes per command
+	DefaultMaxLine         = 65536            // command text bytes per command: RFC 2971's largest ID fits
 	DefaultMaxLiteral      = 64 << 10         // literal bytes per command
 	DefaultIdleTimeout     = 30 * time.Minute // relayed session with no byte either way; RFC 2177 IDLE needs 29m
 

@@ -548,7 +548,7 @@ func (c *session) login(tag, user, pass string) bool {
 		m.Login("imap", false)
 		ae := asAuthError(err)
 		log.Info("imap login refused", "kind", kindName(ae.Kind), "err", ae)
-		if ae.Kind == auth.AuthFailed {
+		if ae.Kind == auth.AuthFailed || errors.Is(ae, auth.ErrLockedOut) {
 			c.logAuthFailure(user, ae)
 		}
 		c.refuse(tagb, ae)

@@ -92,7 +92,8 @@ type Server struct {
 	// data shows as its size. nil: no trace.
 	Trace *slog.Logger
 	// Opener, when set, gives the upstream session opener of a login
-	// (Graph, the spool, tests); nil: smtpclient to g.Upstream.SMTPAddr.
+	// (Graph, the spool, tests); nil (the field, or what it returns for a
+	// login): smtpclient to g.Upstream.SMTPAddr.
 	Opener func(g *auth.Grant) submit.Opener
 	// Intake, when set, sends device mail (and that of accounts with
 	// spool = true) through the spool; nil: everything goes straight

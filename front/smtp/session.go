@@ -251,6 +251,12 @@ func (s *session) authenticate(username, password string) error {
 			s.log.Warn("smtp login: account needs sign-in", "user", username, "err", err)
 			s.c.setOutcome("needs sign-in")
 		default:
+			if errors.Is(ae, auth.ErrLockedOut) {
+				s.log.Info("smtp login refused", "user", username, "err", err)
+				s.logAuthFailure(username, ae)
+				s.c.setOutcome("locked out")
+				break
+			}
 			s.log.Warn("smtp login: temporary failure", "user", username, "err", err)
 			s.c.setOutcome("auth unavailable")
 		}

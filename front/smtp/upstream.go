@@ -32,7 +32,8 @@ func (s *session) connect() (submit.Submitter, error) {
 	ctx, cancel := context.WithTimeout(s.ctx, s.srv.upstreamTimeout())
 	defer cancel()
 	g := s.grant
-	if (s.srv.Opener == nil && (g.Upstream == nil || g.Upstream.SMTPAddr == "")) || g.Tokens == nil {
+	open := s.opener()
+	if open == nil || g.Tokens == nil {
 		s.log.Error("account has no upstream SMTP server or token source")
 		s.c.setOutcome("no upstream")
 		return nil, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 5},
@@ -53,7 +54,6 @@ func (s *session) connect() (submit.Submitter, error) {
 	if err != nil {
 		return nil, s.tokenFailure("get access token", err)
 	}
-	open := s.opener()
 	up, err := open(ctx, g.Identity, tok)
 	if se := (*smtp.SMTPError)(nil); errors.As(err, &se) && tokenRefused(se) {
 		s.log.Info("upstream refused the access token; refreshing it once",
@@ -85,10 +85,16 @@ func (s *session) connect() (submit.Submitter, error) {
 }
 
 // opener gives the upstream session opener of the session's grant:
-// Server.Opener's, else smtpclient to the grant's SMTP server.
+// Server.Opener's, else smtpclient to the grant's SMTP server; nil when
+// there is neither.
 func (s *session) opener() submit.Opener {
 	if s.srv.Opener != nil {
-		return s.srv.Opener(s.grant)
+		if o := s.srv.Opener(s.grant); o != nil {
+			return o
+		}
+	}
+	if s.grant.Upstream == nil || s.grant.Upstream.SMTPAddr == "" {
+		return nil
 	}
 	addr := s.grant.Upstream.SMTPAddr
 	cfg := s.grant.Upstream.TLSFor(addr)
