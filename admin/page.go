@@ -65,7 +65,12 @@ type deviceData struct {
 	Expires                                time.Time
 }
 
-type failedData struct{ Account, Error, Hint string }
+type failedData struct {
+	Account, Error, Hint string
+	// Browser, when set, explains why the device flow cannot work and
+	// offers the browser sign-in at once (needs the page's CSRF).
+	Browser string
+}
 
 type signOutData struct{ Account string }
 
@@ -366,7 +371,9 @@ var pageHTML = map[string]string{
 
 	"failed": `{{define "content"}}{{with .Data}}
 <p class="banner bad" role="alert">The sign-in of {{.Account}} did not complete: {{.Error}}</p>
-{{if .Hint}}<p>{{code .Hint}}</p>{{end}}
+{{if .Browser}}<p>The sign-in with a code cannot work here: {{.Browser}}. Sign in with the browser instead:</p>
+<form method="post" action="/signin"><input type="hidden" name="csrf" value="{{$.CSRF}}"><input type="hidden" name="account" value="{{.Account}}"><input type="hidden" name="method" value="authcode"><button type="submit" aria-label="Sign in {{.Account}} with the browser">Sign in with the browser</button></form>
+{{else if .Hint}}<p>{{code .Hint}}</p>{{end}}
 <p><a href="/">Back to the accounts</a></p>
 {{end}}{{end}}`,
 

@@ -134,7 +134,7 @@ func runPOP3Proxy(in io.Reader, out io.Writer) error {
 		return errors.New("no certificate in ca_pem")
 	}
 	logger := slog.New(slog.DiscardHandler)
-	up := &upstream.Upstream{POP3Addr: cfg.POP3, TLS: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}
+	up := &upstream.Upstream{Addr: map[string]string{pop3front.Name: cfg.POP3}, TLS: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}
 	provider := &oauth.Provider{Name: "bench", ClientID: benchClientID, TokenURL: cfg.TokenURL, Scopes: pop3Scopes,
 		HTTPClient: &http.Client{Timeout: 30 * time.Second}}
 	tokens := oauth.NewSource(provider, oauth.TokenSet{RefreshToken: cfg.RefreshToken, Scopes: pop3Scopes}, nil, logger)

@@ -134,7 +134,7 @@ func TestDefaults(t *testing.T) {
 			MaxLine: 65536, MaxLiteral: 65536, TLSMinVersion: tls.VersionTLS12},
 		SMTP: SMTP{Listen: "127.0.0.1:1587", Domain: defaultDomain(), MaxRecipients: 500,
 			ReadTimeout: 10 * time.Minute, WriteTimeout: time.Minute, TLSMinVersion: tls.VersionTLS12},
-		POP3:  POP3{PreAuthTimeout: time.Minute, IdleTimeout: 10 * time.Minute, MaxLine: 8192},
+		POP3:  POP3{PreAuthTimeout: time.Minute, IdleTimeout: 10 * time.Minute, MaxLine: 8192, TLSMinVersion: tls.VersionTLS12},
 		Admin: Admin{Listen: "127.0.0.1:8025"},
 		Security: Security{
 			AllowFrom:      []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},

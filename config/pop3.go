@@ -13,6 +13,7 @@ type POP3 struct {
 	PreAuthTimeout time.Duration
 	IdleTimeout    time.Duration // >= 10m (RFC 1939's autologout timer)
 	MaxLine        int           // bytes of one line before login
+	TLSMinVersion  uint16        // tls.VersionTLS10 ... VersionTLS13
 }
 
 type rawPOP3 struct {
@@ -21,6 +22,7 @@ type rawPOP3 struct {
 	PreAuthTimeout val `toml:"preauth_timeout"`
 	IdleTimeout    val `toml:"idle_timeout"`
 	MaxLine        val `toml:"max_line"`
+	TLSMinVersion  val `toml:"tls_min_version"`
 }
 
 func (c *checker) pop3(r *rawPOP3, p *POP3) {
@@ -34,6 +36,7 @@ func (c *checker) pop3(r *rawPOP3, p *POP3) {
 	// RFC 2449 asks clients for lines of at most 255 octets, but a PLAIN
 	// response with a long password or a LOGIN answer can be longer.
 	p.MaxLine = int(c.integer(r.MaxLine, "pop3.max_line", 8192, 512, 1<<20))
+	p.TLSMinVersion = c.tlsMinVersion(r.TLSMinVersion, "pop3.tls_min_version")
 }
 
 // pop3Server reads provider.pop3_server: host:port like the other servers,

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/tls"
 	"strings"
 	"testing"
 	"time"
@@ -8,7 +9,7 @@ import (
 
 func TestPOP3Defaults(t *testing.T) {
 	cfg := mustParse(t, provider, "")
-	want := POP3{PreAuthTimeout: 60 * time.Second, IdleTimeout: 10 * time.Minute, MaxLine: 8192}
+	want := POP3{PreAuthTimeout: 60 * time.Second, IdleTimeout: 10 * time.Minute, MaxLine: 8192, TLSMinVersion: tls.VersionTLS12}
 	if cfg.POP3 != want {
 		t.Errorf("POP3 = %+v, want %+v (off unless set)", cfg.POP3, want)
 	}
@@ -23,10 +24,11 @@ listen_tls = "127.0.0.1:1995"
 preauth_timeout = "30s"
 idle_timeout = "15m"
 max_line = 2048
+tls_min_version = "1.3"
 [tls]
 self_signed = true
 `, "")
-	want := POP3{Listen: "127.0.0.1:1110", ListenTLS: "127.0.0.1:1995", PreAuthTimeout: 30 * time.Second, IdleTimeout: 15 * time.Minute, MaxLine: 2048}
+	want := POP3{Listen: "127.0.0.1:1110", ListenTLS: "127.0.0.1:1995", PreAuthTimeout: 30 * time.Second, IdleTimeout: 15 * time.Minute, MaxLine: 2048, TLSMinVersion: tls.VersionTLS13}
 	if cfg.POP3 != want {
 		t.Errorf("POP3 = %+v, want %+v", cfg.POP3, want)
 	}

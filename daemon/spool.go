@@ -13,6 +13,7 @@ import (
 	"mailproxy/admin"
 	"mailproxy/auth"
 	"mailproxy/config"
+	smtpfront "mailproxy/front/smtp"
 	"mailproxy/oauth"
 	"mailproxy/smtpclient"
 	"mailproxy/spool"
@@ -119,7 +120,7 @@ func (r *deviceRelay) account(ctx context.Context, username string) (*spool.Acco
 		return nil, errors.New("no longer configured")
 	}
 	up := UpstreamFor(a.Provider)
-	open := smtpclient.Opener(smtpclient.Options{Addr: up.SMTPAddr, TLS: up.TLSFor(up.SMTPAddr), Dial: r.d.smtp.Dial, Domain: cfg.SMTP.Domain})
+	open := smtpclient.Opener(smtpclient.Options{Addr: up.AddrOf(smtpfront.Name), TLS: up.TLSFor(up.AddrOf(smtpfront.Name)), Dial: r.d.smtp.Dial, Domain: cfg.SMTP.Domain})
 	if a.Flow == config.FlowClientCredentials {
 		r.d.mu.Lock()
 		src := r.d.apps[strings.ToLower(a.Username)]
@@ -237,17 +238,6 @@ func listenerTLS(base *tls.Config, min uint16) *tls.Config {
 		c.CipherSuites = config.LegacyCipherSuites()
 	}
 	return c
-}
-
-// tlsFor is the TLS config an implicit-TLS listener wraps with.
-func (d *Daemon) tlsFor(listener string) *tls.Config {
-	switch {
-	case strings.HasPrefix(listener, "smtp") && d.smtp.TLSConfig != nil:
-		return d.smtp.TLSConfig
-	case strings.HasPrefix(listener, "imap") && d.imap.TLSConfig != nil:
-		return d.imap.TLSConfig
-	}
-	return d.certs.config()
 }
 
 // deviceSpecs are the local logins of devices with a credential of their

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"strings"
 	"sync"
@@ -98,7 +99,7 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 		t.Fatalf("NewPOP3Upstream() = %v", err)
 	}
 	t.Cleanup(func() { e.pop.Close() })
-	e.upstream = &upstream.Upstream{POP3Addr: e.pop.Addr, TLS: e.ca.ClientTLS()}
+	e.upstream = &upstream.Upstream{Addr: map[string]string{Name: e.pop.Addr}, TLS: e.ca.ClientTLS()}
 	e.accounts = auth.NewAccounts(nil, nil)
 	e.addAccount(alice, alicePass, "")
 	e.addAccount(bob, bobPass, "")
@@ -142,13 +143,14 @@ func (e *env) addSpec(spec auth.AccountSpec) {
 
 // setPOPAddr points every account at another POP3 server.
 func (e *env) setPOPAddr(addr string) {
-	e.changeUpstream(func(u *upstream.Upstream) { u.POP3Addr = addr })
+	e.changeUpstream(func(u *upstream.Upstream) { u.Addr[Name] = addr })
 }
 
 // changeUpstream gives every account a changed copy of the Upstream:
 // sessions may be reading the old one.
 func (e *env) changeUpstream(f func(*upstream.Upstream)) {
 	u := *e.upstream
+	u.Addr = maps.Clone(u.Addr)
 	f(&u)
 	e.upstream = &u
 	for i := range e.specs {

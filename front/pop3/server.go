@@ -11,6 +11,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -47,8 +48,12 @@ const (
 	maxCommandLine = 255
 )
 
+// Name is the front's name: its config block, listener and metrics label,
+// and its server's key in upstream.Upstream.Addr.
+const Name = "pop3"
+
 // ErrServerClosed is returned by Serve after Close or Shutdown.
-var ErrServerClosed = errors.New("pop3: server closed")
+var ErrServerClosed = fmt.Errorf("pop3 front: %w", front.ErrServerClosed)
 
 // TooManyConnections is the line for a connection refused by a connection
 // limit on a plain POP3 listener.
@@ -285,6 +290,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 }
+
+// SetTrace implements front.Front. The POP3 front has no protocol trace
+// yet: its pre-login conversation is the session log's start and end
+// lines and the refusal lines.
+func (s *Server) SetTrace(*slog.Logger) {}
+
+var _ front.Front = (*Server)(nil)
 
 // kick wakes the reads of pre-login sessions, which see s.shutting and
 // close.

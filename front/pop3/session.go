@@ -108,14 +108,14 @@ func (c *session) serve() {
 	c.log = c.s.logger().With("proto", "pop3", "conn", c.id, "remote", c.nc.RemoteAddr().String())
 	tc, implicitTLS := c.nc.(*tls.Conn)
 	c.log.Info("pop3 connection", "tls", implicitTLS)
-	c.s.metrics.ConnOpened("pop3")
+	c.s.metrics.ConnOpened(Name)
 	defer func() {
 		if v := recover(); v != nil {
 			c.log.Error("pop3 session panic", "panic", v, "stack", string(debug.Stack()))
 			c.outcome = outcomeError
 		}
 		c.closeConns()
-		c.s.metrics.ConnClosed("pop3")
+		c.s.metrics.ConnClosed(Name)
 		c.log.Info("pop3 connection closed",
 			"account", c.account,
 			"outcome", c.outcome,
@@ -501,7 +501,7 @@ func (c *session) login(user, pass string) bool {
 	grant, err := c.s.Auth.Authenticate(ctx, user, pass, c.remoteAddr())
 	cancel()
 	if err != nil {
-		m.Login("pop3", false)
+		m.Login(Name, false)
 		ae := asAuthError(err)
 		log.Info("pop3 login refused", "kind", kindName(ae.Kind), "err", ae)
 		if ae.Kind == auth.AuthFailed {
@@ -509,7 +509,7 @@ func (c *session) login(user, pass string) bool {
 		}
 		return c.refuse(ae)
 	}
-	m.Login("pop3", true)
+	m.Login(Name, true)
 
 	mailbox := grant.Mailbox
 	if mailbox == "" {
@@ -558,7 +558,7 @@ func (c *session) login(user, pass string) bool {
 	m.Session(grant.Username, 1)
 	c.up, c.down, err = relay.RelayWith(c.conn, r, up, upr, relay.RelayOptions{Idle: c.s.idleTimeout()})
 	m.Session(grant.Username, -1)
-	m.Relayed("pop3", c.up, c.down)
+	m.Relayed(Name, c.up, c.down)
 	c.outcome = outcomeRelayed
 	switch {
 	case errors.Is(err, relay.ErrIdleTimeout):

@@ -38,10 +38,10 @@ func unavailable(msg string, err error) upstreamResult {
 // by deadline. When the upstream refuses the token it forces one refresh
 // and tries again on a new connection.
 func (c *session) openUpstream(deadline time.Time, g *auth.Grant, log *slog.Logger) upstreamResult {
-	if g == nil || g.Tokens == nil || g.Upstream == nil || g.Upstream.POP3Addr == "" {
+	if g == nil || g.Tokens == nil || g.Upstream.AddrOf(Name) == "" {
 		return unavailable("no POP3 server configured for this account", errors.New("grant without POP3 upstream"))
 	}
-	addr := g.Upstream.POP3Addr
+	addr := g.Upstream.AddrOf(Name)
 	ctx, cancel := context.WithDeadline(c.ctx, deadline)
 	defer cancel()
 	// Half of the time at most for the token, as for IMAP: when the
@@ -61,7 +61,7 @@ func (c *session) openUpstream(deadline time.Time, g *auth.Grant, log *slog.Logg
 		}
 		log.Warn("pop3 upstream refused the access token", "attempt", attempt, "reply", refusal)
 		if attempt == 2 {
-			c.s.metrics.UpstreamAuthFailed("pop3")
+			c.s.metrics.UpstreamAuthFailed(Name)
 			return upstreamResult{err: &auth.AuthError{
 				Kind: auth.AuthFailed,
 				Msg:  fmt.Sprintf("upstream refused the access token for %s; the account may need a new sign-in", g.Username),

@@ -66,8 +66,8 @@ func (s *session) connect() (submit.Submitter, error) {
 		if errors.As(err, &se) && tokenRefused(se) {
 			s.log.Warn("upstream refused the refreshed access token; the account needs a new sign-in",
 				"identity", g.Identity, "reply", smtpclient.ReplyText(se))
-			s.srv.metrics.UpstreamAuthFailed("smtp")
-			front.ObserveUpstream(s.srv.metrics, g.Username, "smtp", fmt.Errorf("upstream refused the refreshed access token: %s", smtpclient.ReplyText(se)))
+			s.srv.metrics.UpstreamAuthFailed(Name)
+			front.ObserveUpstream(s.srv.metrics, g.Username, Name, fmt.Errorf("upstream refused the refreshed access token: %s", smtpclient.ReplyText(se)))
 			s.c.setOutcome("upstream refused token")
 			return nil, &smtp.SMTPError{
 				Code:         454,
@@ -77,7 +77,7 @@ func (s *session) connect() (submit.Submitter, error) {
 			}
 		}
 	}
-	front.ObserveUpstream(s.srv.metrics, g.Username, "smtp", err)
+	front.ObserveUpstream(s.srv.metrics, g.Username, Name, err)
 	if err != nil {
 		return nil, s.connectFailure(ctx, err)
 	}
@@ -93,10 +93,10 @@ func (s *session) opener() submit.Opener {
 			return o
 		}
 	}
-	if s.grant.Upstream == nil || s.grant.Upstream.SMTPAddr == "" {
+	if s.grant.Upstream.AddrOf(Name) == "" {
 		return nil
 	}
-	addr := s.grant.Upstream.SMTPAddr
+	addr := s.grant.Upstream.AddrOf(Name)
 	cfg := s.grant.Upstream.TLSFor(addr)
 	// Full-size TLS records from the first message on: small first
 	// records help a browser render early, not a mail submission.
