@@ -133,6 +133,7 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 			Metrics:      d.metrics,
 			Listeners:    d.adminListeners,
 			Spool:        d.relay.view(),
+			SendTest:     d.SendTest,
 			Logger:       logger.With("listener", "admin"),
 		})
 		if err != nil {
