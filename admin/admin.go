@@ -121,8 +121,11 @@ type Options struct {
 	Listeners func() []Listener
 	// Spool is the device relay's spool for the Spool page, its alerts
 	// and /metrics; nil means there is none.
-	Spool  SpoolView
-	Logger *slog.Logger
+	Spool SpoolView
+	// KeepAliveGaps returns the accounts whose tokens the daemon cannot
+	// refresh on its own (oauth.Manager.KeepAliveGaps); nil: none shown.
+	KeepAliveGaps func() []string
+	Logger        *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }

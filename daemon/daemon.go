@@ -27,6 +27,7 @@ import (
 	smtpfront "mailproxy/front/smtp"
 	"mailproxy/oauth"
 	"mailproxy/oauth/store"
+	"mailproxy/relay"
 	"mailproxy/upstream"
 )
 
@@ -134,7 +135,13 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 			Listeners:    d.adminListeners,
 			Spool:        d.relay.view(),
 			SendTest:     d.SendTest,
-			Logger:       logger.With("listener", "admin"),
+			KeepAliveGaps: func() []string {
+				if d.relay == nil {
+					return nil
+				}
+				return m.KeepAliveGaps()
+			},
+			Logger: logger.With("listener", "admin"),
 		})
 		if err != nil {
 			return nil, fmt.Errorf("admin page: %w", err)
@@ -416,6 +423,11 @@ func (d *Daemon) bind(s listenerSpec) error {
 		cfg := s.tls
 		if cfg == nil {
 			cfg = d.certs.config()
+		}
+		if s.name == "imap" {
+			// Relayed sessions: TLS records to and from the client are
+			// gathered (relay.UnderTLS).
+			ln = relay.UnderTLSListener(ln)
 		}
 		ln = tls.NewListener(ln, cfg)
 	}

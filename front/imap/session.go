@@ -397,7 +397,8 @@ func (c *session) startTLS(tag []byte) bool {
 	if n := c.r.Buffered(); n > 0 {
 		c.log.Info("imap discarding bytes pipelined after STARTTLS", "bytes", n)
 	}
-	tc := tls.Server(c.nc, c.s.TLSConfig)
+	// UnderTLS: the relay gathers the records of this session.
+	tc := tls.Server(relay.UnderTLS(c.nc), c.s.TLSConfig)
 	ctx, cancel := context.WithDeadline(c.ctx, c.deadline)
 	err := tc.HandshakeContext(ctx)
 	cancel()

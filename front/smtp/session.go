@@ -394,7 +394,7 @@ func (s *session) Data(r io.Reader) (err error) {
 	accepted := false
 	defer func() { s.srv.metrics.Message(accepted) }()
 	cr := &countingReader{r: r}
-	text, err := s.up.Data(cr)
+	text, err := s.up.Data(newCRLFReader(cr))
 	n := cr.n
 	s.traceIn(fmt.Sprintf("DATA: %d bytes", n))
 	s.srv.metrics.Relayed(Name, n, 0)
