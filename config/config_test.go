@@ -698,7 +698,7 @@ func render(cfg *Config) []byte {
 			"lockout_window": cfg.Security.LockoutWindow.String(), "lockout_duration": cfg.Security.LockoutDuration.String(),
 			"max_upstream_per_mailbox": cfg.Security.MaxUpstreamPerMailbox,
 		},
-		"log": map[string]any{"format": cfg.Log.Format, "level": levels[cfg.Log.Level]},
+		"log": map[string]any{"format": cfg.Log.Format, "level": levels[cfg.Log.Level], "file": cfg.Log.File},
 	}
 	var providers, accounts []map[string]any
 	for _, p := range cfg.Providers {

@@ -69,6 +69,7 @@ type rawSecurity struct {
 type rawLog struct {
 	Format val `toml:"format"`
 	Level  val `toml:"level"`
+	File   val `toml:"file"`
 }
 
 type rawProvider struct {
