@@ -78,7 +78,7 @@ type Options struct {
 	// meta.Identity and meta.Flow.
 	Seal func(username, password string, ts oauth.TokenSet, meta store.Meta) error
 	// Remove deletes the account's token entry (sign out; store.Remove).
-	// An error wrapping proxy.ErrNotSignedIn means there was none.
+	// An error wrapping store.ErrNotSignedIn means there was none.
 	Remove func(username string) error
 	// Provider returns the account's app registration for the sign-in
 	// flows; nil when there is none. It is called for every page render,

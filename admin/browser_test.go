@@ -16,11 +16,12 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/emersion/go-imap/v2/imapclient"
 
+	"mailproxy/auth"
+	imapfront "mailproxy/front/imap"
 	"mailproxy/internal/fake365"
 	"mailproxy/oauth"
 	"mailproxy/oauth/store"
-	"mailproxy/proxy"
-	imapfront "mailproxy/proxy/imap"
+	"mailproxy/upstream"
 )
 
 // browserTimeout bounds the whole browser test.
@@ -43,7 +44,7 @@ func chromium(t *testing.T) string {
 
 // TestBrowserSignIn drives headless Chromium through the whole stack: the
 // admin page over a real oauth.Manager and token store, the fake IdP, the
-// IMAP front over proxy.Accounts with the Manager as its vault, and the
+// IMAP front over auth.Accounts with the Manager as its vault, and the
 // fake IMAP upstream. The admin clicks "Sign in", the fake IdP sends the
 // browser back, the admin sets the local password, the account turns
 // "signed in", and an IMAP client logs in with that password.
@@ -94,10 +95,10 @@ func TestBrowserSignIn(t *testing.T) {
 	mgr.SetAccount(oauth.Account{Username: bob, Flow: "device", Provider: prov})
 
 	// IMAP front.
-	accounts := proxy.NewAccounts([]proxy.AccountSpec{{
+	accounts := auth.NewAccounts([]auth.AccountSpec{{
 		Username: alice,
-		Upstream: &proxy.Upstream{IMAPAddr: up.Addr, TLS: ca.ClientTLS()},
-	}}, mgr)
+		Upstream: &upstream.Upstream{IMAPAddr: up.Addr, TLS: ca.ClientTLS()},
+	}}, auth.VaultOf(mgr.Open))
 	front := &imapfront.Server{Auth: accounts, Logger: logger.With("proto", "imap")}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -24,7 +24,6 @@ import (
 	"mailproxy/internal/fake365"
 	"mailproxy/oauth"
 	"mailproxy/oauth/store"
-	"mailproxy/proxy"
 )
 
 const (
@@ -106,7 +105,7 @@ func (b *backend) Remove(username string) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if _, ok := b.statuses[strings.ToLower(username)]; !ok {
-		return fmt.Errorf("remove tokens for %q: %w", username, proxy.ErrNotSignedIn)
+		return fmt.Errorf("remove tokens for %q: %w", username, store.ErrNotSignedIn)
 	}
 	b.removed = append(b.removed, username)
 	delete(b.statuses, strings.ToLower(username))

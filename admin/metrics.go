@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"mailproxy/front"
 	"math"
 	"sort"
 	"strconv"
@@ -11,17 +12,15 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"mailproxy/proxy"
 )
 
-var _ proxy.Metrics = (*Metrics)(nil)
+var _ front.Metrics = (*Metrics)(nil)
 
 // Protocols whose series exist from the start, at zero, so that a dashboard
 // sees them before the first connection.
 var knownProtos = []string{"imap", "smtp"}
 
-// Metrics counts what the fronts report (proxy.Metrics) and token refreshes,
+// Metrics counts what the fronts report (front.Metrics) and token refreshes,
 // for /metrics and the account table. Every method is safe for concurrent
 // use and costs a map lookup under a read lock and an atomic add.
 type Metrics struct {
@@ -90,17 +89,17 @@ func (m *Metrics) account(name string) *accountCounters {
 	return c
 }
 
-// ConnOpened implements proxy.Metrics.
+// ConnOpened implements front.Metrics.
 func (m *Metrics) ConnOpened(proto string) {
 	c := m.proto(proto)
 	c.open.Add(1)
 	c.total.Add(1)
 }
 
-// ConnClosed implements proxy.Metrics.
+// ConnClosed implements front.Metrics.
 func (m *Metrics) ConnClosed(proto string) { m.proto(proto).open.Add(-1) }
 
-// Login implements proxy.Metrics.
+// Login implements front.Metrics.
 func (m *Metrics) Login(proto string, ok bool) {
 	if ok {
 		m.proto(proto).loginOK.Add(1)
@@ -109,17 +108,17 @@ func (m *Metrics) Login(proto string, ok bool) {
 	}
 }
 
-// UpstreamAuthFailed implements proxy.Metrics.
+// UpstreamAuthFailed implements front.Metrics.
 func (m *Metrics) UpstreamAuthFailed(proto string) { m.proto(proto).upstreamAuthFailed.Add(1) }
 
-// Relayed implements proxy.Metrics.
+// Relayed implements front.Metrics.
 func (m *Metrics) Relayed(proto string, toUpstream, toClient int64) {
 	c := m.proto(proto)
 	c.toUpstream.Add(toUpstream)
 	c.toClient.Add(toClient)
 }
 
-// Message implements proxy.Metrics.
+// Message implements front.Metrics.
 func (m *Metrics) Message(accepted bool) {
 	if accepted {
 		m.submitted.Add(1)
@@ -128,7 +127,7 @@ func (m *Metrics) Message(accepted bool) {
 	}
 }
 
-// Session implements proxy.Metrics. A session opened (delta > 0) is a
+// Session implements front.Metrics. A session opened (delta > 0) is a
 // successful upstream login: its time is the account's last one.
 func (m *Metrics) Session(account string, delta int) {
 	c := m.account(account)

@@ -12,8 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"mailproxy/proxy"
-
+	"mailproxy/auth"
 	"mailproxy/internal/wait"
 )
 
@@ -420,5 +419,5 @@ func verifyPassword(phc, password string) (bool, error) {
 	if password == "" {
 		return false, nil
 	}
-	return proxy.VerifyPassword(phc, password)
+	return auth.VerifyPassword(phc, password)
 }

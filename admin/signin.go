@@ -11,7 +11,6 @@ import (
 
 	"mailproxy/oauth"
 	"mailproxy/oauth/store"
-	"mailproxy/proxy"
 )
 
 // Flows as the sign-in form names them and store.Meta records them.
@@ -475,7 +474,7 @@ func (s *Server) handleSignOut(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	err := s.opts.Remove(a.Username)
-	if errors.Is(err, proxy.ErrNotSignedIn) {
+	if errors.Is(err, store.ErrNotSignedIn) {
 		s.setFlash(sess, a.Username+" was not signed in.")
 		http.Redirect(w, r, "/", http.StatusSeeOther)
 		return

@@ -13,8 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"mailproxy/auth"
 	"mailproxy/oauth"
-	"mailproxy/proxy"
 )
 
 // benchPassword is the local password of every proxy account.
@@ -104,7 +104,7 @@ func newEnv(ctx context.Context, o options) (*env, error) {
 		e.close()
 		return nil, fmt.Errorf("get the direct clients' access token: %w", err)
 	}
-	if e.hash, err = proxy.HashPassword(benchPassword); err != nil {
+	if e.hash, err = auth.HashPassword(benchPassword); err != nil {
 		e.close()
 		return nil, err
 	}

@@ -9,12 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mailproxy/upstream"
 	"net"
 	"strconv"
 	"strings"
 	"time"
-
-	"mailproxy/proxy"
 )
 
 // imapClient is a minimal IMAP client: just enough for the workloads, and
@@ -67,7 +66,7 @@ func dialIMAP(ctx context.Context, addr string, tlsCfg *tls.Config, bufSize int)
 // loginXOAuth2 authenticates with XOAUTH2, as a modern client talking to
 // Microsoft 365 does.
 func (c *imapClient) loginXOAuth2(user, token string) error {
-	ir := base64.StdEncoding.EncodeToString(proxy.XOAuth2(user, token))
+	ir := base64.StdEncoding.EncodeToString(upstream.XOAuth2(user, token))
 	if strings.Contains(c.caps, "SASL-IR") {
 		_, err := c.run("AUTHENTICATE XOAUTH2 " + ir)
 		return err

@@ -10,9 +10,9 @@
 //   - this one, the orchestrator, which also runs every client;
 //   - the fake Microsoft 365 (-role upstream): fake Entra ID, IMAP with
 //     implicit TLS and SMTP with STARTTLS, from internal/fake365;
-//   - the proxy (-role proxy), built from the real packages: proxy.Accounts
+//   - the proxy (-role proxy), built from the real packages: auth.Accounts
 //     with password_hash accounts and an oauth.Source token source,
-//     proxy/imap.Server and proxy/smtp.Server, strict upstream TLS. The
+//     front/imap.Server and front/smtp.Server, strict upstream TLS. The
 //     memory workloads each get a fresh proxy process.
 //
 // Usage:

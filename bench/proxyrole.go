@@ -19,10 +19,11 @@ import (
 	"runtime/pprof"
 	"time"
 
+	"mailproxy/auth"
+	imapfront "mailproxy/front/imap"
+	smtpfront "mailproxy/front/smtp"
 	"mailproxy/oauth"
-	"mailproxy/proxy"
-	imapfront "mailproxy/proxy/imap"
-	smtpfront "mailproxy/proxy/smtp"
+	"mailproxy/upstream"
 )
 
 // proxyConfig is what the orchestrator hands a proxy process on its first
@@ -109,7 +110,7 @@ func runProxy(args []string, in io.Reader, out io.Writer) error {
 	if !roots.AppendCertsFromPEM([]byte(cfg.CAPEM)) {
 		return errors.New("no certificate in ca_pem")
 	}
-	up := &proxy.Upstream{
+	up := &upstream.Upstream{
 		IMAPAddr: cfg.IMAPUpstream,
 		SMTPAddr: cfg.SMTPUpstream,
 		TLS:      &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
@@ -124,9 +125,9 @@ func runProxy(args []string, in io.Reader, out io.Writer) error {
 	// One token source for every account: they all act as benchUser (the
 	// FETCH mailboxes are delegated to it), as shared mailboxes do.
 	tokens := oauth.NewSource(provider, oauth.TokenSet{RefreshToken: cfg.RefreshToken, Scopes: benchScopes}, nil, logger)
-	specs := make([]proxy.AccountSpec, 0, len(cfg.Accounts))
+	specs := make([]auth.AccountSpec, 0, len(cfg.Accounts))
 	for _, a := range cfg.Accounts {
-		specs = append(specs, proxy.AccountSpec{
+		specs = append(specs, auth.AccountSpec{
 			Username:     a.Username,
 			Mailbox:      a.Mailbox,
 			Identity:     a.Identity,
@@ -135,7 +136,7 @@ func runProxy(args []string, in io.Reader, out io.Writer) error {
 			Upstream:     up,
 		})
 	}
-	accounts := proxy.NewAccounts(specs, nil)
+	accounts := auth.NewAccounts(specs, nil)
 
 	imapSrv := &imapfront.Server{
 		Auth:   accounts,

@@ -12,7 +12,7 @@ import (
 // data from the client to the upstream, in memory, per byte of a 1 MiB
 // dot-stuffed message:
 //
-//   - decode-encode is what proxy/smtp does today: go-smtp's server hands
+//   - decode-encode is what front/smtp does today: go-smtp's server hands
 //     the session a reader that undoes the dot-stuffing a byte at a time
 //     (its dataReader is net/textproto's DotReader minus the CRLF
 //     rewrite), and go-smtp's client writes through net/textproto's

@@ -9,25 +9,27 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mailproxy/auth"
+	"mailproxy/front"
+	"mailproxy/relay"
+	"mailproxy/upstream"
 	"net"
 	"net/netip"
 	"strings"
 	"time"
-
-	"mailproxy/proxy"
 )
 
 // protoSMTP is an experiment, not part of mailproxy: an SMTP front that
 // answers EHLO and AUTH PLAIN itself, logs in upstream with STARTTLS and
 // XOAUTH2, and from then on relays the session's bytes untouched with
-// proxy.Relay, as the IMAP front does. Message data then crosses the proxy
+// relay.Relay, as the IMAP front does. Message data then crosses the proxy
 // without being dot-decoded and dot-encoded again. The bench runs it
 // (-smtp-prototype) to measure what such a design would give next to
-// proxy/smtp; it skips everything a real front needs (STARTTLS towards the
+// front/smtp; it skips everything a real front needs (STARTTLS towards the
 // client, AUTH LOGIN, limits, shutdown, token refresh on refusal, error
 // texts).
 type protoSMTP struct {
-	auth proxy.Authenticator
+	auth auth.Authenticator
 	log  *slog.Logger
 }
 
@@ -90,7 +92,7 @@ func (s *protoSMTP) handle(nc net.Conn) {
 				say("501 5.5.2 Malformed authentication exchange")
 				continue
 			}
-			_, user, pass, err := proxy.ParsePlain(resp)
+			_, user, pass, err := front.ParsePlain(resp)
 			if err != nil {
 				say("501 5.5.2 Malformed authentication exchange")
 				continue
@@ -113,7 +115,7 @@ func (s *protoSMTP) handle(nc net.Conn) {
 				up.Close()
 				return
 			}
-			if _, _, err := proxy.Relay(nc, br, up, upr); err != nil {
+			if _, _, err := relay.Relay(nc, br, up, upr); err != nil {
 				s.log.Debug("prototype smtp relay ended", "err", err)
 			}
 			return
@@ -132,7 +134,7 @@ func remoteIP(nc net.Conn) netip.Addr {
 
 // protoUpstream opens an authenticated upstream SMTP session: EHLO,
 // STARTTLS, EHLO, AUTH XOAUTH2.
-func protoUpstream(ctx context.Context, g *proxy.Grant) (*tls.Conn, *bufio.Reader, error) {
+func protoUpstream(ctx context.Context, g *auth.Grant) (*tls.Conn, *bufio.Reader, error) {
 	addr := g.Upstream.SMTPAddr
 	var d net.Dialer
 	raw, err := d.DialContext(ctx, "tcp", addr)
@@ -167,7 +169,7 @@ func protoUpstream(ctx context.Context, g *proxy.Grant) (*tls.Conn, *bufio.Reade
 	if err != nil {
 		return fail("token", err)
 	}
-	ir := base64.StdEncoding.EncodeToString(proxy.XOAuth2(g.Identity, tok))
+	ir := base64.StdEncoding.EncodeToString(upstream.XOAuth2(g.Identity, tok))
 	if err := protoCmd(tc, r, "AUTH XOAUTH2 "+ir, "235"); err != nil {
 		return fail("AUTH", err)
 	}

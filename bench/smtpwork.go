@@ -5,13 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"mailproxy/upstream"
 	"sync"
 	"time"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
-
-	"mailproxy/proxy"
 )
 
 const benchRcpt = "rcpt@contoso.test"
@@ -21,7 +20,7 @@ const benchRcpt = "rcpt@contoso.test"
 type xoauth2Client struct{ user, token string }
 
 func (x xoauth2Client) Start() (string, []byte, error) {
-	return "XOAUTH2", proxy.XOAuth2(x.user, x.token), nil
+	return "XOAUTH2", upstream.XOAuth2(x.user, x.token), nil
 }
 
 func (x xoauth2Client) Next([]byte) ([]byte, error) { return []byte{}, nil }
@@ -148,7 +147,7 @@ func (e *env) benchSMTP(ctx context.Context, rep *report) error {
 	if e.o.smtpPrototype {
 		rateR := pairedRatio(rate[direct], rate[prototype])
 		thrR := pairedRatio(thr[direct], thr[prototype])
-		rep.note("SMTP pass-through prototype (bench/smtpproto.go, an experiment, not mailproxy: local AUTH, then proxy.Relay): "+
+		rep.note("SMTP pass-through prototype (bench/smtpproto.go, an experiment, not mailproxy: local AUTH, then relay.Relay): "+
 			"%d×%d KiB %s = %.2f× direct; one %d MiB message %s = %.2f× direct; the prototype process spent %s. "+
 			"Per-message latency %s.",
 			e.o.smtpMessages, e.o.smtpSize>>10, throughputCell(rate[prototype], "msgs/s"), rateR,

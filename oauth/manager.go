@@ -14,10 +14,7 @@ import (
 	"time"
 
 	"mailproxy/oauth/store"
-	"mailproxy/proxy"
 )
-
-var _ proxy.Vault = (*Manager)(nil)
 
 // Account is a delegated account as the Manager needs it.
 type Account struct {
@@ -27,7 +24,7 @@ type Account struct {
 }
 
 // Manager opens the password-sealed token entries of delegated accounts and
-// keeps one Source per account (proxy.Vault).
+// keeps one Source per account (the vault of the local logins).
 //
 // The first login of an account pays the KDF; later logins with the same
 // password compare an HMAC of it (under a random per-process key) in
@@ -146,16 +143,12 @@ func (a *account) cached(mac []byte, stamp store.Stamp) (*Source, string, bool) 
 	return a.source, a.identity, true
 }
 
-// Open implements proxy.Vault: it returns the account's Source and who
-// signed in. A wrong password yields an error wrapping
-// proxy.ErrBadCredentials and a missing entry one wrapping
-// proxy.ErrNotSignedIn; neither changes the entry.
-func (m *Manager) Open(ctx context.Context, username, password string) (proxy.TokenSource, string, error) {
-	src, id, err := m.open(ctx, username, password)
-	if err != nil {
-		return nil, "", err
-	}
-	return src, id, nil
+// Open is the vault of the local logins (auth.VaultOf(m.Open)): it returns
+// the account's Source and who signed in. A wrong password yields an error
+// wrapping store.ErrBadCredentials and a missing entry one wrapping
+// store.ErrNotSignedIn; neither changes the entry.
+func (m *Manager) Open(ctx context.Context, username, password string) (*Source, string, error) {
+	return m.open(ctx, username, password)
 }
 
 func (m *Manager) open(ctx context.Context, username, password string) (*Source, string, error) {
@@ -411,7 +404,7 @@ func (m *Manager) Status(username string) (st AccountStatus) {
 	meta, err := m.store.ReadMeta(username)
 	if err != nil {
 		st.NeedsSignIn = true
-		if errors.Is(err, proxy.ErrNotSignedIn) {
+		if errors.Is(err, store.ErrNotSignedIn) {
 			st.Hint = "not signed in: " + signInAgain
 		} else {
 			st.LastError = err.Error()

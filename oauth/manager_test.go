@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"mailproxy/oauth/store"
-	"mailproxy/proxy"
 )
 
 var testKDF = store.Params{Time: 1, Memory: 64, Threads: 1}
@@ -56,7 +55,7 @@ func mustOpen(t testing.TB, m *Manager, user, password string) *Source {
 	if id != testUser {
 		t.Errorf("Open(%q) identity = %q, want %q", user, id, testUser)
 	}
-	return ts.(*Source)
+	return ts
 }
 
 func TestManagerOpenCaches(t *testing.T) {
@@ -83,7 +82,7 @@ func TestManagerConcurrentFirstOpen(t *testing.T) {
 	m := e.manager(t, e.openStore(t, t.TempDir()))
 	e.signIn(t, m, "pw")
 	const n = 50
-	srcs := make([]proxy.TokenSource, n)
+	srcs := make([]*Source, n)
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
@@ -115,15 +114,15 @@ func TestManagerWrongPassword(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := m.Open(t.Context(), testUser, "wrong"); !errors.Is(err, proxy.ErrBadCredentials) {
+	if _, _, err := m.Open(t.Context(), testUser, "wrong"); !errors.Is(err, store.ErrBadCredentials) {
 		t.Errorf("Open(wrong) = %v, want ErrBadCredentials", err)
 	}
 	mustOpen(t, m, testUser, "pw")
 	// With the right password cached, a wrong one still fails.
-	if _, _, err := m.Open(t.Context(), testUser, "wrong"); !errors.Is(err, proxy.ErrBadCredentials) {
+	if _, _, err := m.Open(t.Context(), testUser, "wrong"); !errors.Is(err, store.ErrBadCredentials) {
 		t.Errorf("Open(wrong) after Open(right) = %v, want ErrBadCredentials", err)
 	}
-	if _, _, err := m.Open(t.Context(), testUser, ""); !errors.Is(err, proxy.ErrBadCredentials) {
+	if _, _, err := m.Open(t.Context(), testUser, ""); !errors.Is(err, store.ErrBadCredentials) {
 		t.Errorf("Open(empty) = %v, want ErrBadCredentials", err)
 	}
 	after, _ := os.ReadFile(path)
@@ -135,7 +134,7 @@ func TestManagerWrongPassword(t *testing.T) {
 func TestManagerNotSignedIn(t *testing.T) {
 	e := newEnv(t)
 	m := e.manager(t, e.openStore(t, t.TempDir()))
-	if _, _, err := m.Open(t.Context(), testUser, "pw"); !errors.Is(err, proxy.ErrNotSignedIn) {
+	if _, _, err := m.Open(t.Context(), testUser, "pw"); !errors.Is(err, store.ErrNotSignedIn) {
 		t.Errorf("Open(no entry) = %v, want ErrNotSignedIn", err)
 	}
 	if _, _, err := m.Open(t.Context(), "nobody@contoso.com", "pw"); err == nil {
@@ -174,7 +173,7 @@ func TestManagerPicksUpNewSignIn(t *testing.T) {
 	if tok2 == tok1 {
 		t.Errorf("Token() after the new sign-in = the old token")
 	}
-	if _, _, err := m.Open(t.Context(), testUser, "pw"); !errors.Is(err, proxy.ErrBadCredentials) {
+	if _, _, err := m.Open(t.Context(), testUser, "pw"); !errors.Is(err, store.ErrBadCredentials) {
 		t.Errorf("Open(old password) after the new sign-in = %v, want ErrBadCredentials", err)
 	}
 }

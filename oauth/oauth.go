@@ -3,7 +3,8 @@
 // persisted before they are relied on), the client credentials source, the
 // classification of token endpoint errors with an AADSTS hint for the admin,
 // and the Manager that opens password-sealed token entries from oauth/store
-// for the proxy (proxy.Vault).
+// for the local logins (auth.VaultOf(Manager.Open)). It imports nothing of
+// the protocol side: its errors are recognised by behaviour.
 package oauth
 
 import (

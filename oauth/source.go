@@ -6,13 +6,6 @@ import (
 	"log/slog"
 	"sync"
 	"time"
-
-	"mailproxy/proxy"
-)
-
-var (
-	_ proxy.TokenSource = (*Source)(nil)
-	_ proxy.TokenSource = (*AppSource)(nil)
 )
 
 // Source gives the access tokens of one delegated account and keeps them

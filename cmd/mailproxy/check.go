@@ -14,8 +14,9 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"mailproxy/config"
+	"mailproxy/daemon"
 	"mailproxy/oauth"
-	"mailproxy/proxy"
+	"mailproxy/upstream"
 )
 
 // checkTimeout bounds each network check of `mailproxy check`: dial, TLS
@@ -73,7 +74,7 @@ check; exits 1 when any failed.`)
 	stateDir := "state_dir " + cfg.StateDir
 	if !storeExists(cfg) {
 		c.report(stateDir, "no token store yet; login creates it (run login and serve as the same user)", nil)
-	} else if _, err := openStore(cfg); err != nil {
+	} else if _, err := daemon.OpenStore(cfg); err != nil {
 		c.report(stateDir, "", err)
 	} else {
 		c.report(stateDir, "token store usable", nil)
@@ -86,7 +87,7 @@ check; exits 1 when any failed.`)
 	var imapServers, smtpServers []server
 	seen := map[string]bool{}
 	for _, p := range cfg.Providers {
-		op := oauthProvider(p)
+		op := daemon.OAuthProvider(p)
 		err := checkTimed(ctx, func(ctx context.Context) error { return oauth.ProbeTokenEndpoint(ctx, op) })
 		c.report(fmt.Sprintf("provider %s token endpoint %s", p.Name, p.TokenURL), "answers and knows client_id", err)
 
@@ -151,7 +152,7 @@ func closeOnDone(ctx context.Context, conn net.Conn) func() bool {
 // checkIMAP connects with implicit TLS, reads the greeting and asks for the
 // capabilities: XOAUTH2 must be among them.
 func checkIMAP(ctx context.Context, addr string, base *tls.Config) (string, error) {
-	conn, err := proxy.DialTLS(ctx, nil, addr, base)
+	conn, err := upstream.DialTLS(ctx, nil, addr, base)
 	if err != nil {
 		return "", err
 	}
@@ -208,12 +209,12 @@ func readIMAPLine(r *bufio.Reader) (string, error) {
 // implicit TLS on port 465), says EHLO again and checks that AUTH XOAUTH2
 // is offered.
 func checkSMTP(ctx context.Context, addr string, base *tls.Config) (string, error) {
-	cfg := (&proxy.Upstream{TLS: base}).TLSFor(addr)
+	cfg := (&upstream.Upstream{TLS: base}).TLSFor(addr)
 	_, port, _ := net.SplitHostPort(addr)
 	implicit := port == strconv.Itoa(465)
 	var c *smtp.Client
 	if implicit {
-		conn, err := proxy.DialTLS(ctx, nil, addr, cfg)
+		conn, err := upstream.DialTLS(ctx, nil, addr, cfg)
 		if err != nil {
 			return "", err
 		}

@@ -1,19 +1,15 @@
 package main
 
 import (
-	"crypto/tls"
 	"flag"
-	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"path/filepath"
-	"time"
 
 	"mailproxy/config"
+	"mailproxy/daemon"
 	"mailproxy/oauth"
 	"mailproxy/oauth/store"
-	"mailproxy/proxy"
 )
 
 // defaultConfigPath is where serve, login, status and check look when
@@ -52,61 +48,9 @@ func newLogger(cfg *config.Config, w io.Writer, debug bool) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// tokenHTTPTimeout bounds one request to an identity provider.
-const tokenHTTPTimeout = 30 * time.Second
-
-// oauthProvider turns a config provider into what package oauth needs.
-func oauthProvider(p *config.Provider) *oauth.Provider {
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = &tls.Config{RootCAs: p.RootCAs, MinVersion: tls.VersionTLS12}
-	return &oauth.Provider{
-		Name:          p.Name,
-		ClientID:      p.ClientID,
-		ClientSecret:  p.ClientSecret,
-		AuthURL:       p.AuthURL,
-		TokenURL:      p.TokenURL,
-		DeviceAuthURL: p.DeviceAuthURL,
-		RedirectURL:   p.RedirectURL,
-		Scopes:        p.Scopes,
-		AppScopes:     p.AppScopes,
-		HTTPClient:    &http.Client{Transport: tr, Timeout: tokenHTTPTimeout},
-	}
-}
-
-// upstream describes a provider's servers for the proxy fronts.
-func upstream(p *config.Provider) *proxy.Upstream {
-	return &proxy.Upstream{
-		IMAPAddr: p.IMAPServer,
-		SMTPAddr: p.SMTPServer,
-		TLS: &tls.Config{
-			RootCAs:    p.RootCAs,
-			MinVersion: tls.VersionTLS12,
-			// Resumed sessions make each upstream login a round trip
-			// cheaper (docs/BENCHMARKS.md).
-			ClientSessionCache: tls.NewLRUClientSessionCache(upstreamSessionCache),
-		},
-	}
-}
-
-// upstreamSessionCache is how many TLS sessions per provider are kept for
-// resumption: one per upstream host is enough, a few spare are cheap.
-const upstreamSessionCache = 16
-
-// openStore opens the token store under cfg.StateDir.
-func openStore(cfg *config.Config) (*store.Store, error) {
-	if cfg.StateDir == "" {
-		return nil, usagef("state_dir is not set and no default could be found")
-	}
-	st, err := store.Open(filepath.Join(cfg.StateDir, "tokens"))
-	if err != nil {
-		return nil, fmt.Errorf("open token store: %w", err)
-	}
-	return st, nil
-}
-
 // newManager opens the store and registers every delegated account.
 func newManager(cfg *config.Config, logger *slog.Logger) (*oauth.Manager, *store.Store, error) {
-	st, err := openStore(cfg)
+	st, err := daemon.OpenStore(cfg)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -118,7 +62,7 @@ func newManager(cfg *config.Config, logger *slog.Logger) (*oauth.Manager, *store
 		}
 		p := providers[a.Provider]
 		if p == nil {
-			p = oauthProvider(a.Provider)
+			p = daemon.OAuthProvider(a.Provider)
 			providers[a.Provider] = p
 		}
 		m.SetAccount(oauth.Account{Username: a.Username, Flow: a.Flow, Provider: p})

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"mailproxy/config"
+	"mailproxy/daemon"
 	"mailproxy/internal/fake365"
 	"mailproxy/oauth"
 	"mailproxy/oauth/store"
@@ -36,7 +37,7 @@ type demoOptions struct {
 
 // demo is a running demo: the fakes and the daemon in front of them.
 type demo struct {
-	d        *daemon
+	d        *daemon.Daemon
 	idp      *fake365.IdP
 	imapUp   *fake365.IMAPUpstream
 	smtpUp   *fake365.SMTPUpstream
@@ -45,7 +46,7 @@ type demo struct {
 
 func (dm *demo) close(ctx context.Context) {
 	if dm.d != nil {
-		dm.d.shutdown(ctx)
+		dm.d.Shutdown(ctx)
 	}
 	for i := len(dm.cleanups) - 1; i >= 0; i-- {
 		dm.cleanups[i]()
@@ -191,7 +192,7 @@ username = %q
 		return nil, fmt.Errorf("demo config: %w", err)
 	}
 	logger := newLogger(cfg, o.logOut, false)
-	d, err := newDaemon(cfg, logger)
+	d, err := daemon.New(cfg, logger)
 	if err != nil {
 		return nil, err
 	}
@@ -202,12 +203,12 @@ username = %q
 	scopes := cfg.Accounts[0].Provider.Scopes
 	rt := dm.idp.GrantRefreshToken(demoClientID, demoUser, scopes)
 	now := time.Now()
-	err = d.manager.Seal(demoUser, demoPassword, oauth.TokenSet{RefreshToken: rt, Scopes: scopes},
+	err = d.Manager().Seal(demoUser, demoPassword, oauth.TokenSet{RefreshToken: rt, Scopes: scopes},
 		store.Meta{Identity: demoUser, Flow: config.FlowAuthCode, Created: now, RefreshObtained: now})
 	if err != nil {
 		return nil, fmt.Errorf("sign in the demo account: %w", err)
 	}
-	if err := d.start(); err != nil {
+	if err := d.Start(); err != nil {
 		return nil, err
 	}
 	return dm, nil
@@ -234,9 +235,9 @@ func demoMessages(to string) [][]byte {
 }
 
 func printDemoBanner(w io.Writer, dm *demo) {
-	imapAddr := dm.d.addr("imap").String()
-	smtpAddr := dm.d.addr("smtp").String()
-	if a := dm.d.addr("admin"); a != nil {
+	imapAddr := dm.d.Addr("imap").String()
+	smtpAddr := dm.d.Addr("smtp").String()
+	if a := dm.d.Addr("admin"); a != nil {
 		// localhost, not 127.0.0.1: the sign-in returns to the redirect
 		// address registered for the app, and cookies follow the host name.
 		_, port, _ := net.SplitHostPort(a.String())

@@ -34,7 +34,7 @@ func startTestDemo(t *testing.T) *demo {
 
 func TestDemoReadAndSend(t *testing.T) {
 	dm := startTestDemo(t)
-	imapAddr := dm.d.addr("imap").String()
+	imapAddr := dm.d.Addr("imap").String()
 
 	c, err := imapclient.DialInsecure(imapAddr, nil)
 	if err != nil {
@@ -53,7 +53,7 @@ func TestDemoReadAndSend(t *testing.T) {
 	}
 
 	// Send through the SMTP port; the demo delivers it to the INBOX.
-	sc, err := smtp.Dial(dm.d.addr("smtp").String())
+	sc, err := smtp.Dial(dm.d.Addr("smtp").String())
 	if err != nil {
 		t.Fatalf("smtp.Dial = %v", err)
 	}
@@ -90,7 +90,7 @@ func TestDemoReadAndSend(t *testing.T) {
 
 func TestDemoPendingAccountNeedsSignIn(t *testing.T) {
 	dm := startTestDemo(t)
-	c, err := imapclient.DialInsecure(dm.d.addr("imap").String(), nil)
+	c, err := imapclient.DialInsecure(dm.d.Addr("imap").String(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +103,7 @@ func TestDemoPendingAccountNeedsSignIn(t *testing.T) {
 
 func TestDemoWrongPassword(t *testing.T) {
 	dm := startTestDemo(t)
-	conn, err := net.Dial("tcp", dm.d.addr("imap").String())
+	conn, err := net.Dial("tcp", dm.d.Addr("imap").String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +124,7 @@ func TestDemoAdminPage(t *testing.T) {
 		t.Fatalf("startDemo() = %v", err)
 	}
 	t.Cleanup(func() { dm.close(context.Background()) })
-	base := "http://" + dm.d.addr("admin").String()
+	base := "http://" + dm.d.Addr("admin").String()
 	resp, err := http.Get(base + "/")
 	if err != nil {
 		t.Fatal(err)

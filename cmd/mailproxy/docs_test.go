@@ -776,21 +776,23 @@ func replyFragments(reply string) []string {
 	return frags
 }
 
-// sourceText is every non-test Go file of the proxy packages, plus the
-// texts go-smtp answers on our behalf.
+// sourceText is every non-test Go file of the packages that answer
+// clients, plus the texts go-smtp answers on our behalf.
 func sourceText(t *testing.T) string {
 	t.Helper()
 	var b strings.Builder
-	err := filepath.WalkDir(filepath.Join(repoRoot, "proxy"), func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+	for _, dir := range []string{"auth", "front", "upstream", "relay"} {
+		err := filepath.WalkDir(filepath.Join(repoRoot, dir), func(path string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+				return err
+			}
+			data, err := os.ReadFile(path)
+			b.Write(data)
 			return err
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
-		data, err := os.ReadFile(path)
-		b.Write(data)
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
 	for _, e := range []*smtp.SMTPError{smtp.ErrDataTooLarge, smtp.ErrAuthRequired, smtp.ErrAuthUnsupported} {
 		b.WriteString("\n" + e.Message)
@@ -836,7 +838,7 @@ func TestDocsMailproxyReplies(t *testing.T) {
 			for _, f := range replyFragments(reply) {
 				checked++
 				if !inSource(src, f) {
-					t.Errorf("docs/TROUBLESHOOTING.md:%d: mailproxy's reply %q: the text %q is not in proxy/ any more", i+1, reply, f)
+					t.Errorf("docs/TROUBLESHOOTING.md:%d: mailproxy's reply %q: the text %q is not in the fronts' code any more", i+1, reply, f)
 				}
 			}
 		}

@@ -14,9 +14,9 @@ import (
 	"golang.org/x/oauth2"
 
 	"mailproxy/config"
+	"mailproxy/daemon"
 	"mailproxy/oauth"
 	"mailproxy/oauth/store"
-	"mailproxy/proxy"
 )
 
 // signInTimeout bounds a whole interactive sign-in: Entra's device codes
@@ -96,7 +96,7 @@ func runLogin(ctx context.Context, env *cmdEnv, args []string) error {
 	if acct == nil {
 		return usagef("no account %q in %s", fs.Arg(0), *cfgPath)
 	}
-	p := oauthProvider(acct.Provider)
+	p := daemon.OAuthProvider(acct.Provider)
 	if acct.Flow == config.FlowClientCredentials {
 		if method != "" {
 			return usagef("account %s uses flow client_credentials, which has no sign-in", acct.Username)
@@ -337,18 +337,18 @@ func runLogout(_ context.Context, env *cmdEnv, args []string) error {
 		user = acct.Username
 	}
 	// Without a store directory nobody is signed in; do not create it.
-	err = fmt.Errorf("no token store yet: %w", proxy.ErrNotSignedIn)
+	err = fmt.Errorf("no token store yet: %w", store.ErrNotSignedIn)
 	if storeExists(cfg) {
-		st, oerr := openStore(cfg)
+		st, oerr := daemon.OpenStore(cfg)
 		if oerr != nil {
 			return oerr
 		}
 		err = st.Remove(user)
 	}
 	switch {
-	case errors.Is(err, proxy.ErrNotSignedIn) && acct == nil:
+	case errors.Is(err, store.ErrNotSignedIn) && acct == nil:
 		return usagef("no account %q in %s, and no stored sign-in for it", user, *cfgPath)
-	case errors.Is(err, proxy.ErrNotSignedIn):
+	case errors.Is(err, store.ErrNotSignedIn):
 		fmt.Fprintf(env.stdout, "%s was not signed in; nothing to remove.\n", user)
 		return nil
 	case err != nil:

@@ -20,10 +20,12 @@ import (
 
 	"github.com/emersion/go-imap/v2/imapclient"
 
+	"mailproxy/auth"
 	"mailproxy/config"
+	"mailproxy/daemon"
 	"mailproxy/internal/fake365"
 	"mailproxy/oauth/store"
-	"mailproxy/proxy"
+	"mailproxy/upstream"
 )
 
 const (
@@ -40,7 +42,7 @@ const (
 
 // scannerHash is the password_hash of the client_credentials account,
 // computed once: Argon2id is slow on purpose.
-var scannerHash = sync.OnceValues(func() (string, error) { return proxy.HashPassword("scanner pw") })
+var scannerHash = sync.OnceValues(func() (string, error) { return auth.HashPassword("scanner pw") })
 
 // cliEnv is a fake Microsoft 365 (IdP, IMAP, SMTP with a test CA) and a
 // config file pointing at it.
@@ -246,7 +248,7 @@ func (e *cliEnv) meta(t *testing.T, user string) *store.Meta {
 }
 
 // imapLogin opens the account's stored entry the way serve does (Manager as
-// the vault of proxy.Accounts, with the local password), and logs in to the
+// the vault of auth.Accounts, with the local password), and logs in to the
 // fake IMAP upstream with the token over XOAUTH2, trusting ca_file.
 func (e *cliEnv) imapLogin(t *testing.T, user, password string) {
 	t.Helper()
@@ -259,7 +261,7 @@ func (e *cliEnv) imapLogin(t *testing.T, user, password string) {
 		t.Fatalf("newManager() = %v", err)
 	}
 	a := cfg.Account(user)
-	accts := proxy.NewAccounts([]proxy.AccountSpec{{Username: a.Username, Mailbox: a.Mailbox, Upstream: upstream(a.Provider)}}, m)
+	accts := auth.NewAccounts([]auth.AccountSpec{{Username: a.Username, Mailbox: a.Mailbox, Upstream: daemon.UpstreamFor(a.Provider)}}, auth.VaultOf(m.Open))
 	g, err := accts.Authenticate(t.Context(), user, password, netip.MustParseAddr("127.0.0.1"))
 	if err != nil {
 		t.Fatalf("Authenticate(%q) = %v", user, err)
@@ -289,7 +291,7 @@ func (e *cliEnv) imapLogin(t *testing.T, user, password string) {
 type cliXOAuth2 struct{ user, token string }
 
 func (c cliXOAuth2) Start() (string, []byte, error) {
-	return "XOAUTH2", proxy.XOAuth2(c.user, c.token), nil
+	return "XOAUTH2", upstream.XOAuth2(c.user, c.token), nil
 }
 
 func (c cliXOAuth2) Next([]byte) ([]byte, error) { return []byte{}, nil }
@@ -439,7 +441,7 @@ func TestLoginManualWrongState(t *testing.T) {
 	if got := e.idp.Stats().AuthCodes; got != 0 {
 		t.Errorf("IdP redeemed %d codes, want 0", got)
 	}
-	if _, err := e.store(t).ReadMeta(cliAlice); !errors.Is(err, proxy.ErrNotSignedIn) {
+	if _, err := e.store(t).ReadMeta(cliAlice); !errors.Is(err, store.ErrNotSignedIn) {
 		t.Errorf("ReadMeta after refused answer = %v, want ErrNotSignedIn", err)
 	}
 }
@@ -508,7 +510,7 @@ func TestLoginDeviceExpired(t *testing.T) {
 	if code != exitFailure || !strings.Contains(errOut, "expired") || !strings.Contains(errOut, "AADSTS70019") {
 		t.Errorf("login with an expired code = exit %d, stderr %q; want exit 1 saying it expired\nstdout:\n%s", code, errOut, out)
 	}
-	if _, err := e.store(t).ReadMeta(cliDevice); !errors.Is(err, proxy.ErrNotSignedIn) {
+	if _, err := e.store(t).ReadMeta(cliDevice); !errors.Is(err, store.ErrNotSignedIn) {
 		t.Errorf("ReadMeta after failed sign-in = %v, want ErrNotSignedIn", err)
 	}
 }
@@ -596,7 +598,7 @@ func TestLogout(t *testing.T) {
 	if code != exitOK || !strings.Contains(out, "Removed the stored sign-in of "+cliAlice) {
 		t.Errorf("logout = exit %d, stdout %q, stderr %q; want 0 and Removed", code, out, errOut)
 	}
-	if _, err := e.store(t).ReadMeta(cliAlice); !errors.Is(err, proxy.ErrNotSignedIn) {
+	if _, err := e.store(t).ReadMeta(cliAlice); !errors.Is(err, store.ErrNotSignedIn) {
 		t.Errorf("ReadMeta after logout = %v, want ErrNotSignedIn", err)
 	}
 	if des, _ := os.ReadDir(path); len(des) != 0 {

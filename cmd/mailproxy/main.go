@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"mailproxy/daemon"
 	"os"
 	"os/signal"
 	"syscall"
@@ -64,7 +65,10 @@ type cmdEnv struct {
 	openURL func(url string) error
 	// serving, when set, is called by serve once its listeners are up and
 	// SIGHUP is handled; tests use it to reach the daemon.
-	serving func(*daemon)
+	serving func(*daemon.Daemon)
+	// reloadDone, when set, is called by serve after each SIGHUP with the
+	// config error or nil.
+	reloadDone func(error)
 }
 
 func main() {
@@ -125,7 +129,7 @@ func run(ctx context.Context, env *cmdEnv, args []string) int {
 			return exitOK
 		case errors.Is(err, flag.ErrHelp):
 			return exitOK
-		case errors.As(err, new(usageError)):
+		case errors.As(err, new(usageError)), errors.As(err, new(*daemon.ConfigError)):
 			fmt.Fprintf(env.stderr, "mailproxy %s: %v\n", c.name, err)
 			return exitUsage
 		default:

@@ -6,12 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mailproxy/auth"
 	"os"
 	"strings"
 
 	"golang.org/x/term"
-
-	"mailproxy/proxy"
 )
 
 // terminalPassword returns a reader of passwords without echo when stdin is
@@ -79,7 +78,7 @@ func runHashPassword(_ context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	h, err := proxy.HashPassword(pw)
+	h, err := auth.HashPassword(pw)
 	if err != nil {
 		return err
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"mailproxy/daemon"
 	"mailproxy/oauth"
 	"mailproxy/oauth/store"
 )
@@ -28,7 +29,7 @@ type serveHarness struct {
 	dm      *demo
 	cfgFile string
 	cfgText string
-	d       *daemon
+	d       *daemon.Daemon
 	reloads chan error
 	cancel  context.CancelFunc
 	done    chan error
@@ -51,7 +52,7 @@ func startServeWith(t *testing.T, edit func(string) string) *serveHarness {
 	}
 	// The demo's own daemon steps aside; serve takes over its config and
 	// state with the same fakes behind it.
-	dm.d.shutdown(context.Background())
+	dm.d.Shutdown(context.Background())
 	dm.d = nil
 	t.Cleanup(func() { dm.close(context.Background()) })
 
@@ -67,18 +68,16 @@ func startServeWith(t *testing.T, edit func(string) string) *serveHarness {
 			t.Fatal(err)
 		}
 	}
-	ready := make(chan *daemon, 1)
+	ready := make(chan *daemon.Daemon, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	env := &cmdEnv{
-		stdin:  strings.NewReader(""),
-		stdout: &lockedWriter{w: new(bytes.Buffer)},
-		stderr: h.logs,
-		getenv: func(string) string { return "" },
-		serving: func(d *daemon) {
-			d.reloadDone = func(err error) { h.reloads <- err }
-			ready <- d
-		},
+		stdin:      strings.NewReader(""),
+		stdout:     &lockedWriter{w: new(bytes.Buffer)},
+		stderr:     h.logs,
+		getenv:     func(string) string { return "" },
+		serving:    func(d *daemon.Daemon) { ready <- d },
+		reloadDone: func(err error) { h.reloads <- err },
 	}
 	go func() {
 		code := run(ctx, env, []string{"serve", "-config", h.cfgFile})
@@ -146,7 +145,7 @@ func freeAddr(t *testing.T) string {
 
 func TestServeReload(t *testing.T) {
 	h := startServe(t)
-	oldAddr := h.d.addr("imap").String()
+	oldAddr := h.d.Addr("imap").String()
 
 	live, err := imapLogin(t, oldAddr, demoUser, demoPassword)
 	if err != nil {
@@ -160,12 +159,12 @@ func TestServeReload(t *testing.T) {
 	// A new account, signed in while serve runs; the pending account is
 	// removed; IMAP moves to another port.
 	const newUser, newPassword = "new@contoso.com", "new-secret"
-	st, err := store.Open(filepath.Join(h.d.store.Dir()))
+	st, err := store.Open(filepath.Join(h.d.Store().Dir()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	m := oauth.NewManager(st, discardLogger())
-	p := h.d.cfg.Accounts[0].Provider
+	p := h.d.Config().Accounts[0].Provider
 	h.dm.imapUp.AddMailbox(newUser)
 	rt := h.dm.idp.GrantRefreshToken(demoClientID, newUser, p.Scopes)
 	if err := m.Seal(newUser, newPassword, oauth.TokenSet{RefreshToken: rt, Scopes: p.Scopes}, store.Meta{Identity: newUser}); err != nil {
@@ -178,7 +177,7 @@ func TestServeReload(t *testing.T) {
 		t.Fatalf("reload = %v", err)
 	}
 
-	if got := h.d.addr("imap").String(); got != newAddr {
+	if got := h.d.Addr("imap").String(); got != newAddr {
 		t.Errorf("imap address after reload = %s, want %s", got, newAddr)
 	}
 	if err := live.Noop().Wait(); err != nil {
@@ -210,7 +209,7 @@ func TestServeReload(t *testing.T) {
 
 func TestServeShutdownFinishesSMTPTransaction(t *testing.T) {
 	h := startServe(t)
-	sc, err := smtp.Dial(h.d.addr("smtp").String())
+	sc, err := smtp.Dial(h.d.Addr("smtp").String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +233,7 @@ func TestServeShutdownFinishesSMTPTransaction(t *testing.T) {
 
 	h.cancel() // SIGTERM
 	deadline := time.Now().Add(10 * time.Second)
-	for h.d.addr("smtp") != nil {
+	for h.d.Addr("smtp") != nil {
 		if time.Now().After(deadline) {
 			t.Fatal("serve did not stop listening within 10s of shutdown")
 		}
@@ -260,7 +259,7 @@ func TestServeAdminRebind(t *testing.T) {
 	h := startServeWith(t, func(s string) string {
 		return strings.Replace(s, "[admin]\nlisten = \"\"", "[admin]\nlisten = \"127.0.0.1:0\"", 1)
 	})
-	oldAddr := h.d.addr("admin")
+	oldAddr := h.d.Addr("admin")
 	if oldAddr == nil {
 		t.Fatal("admin page not listening")
 	}

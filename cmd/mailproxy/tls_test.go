@@ -63,7 +63,7 @@ func TestServeCertificateReloadOnSIGHUP(t *testing.T) {
 		s = strings.Replace(s, "[smtp]", "listen_tls = \"127.0.0.1:0\"\n[smtp]", 1)
 		return s + "\n[tls]\ncert_file = \"" + certFile + "\"\nkey_file = \"" + keyFile + "\"\n"
 	})
-	addr := h.d.addr("imaps").String()
+	addr := h.d.Addr("imaps").String()
 	if g, err := greetingOverTLS(t, addr, ca1); err != nil || !strings.HasPrefix(g, "* OK") {
 		t.Fatalf("greeting over TLS = %q, %v; want * OK", g, err)
 	}
@@ -84,8 +84,8 @@ func TestServeSelfSigned(t *testing.T) {
 	h := startServeWith(t, func(s string) string {
 		return s + "\n[tls]\nself_signed = true\n"
 	})
-	certFile := filepath.Join(h.d.cfg.StateDir, "tls", "selfsigned.crt")
-	keyFile := filepath.Join(h.d.cfg.StateDir, "tls", "selfsigned.key")
+	certFile := filepath.Join(h.d.Config().StateDir, "tls", "selfsigned.crt")
+	keyFile := filepath.Join(h.d.Config().StateDir, "tls", "selfsigned.key")
 	fi, err := os.Stat(keyFile)
 	if err != nil {
 		t.Fatalf("self-signed key: %v", err)
@@ -98,7 +98,7 @@ func TestServeSelfSigned(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The log names the fingerprint of exactly the certificate served.
-	c, err := net.Dial("tcp", h.d.addr("imap").String())
+	c, err := net.Dial("tcp", h.d.Addr("imap").String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +129,7 @@ func TestServeAllowFrom(t *testing.T) {
 	h := startServeWith(t, func(s string) string {
 		return s + "\n[security]\nallow_from = [\"127.0.0.2/32\"]\n"
 	})
-	c, err := net.Dial("tcp", h.d.addr("imap").String())
+	c, err := net.Dial("tcp", h.d.Addr("imap").String())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -197,8 +197,11 @@ type idpRefresh struct {
 }
 
 type idpAccess struct {
-	subject string
-	expiry  time.Time
+	subject  string
+	expiry   time.Time
+	issued   time.Time
+	clientID string
+	scope    string // the scp claim: short scope names, space-separated
 }
 
 // NewIdP starts a fake Entra ID on 127.0.0.1 with a kernel-chosen port.
@@ -229,6 +232,7 @@ func NewIdP() (*IdP, error) {
 	mux.HandleFunc("POST /{tenant}/oauth2/v2.0/token", p.handleToken)
 	mux.HandleFunc("POST /{tenant}/oauth2/v2.0/devicecode", p.handleDeviceCode)
 	mux.HandleFunc("GET /{tenant}/v2.0/.well-known/openid-configuration", p.handleOpenIDConfig)
+	mux.HandleFunc("POST /{tenant}/oauth2/v2.0/introspect", p.handleIntrospect)
 	mux.HandleFunc("GET /devicelogin", p.handleDeviceLogin)
 	mux.HandleFunc("POST /devicelogin", p.handleDeviceLogin)
 	// No WriteTimeout: a hanging token request must be able to outlast it.
@@ -936,7 +940,7 @@ func (p *IdP) newAccessLocked(clientID string, user *idpUser, resource []string)
 		payload = idpSegment(c)
 	}
 	tok := header + "." + payload + "." + sig
-	p.access[tok] = idpAccess{subject: subject, expiry: exp}
+	p.access[tok] = idpAccess{subject: subject, expiry: exp, issued: now, clientID: clientID, scope: c.Scp}
 	p.pruneAccessLocked(now)
 	return tok, lifetime
 }

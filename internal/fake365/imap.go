@@ -44,6 +44,7 @@ type IMAPUpstream struct {
 	validator TokenValidator
 	srv       *imapserver.Server
 	ln        *trackingListener
+	records   *recordListener // nil: plain text
 	serveDone chan struct{}
 	closeOnce sync.Once
 	closeErr  error
@@ -78,7 +79,8 @@ func NewIMAPUpstream(v TokenValidator, tlsCfg *tls.Config) (*IMAPUpstream, error
 	}
 	var ln net.Listener = u.ln
 	if tlsCfg != nil {
-		ln = tls.NewListener(u.ln, tlsCfg)
+		u.records = newRecordListener(u.ln, tlsCfg)
+		ln = u.records
 	}
 	u.srv = imapserver.New(&imapserver.Options{
 		NewSession: u.newSession,
@@ -90,9 +92,10 @@ func NewIMAPUpstream(v TokenValidator, tlsCfg *tls.Config) (*IMAPUpstream, error
 			imap.CapLiteralPlus: {},
 		},
 		Logger: log.New(io.Discard, "", 0),
-		// Connections from the TLS listener are *tls.Conn, which imapserver
-		// recognises; the plain listener exists for tests only.
-		InsecureAuth: tlsCfg == nil,
+		// Every connection of the TLS listener is TLS, but imapserver
+		// recognises only a bare *tls.Conn, and with SetRecordSize they
+		// are wrapped; the plain listener exists for tests only.
+		InsecureAuth: true,
 	})
 	go func() {
 		defer close(u.serveDone)
@@ -166,6 +169,18 @@ func (u *IMAPUpstream) Append(mailbox, folder string, msg []byte) error {
 		return fmt.Errorf("fake365: append to %q folder %q: %w", mailbox, folder, err)
 	}
 	return nil
+}
+
+// SetRecordSize makes connections accepted from now on write TLS records
+// of n bytes of plaintext (2048, 4096 or 16384, say), as real servers
+// choose their own: a response longer than n arrives in records of n
+// bytes. n <= 0 goes back to crypto/tls's default (small records for the
+// first 128 KiB of a connection, then 16 KiB). It does nothing on a plain
+// text server.
+func (u *IMAPUpstream) SetRecordSize(n int) {
+	if u.records != nil {
+		u.records.setSize(n)
+	}
 }
 
 // Logins returns the number of successful XOAUTH2 authentications.

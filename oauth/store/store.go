@@ -29,9 +29,26 @@ import (
 
 	"golang.org/x/crypto/argon2"
 	"golang.org/x/crypto/chacha20poly1305"
-
-	"mailproxy/proxy"
 )
+
+// The two ways opening an entry fails that callers act on. They are
+// recognised by behaviour too (BadCredentials(), NotSignedIn()), as
+// auth.Vault asks, so that neither side imports the other.
+var (
+	// ErrBadCredentials: the password does not open the entry.
+	ErrBadCredentials error = &openError{"invalid credentials", true}
+	// ErrNotSignedIn: there is no entry for the account.
+	ErrNotSignedIn error = &openError{"account is not signed in", false}
+)
+
+type openError struct {
+	msg string
+	bad bool // BadCredentials, else NotSignedIn
+}
+
+func (e *openError) Error() string        { return e.msg }
+func (e *openError) BadCredentials() bool { return e.bad }
+func (e *openError) NotSignedIn() bool    { return !e.bad }
 
 // On-disk format constants. Changing any of them makes existing files
 // unreadable: bump fileVersion and keep reading the old format instead.
@@ -408,11 +425,11 @@ func (s *Store) lockName(name string) (func(), error) {
 }
 
 // read reads and parses the file called name. A missing file yields an
-// error wrapping proxy.ErrNotSignedIn.
+// error wrapping ErrNotSignedIn.
 func (s *Store) read(name, username string) (*fileJSON, error) {
 	f, err := openRead(s.path(name))
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("no token file for %q: %w", username, proxy.ErrNotSignedIn)
+		return nil, fmt.Errorf("no token file for %q: %w", username, ErrNotSignedIn)
 	}
 	if err != nil {
 		return nil, err
@@ -447,8 +464,8 @@ func (s *Store) read(name, username string) (*fileJSON, error) {
 
 // Unlock reads username's entry and opens it with password, deriving the key
 // with the parameters stored in the file. A wrong password yields an error
-// wrapping proxy.ErrBadCredentials, a missing entry one wrapping
-// proxy.ErrNotSignedIn. Unlock never changes the file.
+// wrapping ErrBadCredentials, a missing entry one wrapping
+// ErrNotSignedIn. Unlock never changes the file.
 func (s *Store) Unlock(username, password string) (*Entry, *Key, error) {
 	name, err := fileName(username)
 	if err != nil {
@@ -466,7 +483,7 @@ func (s *Store) Unlock(username, password string) (*Entry, *Key, error) {
 	pt, err := aead.Open(nil, fj.Nonce, fj.Ciphertext, aad(username))
 	if err != nil {
 		// A wrong password and a tampered ciphertext look the same.
-		return nil, nil, fmt.Errorf("unlock tokens for %q: %w", username, proxy.ErrBadCredentials)
+		return nil, nil, fmt.Errorf("unlock tokens for %q: %w", username, ErrBadCredentials)
 	}
 	e := &Entry{Meta: fj.Meta, Stamp: fj.stamp()}
 	if err := json.Unmarshal(pt, &e.Secret); err != nil {
@@ -479,7 +496,7 @@ func (s *Store) Unlock(username, password string) (*Entry, *Key, error) {
 // NewKey gave, without the password: for re-reading an entry that another
 // process re-sealed with the same key (rotated tokens). An entry sealed
 // under another key (a new sign-in) yields an error wrapping
-// proxy.ErrBadCredentials.
+// ErrBadCredentials.
 func (s *Store) UnlockWithKey(username string, k *Key) (*Entry, error) {
 	name, err := fileName(username)
 	if err != nil {
@@ -490,7 +507,7 @@ func (s *Store) UnlockWithKey(username string, k *Key) (*Entry, error) {
 		return nil, fmt.Errorf("unlock tokens: %w", err)
 	}
 	if fj.KDF.Params != k.params || !bytes.Equal(fj.KDF.Salt, k.salt) {
-		return nil, fmt.Errorf("unlock tokens for %q: entry sealed under another key: %w", username, proxy.ErrBadCredentials)
+		return nil, fmt.Errorf("unlock tokens for %q: entry sealed under another key: %w", username, ErrBadCredentials)
 	}
 	aead, err := chacha20poly1305.NewX(k.key[:])
 	if err != nil {
@@ -498,7 +515,7 @@ func (s *Store) UnlockWithKey(username string, k *Key) (*Entry, error) {
 	}
 	pt, err := aead.Open(nil, fj.Nonce, fj.Ciphertext, aad(username))
 	if err != nil {
-		return nil, fmt.Errorf("unlock tokens for %q: %w", username, proxy.ErrBadCredentials)
+		return nil, fmt.Errorf("unlock tokens for %q: %w", username, ErrBadCredentials)
 	}
 	e := &Entry{Meta: fj.Meta, Stamp: fj.stamp()}
 	if err := json.Unmarshal(pt, &e.Secret); err != nil {
@@ -522,7 +539,7 @@ func (s *Store) ReadMeta(username string) (*Meta, error) {
 
 // Stamp returns the stamp of username's entry: a cheap way to notice that
 // another process (`mailproxy login`) replaced it. A missing entry yields
-// the zero Stamp and an error wrapping proxy.ErrNotSignedIn.
+// the zero Stamp and an error wrapping ErrNotSignedIn.
 func (s *Store) Stamp(username string) (Stamp, error) {
 	name, err := fileName(username)
 	if err != nil {
@@ -586,7 +603,7 @@ func (s *Store) save(username string, k *Key, e *Entry, prev *Stamp) (Stamp, err
 	if prev != nil {
 		cur, err := s.read(name, username)
 		switch {
-		case errors.Is(err, proxy.ErrNotSignedIn):
+		case errors.Is(err, ErrNotSignedIn):
 			if !prev.IsZero() {
 				return Stamp{}, fmt.Errorf("save tokens for %q: %w", username, ErrChanged)
 			}
@@ -626,7 +643,7 @@ func (s *Store) UpdateMeta(username string, fn func(*Meta)) error {
 }
 
 // Remove deletes username's entry. A missing entry yields an error wrapping
-// proxy.ErrNotSignedIn.
+// ErrNotSignedIn.
 func (s *Store) Remove(username string) error {
 	name, err := fileName(username)
 	if err != nil {
@@ -639,7 +656,7 @@ func (s *Store) Remove(username string) error {
 	defer unlock()
 	err = os.Remove(s.path(name))
 	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("remove tokens for %q: %w", username, proxy.ErrNotSignedIn)
+		return fmt.Errorf("remove tokens for %q: %w", username, ErrNotSignedIn)
 	}
 	if err != nil {
 		return fmt.Errorf("remove tokens for %q: %w", username, err)

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"mailproxy/internal/wine"
-	"mailproxy/proxy"
 )
 
 // testParams keep the KDF cheap so the tests stay fast.
@@ -102,7 +101,7 @@ func TestWrongPassword(t *testing.T) {
 	fi1, _ := os.Stat(path)
 
 	_, _, err := s.Unlock("alice", "wrong")
-	if !errors.Is(err, proxy.ErrBadCredentials) {
+	if !errors.Is(err, ErrBadCredentials) {
 		t.Fatalf("Unlock(wrong) = %v, want ErrBadCredentials", err)
 	}
 	if after := readFile(t, path); !bytes.Equal(before, after) {
@@ -118,19 +117,19 @@ func TestWrongPassword(t *testing.T) {
 
 func TestMissing(t *testing.T) {
 	s := openTest(t)
-	if _, _, err := s.Unlock("bob", "x"); !errors.Is(err, proxy.ErrNotSignedIn) {
+	if _, _, err := s.Unlock("bob", "x"); !errors.Is(err, ErrNotSignedIn) {
 		t.Errorf("Unlock(missing) = %v, want ErrNotSignedIn", err)
 	}
-	if _, err := s.ReadMeta("bob"); !errors.Is(err, proxy.ErrNotSignedIn) {
+	if _, err := s.ReadMeta("bob"); !errors.Is(err, ErrNotSignedIn) {
 		t.Errorf("ReadMeta(missing) = %v, want ErrNotSignedIn", err)
 	}
-	if st, err := s.Stamp("bob"); !errors.Is(err, proxy.ErrNotSignedIn) || !st.IsZero() {
+	if st, err := s.Stamp("bob"); !errors.Is(err, ErrNotSignedIn) || !st.IsZero() {
 		t.Errorf("Stamp(missing) = %v, %v; want zero, ErrNotSignedIn", st, err)
 	}
-	if err := s.Remove("bob"); !errors.Is(err, proxy.ErrNotSignedIn) {
+	if err := s.Remove("bob"); !errors.Is(err, ErrNotSignedIn) {
 		t.Errorf("Remove(missing) = %v, want ErrNotSignedIn", err)
 	}
-	if err := s.UpdateMeta("bob", func(*Meta) {}); !errors.Is(err, proxy.ErrNotSignedIn) {
+	if err := s.UpdateMeta("bob", func(*Meta) {}); !errors.Is(err, ErrNotSignedIn) {
 		t.Errorf("UpdateMeta(missing) = %v, want ErrNotSignedIn", err)
 	}
 }
@@ -382,7 +381,7 @@ func TestRemove(t *testing.T) {
 	if err := s.Remove("ALICE"); err != nil {
 		t.Fatalf("Remove() = %v", err)
 	}
-	if _, _, err := s.Unlock("alice", "pw"); !errors.Is(err, proxy.ErrNotSignedIn) {
+	if _, _, err := s.Unlock("alice", "pw"); !errors.Is(err, ErrNotSignedIn) {
 		t.Errorf("Unlock() after Remove = %v, want ErrNotSignedIn", err)
 	}
 	if users, _ := s.List(); len(users) != 0 {
@@ -521,7 +520,7 @@ func TestUnlockWithKey(t *testing.T) {
 	}
 	// A new sign-in seals under a new salt: the old key no longer opens it.
 	saveTest(t, s, "alice@contoso.com", "pw1", want)
-	if _, err := s.UnlockWithKey("alice@contoso.com", k); !errors.Is(err, proxy.ErrBadCredentials) {
+	if _, err := s.UnlockWithKey("alice@contoso.com", k); !errors.Is(err, ErrBadCredentials) {
 		t.Errorf("UnlockWithKey(key of a replaced entry) = %v, want ErrBadCredentials", err)
 	}
 }

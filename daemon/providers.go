@@ -1,0 +1,85 @@
+package daemon
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"time"
+
+	"mailproxy/auth"
+	"mailproxy/config"
+	"mailproxy/oauth"
+	"mailproxy/oauth/store"
+	"mailproxy/upstream"
+)
+
+// tokenHTTPTimeout bounds one request to an identity provider.
+const tokenHTTPTimeout = 30 * time.Second
+
+// OAuthProvider turns a config provider into what package oauth needs.
+func OAuthProvider(p *config.Provider) *oauth.Provider {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: p.RootCAs, MinVersion: tls.VersionTLS12}
+	return &oauth.Provider{
+		Name:          p.Name,
+		ClientID:      p.ClientID,
+		ClientSecret:  p.ClientSecret,
+		AuthURL:       p.AuthURL,
+		TokenURL:      p.TokenURL,
+		DeviceAuthURL: p.DeviceAuthURL,
+		RedirectURL:   p.RedirectURL,
+		Scopes:        p.Scopes,
+		AppScopes:     p.AppScopes,
+		HTTPClient:    &http.Client{Transport: tr, Timeout: tokenHTTPTimeout},
+	}
+}
+
+// UpstreamFor describes a provider's servers for the proxy fronts.
+func UpstreamFor(p *config.Provider) *upstream.Upstream {
+	return &upstream.Upstream{
+		IMAPAddr: p.IMAPServer,
+		SMTPAddr: p.SMTPServer,
+		TLS: &tls.Config{
+			RootCAs:    p.RootCAs,
+			MinVersion: tls.VersionTLS12,
+			// Resumed sessions make each upstream login a round trip
+			// cheaper (docs/BENCHMARKS.md).
+			ClientSessionCache: tls.NewLRUClientSessionCache(upstreamSessionCache),
+		},
+	}
+}
+
+// upstreamSessionCache is how many TLS sessions per provider are kept for
+// resumption: one per upstream host is enough, a few spare are cheap.
+const upstreamSessionCache = 16
+
+// OpenStore opens the token store under cfg.StateDir.
+func OpenStore(cfg *config.Config) (*store.Store, error) {
+	if cfg.StateDir == "" {
+		return nil, configErrorf("state_dir is not set and no default could be found")
+	}
+	st, err := store.Open(filepath.Join(cfg.StateDir, "tokens"))
+	if err != nil {
+		return nil, fmt.Errorf("open token store: %w", err)
+	}
+	return st, nil
+}
+
+// The token sources are what the logins hand to the fronts; oauth does not
+// import auth, so the fit is checked here.
+var (
+	_ auth.TokenSource = (*oauth.Source)(nil)
+	_ auth.TokenSource = (*oauth.AppSource)(nil)
+)
+
+// ConfigError is a failure the configuration causes (a listener that needs
+// a certificate, no state directory): the command exits with status 2.
+type ConfigError struct{ Err error }
+
+func (e *ConfigError) Error() string { return e.Err.Error() }
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+func configErrorf(format string, args ...any) error {
+	return &ConfigError{fmt.Errorf(format, args...)}
+}

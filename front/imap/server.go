@@ -1,0 +1,334 @@
+// Package imap is the IMAP front of mailproxy. It answers the commands
+// allowed before login itself (CAPABILITY, NOOP, LOGOUT, ID, STARTTLS, LOGIN,
+// AUTHENTICATE PLAIN/LOGIN), checks the local password through a
+// auth.Authenticator, logs in to the account's upstream server with
+// XOAUTH2, and from then on relays bytes both ways without parsing them.
+package imap
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"mailproxy/auth"
+	"mailproxy/front"
+	"mailproxy/internal/wait"
+	"mailproxy/upstream"
+)
+
+// Defaults for the Server fields left zero, and the fixed timeouts.
+const (
+	DefaultPreAuthTimeout  = 60 * time.Second // whole pre-auth phase, from accept to login
+	DefaultUpstreamTimeout = 30 * time.Second // token + dial + TLS + greeting + XOAUTH2, the retry included
+	DefaultMaxLine         = 8192             // command text bytes per command
+	DefaultMaxLiteral      = 64 << 10         // literal bytes per command
+	DefaultIdleTimeout     = 30 * time.Minute // relayed session with no byte either way; RFC 2177 IDLE needs 29m
+
+	byeWriteTimeout   = 5 * time.Second       // writing a last reply when a deadline has passed
+	lingerTimeout     = time.Second           // draining input after a protocol error
+	lingerMaxBytes    = 32 << 20              // ... at most this much
+	maxBadCommands    = 10                    // BAD replies (and failed logins) before BYE
+	ioBufferSize      = 4 << 10               // pre-auth bufio reader/writer, upstream reader
+	maxUpstreamLine   = 64 << 10              // one upstream response during login
+	maxUpstreamBefore = 64 << 10              // untagged upstream data before the tagged reply
+	shutdownKick      = 50 * time.Millisecond // how often Shutdown re-checks live connections
+	pastDeadline      = -1 * time.Millisecond // a read deadline in the past wakes a blocked read
+	traceMaxLine      = 2000                  // bytes of one line in the protocol trace
+)
+
+// shutdownBye is what a relayed session hears at shutdown.
+const shutdownBye = "* BYE mailproxy is shutting down\r\n"
+
+// ErrServerClosed is returned by Serve after Close or Shutdown.
+var ErrServerClosed = errors.New("imap: server closed")
+
+// TooManyConnections is the line for a connection refused by a connection
+// limit (front.ConnLimiter.Listener on a plain IMAP listener).
+const TooManyConnections = "* BYE too many connections\r\n"
+
+// Server is the IMAP front. Set the exported fields before calling Serve;
+// one Server may serve several listeners (plain and implicit TLS).
+//
+// Shutdown stops accepting, tells pre-auth connections "* BYE server
+// shutting down" and relayed sessions "* BYE mailproxy is shutting down",
+// and waits for the sessions to end. A relayed session gets its BYE where
+// the upstream's stream is between responses, never inside a literal the
+// upstream is sending (relay.Goodbye); one that does not get there, or
+// whose client does not read, is closed without a word when the Shutdown
+// context is done. Clients reconnect.
+type Server struct {
+	Auth           auth.Authenticator
+	TLSConfig      *tls.Config     // nil: no STARTTLS
+	Logger         *slog.Logger    // nil: slog.Default(); lines carry proto=imap already
+	Dial           upstream.Dialer // nil: net.Dialer
+	PreAuthTimeout time.Duration
+	// UpstreamTimeout bounds the upstream login: getting the token, dial,
+	// TLS, greeting and XOAUTH2 exchange, and the one retry after a forced
+	// refresh.
+	UpstreamTimeout time.Duration
+	MaxLine         int // bytes of command text per pre-auth command
+	MaxLiteral      int // literal bytes per pre-auth command
+	// IdleTimeout ends a relayed session when neither side has sent a
+	// byte for this long; 0 means DefaultIdleTimeout, negative none. Keep
+	// it above 29 minutes (RFC 2177): a client in IDLE may stay silent
+	// that long.
+	IdleTimeout time.Duration
+	// MaxUpstreamPerMailbox caps the concurrent upstream connections of one
+	// mailbox; 0 means upstream.DefaultMaxUpstreamPerMailbox (16; Exchange
+	// Online allows about 20). Over the cap a login gets
+	// "NO [UNAVAILABLE] too many sessions for this mailbox".
+	MaxUpstreamPerMailbox int
+	// PlaintextAllowed says whether a client at an address may send its
+	// password over a connection without TLS; nil allows everyone. A
+	// client that may not is offered LOGINDISABLED and no AUTH=
+	// mechanisms, and LOGIN and AUTHENTICATE get
+	// "NO [PRIVACYREQUIRED] use STARTTLS first".
+	PlaintextAllowed func(netip.Addr) bool
+	// Metrics receives connection, login and relay counts; nil: none.
+	Metrics front.Metrics
+	// Trace, when not nil, gets a protocol trace at debug level: each
+	// pre-auth command and reply, and the upstream login conversation,
+	// with every password, SASL payload and token replaced by
+	// "<redacted>". The relayed session is not traced.
+	Trace *slog.Logger
+
+	nextID   atomic.Uint64
+	shutting atomic.Bool
+
+	mu        sync.Mutex // protects the fields below
+	closed    bool
+	listeners map[*net.Listener]struct{}
+	sessions  map[*session]struct{}
+	ctx       context.Context // canceled by Close; parent of every session's context
+	cancel    context.CancelFunc
+	active    sync.WaitGroup // one per session; Add only under mu while !closed
+
+	// Set by initLocked, read-only after (tests may set them before Serve).
+	mailboxes *upstream.MailboxLimiter // upstream connections per mailbox
+	backoff   *upstream.Backoff        // mailboxes the upstream throttled
+	metrics   front.Metrics            // never nil
+	afterKick func()                   // tests: called after each round of Shutdown's kicks
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Logger != nil {
+		return s.Logger
+	}
+	return slog.Default()
+}
+
+func (s *Server) preAuthTimeout() time.Duration {
+	if s.PreAuthTimeout > 0 {
+		return s.PreAuthTimeout
+	}
+	return DefaultPreAuthTimeout
+}
+
+func (s *Server) upstreamTimeout() time.Duration {
+	if s.UpstreamTimeout > 0 {
+		return s.UpstreamTimeout
+	}
+	return DefaultUpstreamTimeout
+}
+
+func (s *Server) idleTimeout() time.Duration {
+	switch {
+	case s.IdleTimeout > 0:
+		return s.IdleTimeout
+	case s.IdleTimeout < 0:
+		return 0
+	}
+	return DefaultIdleTimeout
+}
+
+func (s *Server) maxLine() int {
+	if s.MaxLine > 0 {
+		return s.MaxLine
+	}
+	return DefaultMaxLine
+}
+
+func (s *Server) maxLiteral() int {
+	if s.MaxLiteral > 0 {
+		return s.MaxLiteral
+	}
+	return DefaultMaxLiteral
+}
+
+// initLocked sets up the maps and the base context. s.mu must be held.
+func (s *Server) initLocked() {
+	if s.listeners == nil {
+		s.listeners = make(map[*net.Listener]struct{})
+		s.sessions = make(map[*session]struct{})
+		s.ctx, s.cancel = context.WithCancel(context.Background())
+		if s.mailboxes == nil {
+			s.mailboxes = upstream.NewMailboxLimiter(s.MaxUpstreamPerMailbox)
+		}
+		if s.backoff == nil {
+			s.backoff = upstream.NewBackoff()
+		}
+		s.metrics = front.MetricsOrNop(s.Metrics)
+	}
+}
+
+// Serve accepts connections on ln until Close or Shutdown and serves each in
+// its own goroutine. A connection that ln returns as a *tls.Conn is implicit
+// TLS: STARTTLS is not offered on it. Serve always returns a non-nil error,
+// ErrServerClosed after Close or Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	lnp := &ln
+	s.mu.Lock()
+	s.initLocked()
+	if s.closed {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[lnp] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, lnp)
+		s.mu.Unlock()
+	}()
+
+	var backoff wait.Backoff
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if closed {
+				return ErrServerClosed
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			// Out of file descriptors and the like: wait and retry.
+			d := backoff.Next()
+			s.logger().Warn("imap accept failed", "err", err, "retry_in", d)
+			wait.Sleep(s.ctx, d)
+			continue
+		}
+		backoff.Reset()
+		c := s.newSession(nc)
+		if c == nil {
+			nc.Close()
+			continue
+		}
+		go c.serve()
+	}
+}
+
+// newSession registers a session for nc, or returns nil when the server is
+// closed.
+func (s *Server) newSession(nc net.Conn) *session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	c := &session{s: s, nc: nc, id: s.nextID.Add(1)}
+	c.ctx, c.cancel = context.WithCancel(s.ctx)
+	s.sessions[c] = struct{}{}
+	s.active.Add(1)
+	return c
+}
+
+func (s *Server) removeSession(c *session) {
+	s.mu.Lock()
+	delete(s.sessions, c)
+	s.mu.Unlock()
+	c.cancel()
+	s.active.Done()
+}
+
+// closeListenersLocked stops accepting. s.mu must be held.
+func (s *Server) closeListenersLocked() error {
+	var err error
+	for lnp := range s.listeners {
+		if e := (*lnp).Close(); e != nil && err == nil && !errors.Is(e, net.ErrClosed) {
+			err = e
+		}
+		delete(s.listeners, lnp)
+	}
+	return err
+}
+
+// Close closes the listeners and every connection, client and upstream, at
+// once.
+func (s *Server) Close() error {
+	s.shutting.Store(true)
+	s.mu.Lock()
+	s.initLocked()
+	s.closed = true
+	err := s.closeListenersLocked()
+	for c := range s.sessions {
+		c.closeConns()
+	}
+	s.cancel()
+	s.mu.Unlock()
+	return err
+}
+
+// Shutdown stops accepting, ends pre-auth connections with
+// "* BYE server shutting down" and relayed ones with "* BYE mailproxy is
+// shutting down" (written where the upstream's stream is between responses;
+// see Server), then waits until every session has ended or ctx is done;
+// then it closes what is left without a word and returns ctx.Err().
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutting.Store(true)
+	s.mu.Lock()
+	s.initLocked()
+	s.closed = true
+	err := s.closeListenersLocked()
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		s.active.Wait()
+		close(done)
+	}()
+	// A session that was busy (checking a password, logging in upstream)
+	// when it was first kicked may be back to reading commands later: kick
+	// pre-auth sessions again until all are gone.
+	tick := time.NewTicker(shutdownKick)
+	defer tick.Stop()
+	for {
+		s.kick()
+		if s.afterKick != nil {
+			s.afterKick()
+		}
+		select {
+		case <-done:
+			return err
+		case <-ctx.Done():
+			s.Close()
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// kick wakes the reads of pre-auth sessions, which see s.shutting and say
+// BYE, and asks relayed sessions to say BYE (only the first request
+// counts).
+func (s *Server) kick() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.sessions {
+		switch c.state.Load() {
+		case statePreAuth:
+			c.nc.SetReadDeadline(time.Now().Add(pastDeadline))
+		case stateRelay:
+			c.goodbye.Say(shutdownBye)
+		}
+	}
+}

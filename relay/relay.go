@@ -1,0 +1,841 @@
+package relay
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const (
+	// relayBufSize is the size of the pooled copy buffers.
+	relayBufSize = 32 << 10
+	// relayWaitSize is the size of each direction's own small buffer. An idle
+	// session waits in Read on it, so that it does not sit on a pooled
+	// buffer: 10,000 idle sessions must stay cheap.
+	relayWaitSize = 2 << 10
+	// tlsMaxRecord is the largest TLS record payload. A read of exactly that
+	// much from a *tls.Conn means the peer wrote a long stretch, so more is
+	// likely on the way.
+	tlsMaxRecord = 16 << 10
+	// halfCloseIdle bounds how long the remaining direction may stall once
+	// the other one has ended: a peer that half-closed and then neither
+	// reads nor writes must not pin the session forever.
+	halfCloseIdle = 2 * time.Minute
+	// idleRefresh is how often, at most, a direction that is moving data
+	// pushes its read deadline forward when Relay has an idle timeout:
+	// setting a deadline per chunk would cost more than the copy.
+	idleRefresh = time.Second
+	// goodbyeLinger is how long a client has, after the goodbye line and
+	// the end of our stream, to hang up before the relay closes its
+	// connection: closing with its unread bytes pending would make the
+	// kernel send a reset, which may destroy the line before it is read.
+	goodbyeLinger = time.Second
+	// pokeDeadline is the read deadline that wakes a blocked Read.
+	pokeDeadline = -time.Millisecond
+)
+
+// ErrIdleTimeout is wrapped by the error of a session that RelayIdle ended
+// because neither direction moved a byte for the idle timeout.
+var ErrIdleTimeout = errors.New("relay: idle timeout")
+
+// ErrSaidGoodbye is the error of a session that RelayWith ended after
+// writing the line given to Goodbye.Say.
+var ErrSaidGoodbye = errors.New("relay: ended with a goodbye line")
+
+// relayBufs holds *[relayBufSize]byte; pointers, so Get and Put do not
+// allocate.
+var relayBufs = sync.Pool{New: func() any { return new([relayBufSize]byte) }}
+
+// Relay copies bytes between client and upstream, both ways, until both
+// directions have ended, then closes both connections and returns the byte
+// counts (including the buffered bytes below).
+//
+// clientBuf and upstreamBuf, when not nil, are the bufio.Readers the caller
+// read the conversation so far through (pipelined commands, the rest of a
+// greeting); they must read from client and upstream respectively. Their
+// buffered bytes are forwarded first; after that Relay reads the
+// connections directly and drops its references to the readers, so a caller
+// that drops its own lets them be collected while the session lasts.
+// Callers flush their own writers before calling Relay.
+//
+// Any deadlines on the connections are cleared. Each direction copies
+// through a pooled 32 KiB buffer, taken only while data flows: an idle
+// direction waits in Read on a 2 KiB buffer of its own, so an idle session
+// costs Relay about 4 KiB and one goroutine besides the caller's. Nothing
+// is allocated per chunk. A direction writes each chunk before reading the
+// next, so a slow reader slows the other side down (back-pressure) and at
+// most one buffer of data is in flight per direction.
+//
+// When a source ends (EOF), its direction half-closes the destination
+// (CloseWrite on *net.TCPConn, *tls.Conn or anything with a CloseWrite
+// method; otherwise Close) and the other direction carries on, but from
+// then on each of its reads and writes must complete within two minutes.
+// Any other read or write error closes both connections at once so that the
+// other direction's Read or Write returns too; Close on either connection
+// from outside (shutdown) does the same.
+//
+// err is the error that ended the session, naming the operation ("read from
+// client: ...", "write to upstream: ..."). It is nil when both directions
+// ended by EOF, and errors that follow from that are not reported: reading a
+// connection Relay closed itself, or writing to a peer that had already sent
+// EOF and then went away (a client that sends LOGOUT and closes without
+// waiting for the answer).
+func Relay(client net.Conn, clientBuf *bufio.Reader, upstream net.Conn, upstreamBuf *bufio.Reader) (toUpstream, toClient int64, err error) {
+	return relayWith(client, clientBuf, upstream, upstreamBuf, halfCloseIdle, RelayOptions{})
+}
+
+// RelayIdle is Relay that also ends the session when neither direction has
+// moved a byte for idle (0 or less: never); err then wraps ErrIdleTimeout.
+// Only silence in both directions counts: a client in IMAP IDLE that hears
+// from the upstream now and then is not idle. To stay cheap on the hot path
+// each direction pushes its read deadline forward at most once a second,
+// and a deadline that fires while the other direction moved data recently
+// is pushed forward instead of ending the session.
+func RelayIdle(client net.Conn, clientBuf *bufio.Reader, upstream net.Conn, upstreamBuf *bufio.Reader, idle time.Duration) (toUpstream, toClient int64, err error) {
+	return relayWith(client, clientBuf, upstream, upstreamBuf, halfCloseIdle, RelayOptions{Idle: idle})
+}
+
+// RelayOptions are the optional parts of RelayWith.
+type RelayOptions struct {
+	// Idle ends the session when neither direction has moved a byte for
+	// this long, as RelayIdle does; 0 or less: never.
+	Idle time.Duration
+	// Goodbye, when not nil, lets another goroutine end the session with
+	// a last line to the client (Goodbye.Say). The upstream's stream is
+	// then read as IMAP responses: see Goodbye.
+	Goodbye *Goodbye
+}
+
+// RelayWith is Relay with options. A session that a Goodbye ended returns
+// ErrSaidGoodbye once the line is written and both connections are closed.
+func RelayWith(client net.Conn, clientBuf *bufio.Reader, upstream net.Conn, upstreamBuf *bufio.Reader, o RelayOptions) (toUpstream, toClient int64, err error) {
+	return relayWith(client, clientBuf, upstream, upstreamBuf, halfCloseIdle, o)
+}
+
+// relay is Relay with the half-close idle limit as a parameter, for tests.
+func relay(client net.Conn, clientBuf *bufio.Reader, upstream net.Conn, upstreamBuf *bufio.Reader, linger time.Duration) (toUpstream, toClient int64, err error) {
+	return relayWith(client, clientBuf, upstream, upstreamBuf, linger, RelayOptions{})
+}
+
+// relayWith is RelayWith with the half-close idle limit as a parameter.
+func relayWith(client net.Conn, clientBuf *bufio.Reader, upstream net.Conn, upstreamBuf *bufio.Reader, linger time.Duration, o RelayOptions) (toUpstream, toClient int64, err error) {
+	r := &relaySession{linger: linger, idle: max(o.Idle, 0), start: time.Now()}
+	r.refresh = min(idleRefresh, r.idle/4)
+	r.conns = [2]net.Conn{client, upstream}
+	r.halves[0] = relayHalf{r: r, src: 0, dst: 1}
+	r.halves[1] = relayHalf{r: r, src: 1, dst: 0}
+	for _, c := range r.conns {
+		c.SetDeadline(time.Time{})
+	}
+	// After the deadlines are cleared, so that a Say from now on wakes
+	// the upstream read.
+	if g := o.Goodbye; g != nil {
+		r.bye = g
+		r.halves[1].track = true
+		r.halves[0].watch = true
+		g.mu.Lock()
+		g.r = r
+		asked := g.line != nil
+		g.mu.Unlock()
+		if asked {
+			r.byeAsked.Store(true)
+		}
+		defer func() {
+			g.mu.Lock()
+			g.r = nil
+			g.mu.Unlock()
+		}()
+	}
+
+	r.wg.Add(1)
+	go r.halves[1].run(upstreamBuf)
+	r.halves[0].run(clientBuf)
+	r.wg.Wait()
+
+	for _, c := range r.conns {
+		c.Close()
+	}
+	return r.halves[0].n, r.halves[1].n, r.err
+}
+
+// A Goodbye lets another goroutine end a relayed IMAP session with a last
+// line to the client, such as "* BYE server shutting down\r\n", without
+// cutting into a response the upstream is sending: the line goes out where
+// the upstream's stream is between two lines and not inside a literal.
+//
+// To know where that is, the relay watches the upstream's stream for the
+// one thing that matters: a line that ends in a literal announcement
+// ("{n}" or "{n+}" before the line ending, as in
+// "* 1 FETCH (BODY[] {1234}\r\n") is followed by n bytes of data and then
+// the rest of the line, so the point after the line ending is not between
+// lines. That costs a scan for "}" over the bytes outside literals; literal
+// data is counted, not scanned. Text that merely looks like an announcement
+// at the end of a line (a status text ending in "{5}") makes the relay
+// wait for nothing, never write too early. Once the client may have sent
+// COMPRESS (RFC 4978), the upstream's stream is deflate data and the relay
+// never says goodbye.
+//
+// The zero value is ready to use; give each one to one relay only
+// (RelayOptions.Goodbye).
+type Goodbye struct {
+	mu   sync.Mutex    // protects line, r
+	line []byte        // what to write; nil until Say
+	r    *relaySession // the relay, while it runs
+}
+
+// Say asks the relay to write line to the client as soon as the upstream's
+// stream is between lines (at once if it is now), then to close the
+// upstream connection and end the client's stream, and to return
+// ErrSaidGoodbye. Only the first call counts; Say does not wait. Called
+// before the relay starts, it takes effect when it does; after it ended,
+// it does nothing. A relay whose upstream stays inside a literal, or whose
+// client does not read the line, goes on until the caller closes its
+// connections (a shutdown deadline).
+func (g *Goodbye) Say(line string) {
+	g.mu.Lock()
+	if g.line != nil {
+		g.mu.Unlock()
+		return
+	}
+	g.line = []byte(line)
+	r := g.r
+	g.mu.Unlock()
+	if r != nil {
+		r.byeAsked.Store(true)
+		// The upstream direction may be blocked in Read: wake it. It
+		// checks byeAsked after setting any read deadline of its own
+		// and before each Read, so this wake-up cannot be lost.
+		r.conns[1].SetReadDeadline(time.Now().Add(pokeDeadline))
+		r.closeAfterUpstreamEOF()
+	}
+}
+
+// closeAfterUpstreamEOF closes the client connection when a goodbye was
+// asked for and the upstream has ended its stream: the client has had the
+// upstream's last word and its end of stream, and the only thing left is
+// to wait for it to hang up. Say and the upstream direction's finish both
+// call it, so that it happens whichever comes second.
+func (r *relaySession) closeAfterUpstreamEOF() {
+	r.mu.Lock()
+	done := r.eof[1] && !r.aborted
+	if done {
+		r.closedBy[0] = true
+	}
+	r.mu.Unlock()
+	if done {
+		r.conns[0].Close()
+	}
+}
+
+func (g *Goodbye) text() []byte {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.line
+}
+
+var connNames = [2]string{"client", "upstream"}
+
+// relaySession is the state the two directions share.
+type relaySession struct {
+	conns     [2]net.Conn // client, upstream
+	linger    time.Duration
+	idle      time.Duration // 0: no idle timeout
+	refresh   time.Duration // how often a direction moves its idle deadline
+	start     time.Time     // times below are offsets from it (monotonic)
+	lingering atomic.Bool   // one direction has ended; the other must keep moving
+	bye       *Goodbye      // nil: none
+	byeAsked  atomic.Bool   // bye.Say was called
+	noBye     atomic.Bool   // the client may have turned on COMPRESS: the stream cannot be read
+	ending    atomic.Bool   // the goodbye was said; implies lingering
+	endBy     time.Time     // set before ending: when the client direction gives up
+	wg        sync.WaitGroup
+	halves    [2]relayHalf
+
+	mu       sync.Mutex // protects closedBy, eof, aborted, err
+	closedBy [2]bool    // conns[i] was closed by Relay, so errors reading it are expected
+	eof      [2]bool    // conns[i] said EOF, so its peer may be gone
+	aborted  bool       // both conns were closed on an error
+	err      error      // the error that aborted the session
+}
+
+// relayHalf is one direction, conns[src] to conns[dst].
+type relayHalf struct {
+	r        *relaySession
+	src, dst int
+	n        int64               // bytes written to conns[dst]
+	wait     [relayWaitSize]byte // what an idle direction reads into
+	big      *[relayBufSize]byte // pooled, held only while data flows
+	carry    int                 // bytes read into wait just before switching to big
+	last     atomic.Int64        // idle timeout: when this direction last read data (offset from start)
+	armed    time.Duration       // idle timeout: when the read deadline was last set (offset); 0: never
+	track    bool                // upstream direction with a Goodbye: lit follows the stream
+	byeSeen  bool                // the goodbye request was noticed and the read deadline restored
+	lit      literalTracker
+	watch    bool // client direction with a Goodbye: cmd follows the stream
+	cmd      compressWatch
+}
+
+// run forwards br's buffered bytes, then copies until the source ends.
+// The upstream direction runs it on its own goroutine.
+func (h *relayHalf) run(br *bufio.Reader) {
+	if h.src == 1 {
+		defer h.r.wg.Done()
+	}
+	err := h.pump(br)
+	if h.big != nil {
+		relayBufs.Put(h.big)
+		h.big = nil
+	}
+	if err == errGoodbye {
+		h.r.endGoodbye()
+		return
+	}
+	h.finish(err)
+}
+
+// pump does the copying. A panic (a buggy net.Conn wrapper) ends the
+// session like an error rather than the whole process.
+func (h *relayHalf) pump(br *bufio.Reader) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = &relayError{err: fmt.Errorf("panic: %v\n%s", p, debug.Stack())}
+		}
+	}()
+	if err := h.flush(br); err != nil {
+		return err
+	}
+	return h.copy()
+}
+
+// relayError is a failed read or write, before the session decides whether
+// it matters.
+type relayError struct {
+	write bool
+	err   error
+}
+
+func (e *relayError) Error() string { return e.err.Error() }
+
+// errGoodbye ends the upstream direction once it has written the goodbye
+// line.
+var errGoodbye = errors.New("goodbye written")
+
+// flush writes what br already holds, without copying it.
+func (h *relayHalf) flush(br *bufio.Reader) error {
+	if br == nil {
+		return nil
+	}
+	dst := h.r.conns[h.dst]
+	for br.Buffered() > 0 {
+		b, _ := br.Peek(br.Buffered())
+		h.follow(b)
+		n, err := dst.Write(b)
+		h.n += int64(n)
+		br.Discard(n)
+		if err != nil {
+			return &relayError{write: true, err: err}
+		}
+	}
+	return nil
+}
+
+// copy moves data until the source reports EOF (nil) or an error.
+//
+// Reads go into h.wait until one fills it, which says data is streaming;
+// then into a pooled buffer for as long as each read fills it or brings a
+// full TLS record (a *tls.Conn returns at most one record per Read). The
+// first read that does neither puts the pooled buffer back, so a direction
+// that falls idle waits on its own 2 KiB only. Every chunk is written before
+// the next read: the data is never held back waiting for more.
+func (h *relayHalf) copy() error {
+	r := h.r
+	src, dst := r.conns[h.src], r.conns[h.dst]
+	for {
+		b := h.wait[:]
+		if h.big != nil {
+			b = h.big[:]
+		}
+		if r.lingering.Load() || r.idle > 0 {
+			h.armRead(src)
+		}
+		// After setting the deadline: see Goodbye.Say.
+		if h.track && r.byeAsked.Load() {
+			if h.lit.safe() && !r.noBye.Load() {
+				return h.sayGoodbye()
+			}
+			if !h.byeSeen {
+				h.byeSeen = true
+				h.unpoke(src)
+			}
+		}
+		n, rerr := src.Read(b)
+		if n > 0 {
+			if r.idle > 0 {
+				h.last.Store(int64(time.Since(r.start)))
+			}
+			if r.lingering.Load() {
+				dst.SetWriteDeadline(time.Now().Add(r.linger))
+			}
+			// Before the write: the upstream's answer to a COMPRESS
+			// must not come back before the command was seen.
+			if h.track || h.watch {
+				h.follow(b[:n])
+			}
+			w, werr := dst.Write(b[:n])
+			h.n += int64(w)
+			if werr == nil && w < n {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil {
+				return &relayError{write: true, err: werr}
+			}
+			h.adapt(n)
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			if h.track && r.byeAsked.Load() && isTimeout(rerr) {
+				// Most likely the wake-up of Say; at worst an idle or
+				// linger deadline, pushed forward by unpoke: the
+				// caller bounds a shutdown.
+				h.byeSeen = false
+				continue
+			}
+			if r.idle > 0 && !r.lingering.Load() && isTimeout(rerr) {
+				if h.stillActive(src) {
+					continue
+				}
+				return &relayError{err: ErrIdleTimeout}
+			}
+			return &relayError{err: rerr}
+		}
+	}
+}
+
+// armRead sets the read deadline of src before a read when the session is
+// lingering or has an idle timeout.
+func (h *relayHalf) armRead(src net.Conn) {
+	r := h.r
+	// Lingering is checked again after armIdle moved the deadline, so that
+	// a startLinger or endGoodbye that ran meanwhile is not undone.
+	if !r.lingering.Load() && (!h.armIdle(src) || !r.lingering.Load()) {
+		return
+	}
+	if r.ending.Load() {
+		src.SetReadDeadline(r.endBy)
+		return
+	}
+	src.SetReadDeadline(time.Now().Add(r.linger))
+}
+
+// armIdle pushes the read deadline of src to idle after now, unless it did
+// so less than r.refresh ago, and reports whether it did. It runs before
+// every read, so it must stay cheap: one monotonic clock reading, and a
+// deadline update once a second.
+func (h *relayHalf) armIdle(src net.Conn) bool {
+	r := h.r
+	if r.idle <= 0 {
+		return false
+	}
+	now := time.Since(r.start)
+	if h.armed != 0 && now-h.armed < r.refresh {
+		return false
+	}
+	h.armed = max(now, 1)
+	src.SetReadDeadline(r.start.Add(now + r.idle))
+	return true
+}
+
+// follow passes b, about to be written, to what watches this direction's
+// stream. A write that fails ends the direction, so the bytes are as good
+// as written.
+func (h *relayHalf) follow(b []byte) {
+	switch {
+	case h.track:
+		h.lit.feed(b)
+	case h.watch:
+		if h.cmd.feed(b) {
+			h.r.noBye.Store(true)
+		}
+	}
+}
+
+// unpoke replaces the past read deadline that Goodbye.Say set with the one
+// the direction would have had.
+func (h *relayHalf) unpoke(src net.Conn) {
+	r := h.r
+	h.armed = 0
+	if r.lingering.Load() || r.idle > 0 {
+		h.armRead(src)
+		return
+	}
+	src.SetReadDeadline(time.Time{})
+}
+
+// sayGoodbye writes the goodbye line to the client. The relayed bytes do not
+// count it.
+func (h *relayHalf) sayGoodbye() error {
+	dst := h.r.conns[h.dst]
+	line := h.r.bye.text()
+	if h.r.lingering.Load() {
+		dst.SetWriteDeadline(time.Now().Add(h.r.linger))
+	}
+	if _, err := dst.Write(line); err != nil {
+		return &relayError{write: true, err: err}
+	}
+	return errGoodbye
+}
+
+// endGoodbye ends the session after the goodbye line: the upstream is
+// closed, the client's stream ends after the line, and the client
+// direction has a moment to see the client hang up. What fails from now on
+// is not news.
+func (r *relaySession) endGoodbye() {
+	r.mu.Lock()
+	wasAborted := r.aborted
+	if !wasAborted {
+		r.err = ErrSaidGoodbye
+	}
+	r.aborted = true
+	r.closedBy = [2]bool{true, true}
+	r.mu.Unlock()
+	if wasAborted {
+		return // the other direction failed meanwhile and closed both
+	}
+	hardClose(r.conns[1])
+	client := r.conns[0]
+	if cw, ok := client.(closeWriter); !ok || cw.CloseWrite() != nil {
+		client.Close()
+		return
+	}
+	// The client direction now reads only until the client hangs up or
+	// goodbyeLinger passes (armRead); what it reads cannot go anywhere.
+	r.endBy = time.Now().Add(goodbyeLinger)
+	r.ending.Store(true)
+	r.lingering.Store(true)
+	client.SetReadDeadline(r.endBy)
+}
+
+// stillActive is called when src's idle deadline passed. If either
+// direction read data within the idle timeout it moves the deadline to idle
+// after that and reports true.
+func (h *relayHalf) stillActive(src net.Conn) bool {
+	r := h.r
+	now := time.Since(r.start)
+	last := time.Duration(max(r.halves[0].last.Load(), r.halves[1].last.Load()))
+	if now-last >= r.idle {
+		return false
+	}
+	h.armed = max(now, 1)
+	src.SetReadDeadline(r.start.Add(last + r.idle))
+	return true
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// adapt picks the buffer for the next read after a read of n bytes.
+func (h *relayHalf) adapt(n int) {
+	if h.big == nil {
+		if n == len(h.wait) {
+			h.big = relayBufs.Get().(*[relayBufSize]byte)
+			h.carry = n
+		}
+		return
+	}
+	streaming := n == len(h.big) || n+h.carry == tlsMaxRecord
+	h.carry = 0
+	if !streaming {
+		relayBufs.Put(h.big)
+		h.big = nil
+	}
+}
+
+// finish ends this direction: half-close after EOF, abort after an error.
+func (h *relayHalf) finish(err error) {
+	r := h.r
+	if err == nil {
+		r.mu.Lock()
+		r.eof[h.src] = true
+		r.mu.Unlock()
+		r.halfClose(h.dst)
+		r.startLinger(&r.halves[1-h.src])
+		if h.src == 1 && r.byeAsked.Load() {
+			r.closeAfterUpstreamEOF()
+		}
+		return
+	}
+	re := err.(*relayError)
+	r.mu.Lock()
+	// Not news: errors caused by our own closing, and a peer that already
+	// said EOF resetting when we write to it (a client that sends LOGOUT
+	// and closes without waiting for the answer).
+	expected := r.aborted ||
+		(!re.write && r.closedBy[h.src]) ||
+		(re.write && r.eof[h.dst])
+	if !expected {
+		if re.write {
+			r.err = fmt.Errorf("write to %s: %w", connNames[h.dst], re.err)
+		} else {
+			r.err = fmt.Errorf("read from %s: %w", connNames[h.src], re.err)
+		}
+	}
+	wasAborted := r.aborted
+	r.aborted = true
+	r.closedBy = [2]bool{true, true}
+	r.mu.Unlock()
+	if !wasAborted {
+		hardClose(r.conns[0])
+		hardClose(r.conns[1])
+	}
+}
+
+type closeWriter interface{ CloseWrite() error }
+
+// halfClose tells conns[i]'s peer that no more data is coming, closing the
+// connection outright when it cannot be half-closed.
+func (r *relaySession) halfClose(i int) {
+	c := r.conns[i]
+	if cw, ok := c.(closeWriter); ok && cw.CloseWrite() == nil {
+		return
+	}
+	r.mu.Lock()
+	r.closedBy[i] = true
+	r.mu.Unlock()
+	c.Close()
+}
+
+// startLinger makes the other direction keep moving: from now on each of
+// its reads and writes must complete within r.linger.
+func (r *relaySession) startLinger(other *relayHalf) {
+	r.lingering.Store(true)
+	t := time.Now().Add(r.linger)
+	r.conns[other.src].SetReadDeadline(t)
+	r.conns[other.dst].SetWriteDeadline(t)
+}
+
+// hardClose closes c without a TLS close_notify: after an error nobody is
+// listening for one, and sending it could block on a peer that stopped
+// reading.
+func hardClose(c net.Conn) {
+	if tc, ok := c.(*tls.Conn); ok {
+		tc.NetConn().Close()
+	}
+	c.Close()
+}
+
+// Literal tracking (Goodbye). Sizes of literals: a number of up to
+// litMaxDigits digits; an announcement with more digits, whatever precedes
+// them, counts as a literal that never ends. litTail keeps enough of a line
+// that an announcement split across reads is still seen: "{", the digits,
+// "+", "}" and "\r".
+const (
+	litMaxDigits = 20
+	litTail      = litMaxDigits + 4
+)
+
+// literalTracker follows an IMAP server's stream, chunk by chunk, far
+// enough to tell whether the stream is between lines: after a line ending
+// that is not inside a literal and does not announce one. It allocates
+// nothing. Line endings are LF, with or without CR.
+type literalTracker struct {
+	lit   int64         // literal bytes still to come
+	mid   bool          // within a line: the last byte was not a line ending
+	ntail int           // bytes in tail
+	tail  [litTail]byte // the last bytes of the line since the line began or the last literal ended
+}
+
+// safe reports whether the stream fed so far ends between lines.
+func (t *literalTracker) safe() bool { return t.lit == 0 && !t.mid }
+
+// feed follows b, the next bytes of the stream.
+func (t *literalTracker) feed(b []byte) {
+	for len(b) > 0 {
+		if t.lit > 0 {
+			if int64(len(b)) <= t.lit {
+				t.lit -= int64(len(b))
+				return
+			}
+			// The literal ends in b; its line goes on after it.
+			b = b[t.lit:]
+			t.lit = 0
+			t.ntail = 0
+			t.mid = true
+			continue
+		}
+		n, rest, ok := t.announcement(b)
+		if !ok {
+			t.keep(b)
+			t.mid = b[len(b)-1] != '\n'
+			return
+		}
+		t.lit, t.mid, t.ntail, b = n, true, 0, rest
+	}
+}
+
+// announcement looks in b, which continues the line in t.tail, for the
+// first line ending that ends a literal announcement. It returns the
+// literal's size and the bytes after the line ending.
+func (t *literalTracker) announcement(b []byte) (n int64, rest []byte, ok bool) {
+	// A "}" or "}\r" at the end of the previous read.
+	if tl := t.tail[:t.ntail]; len(tl) > 0 {
+		k := 0 // bytes of b that end the line
+		switch {
+		case tl[len(tl)-1] == '}':
+			if b[0] == '\n' {
+				k = 1
+			} else if len(b) > 1 && b[0] == '\r' && b[1] == '\n' {
+				k = 2
+			}
+			tl = tl[:len(tl)-1]
+		case len(tl) > 1 && tl[len(tl)-2] == '}' && tl[len(tl)-1] == '\r':
+			if b[0] == '\n' {
+				k = 1
+			}
+			tl = tl[:len(tl)-2]
+		}
+		if k > 0 {
+			if n, ok := literalSize(tl); ok {
+				return n, b[k:], true
+			}
+		}
+	}
+	for from := 0; ; {
+		j := bytes.IndexByte(b[from:], '}')
+		if j < 0 {
+			return 0, nil, false
+		}
+		j += from
+		k := 0
+		switch {
+		case j+1 < len(b) && b[j+1] == '\n':
+			k = j + 2
+		case j+2 < len(b) && b[j+1] == '\r' && b[j+2] == '\n':
+			k = j + 3
+		}
+		if k > 0 {
+			if n, ok := t.sizeBefore(b[:j]); ok {
+				return n, b[k:], true
+			}
+		}
+		from = j + 1
+	}
+}
+
+// sizeBefore parses the announcement that would end with head, the bytes
+// of b before a "}", continuing into t.tail.
+func (t *literalTracker) sizeBefore(head []byte) (int64, bool) {
+	if len(head) >= litTail {
+		return literalSize(head[len(head)-litTail:])
+	}
+	var buf [litTail]byte
+	tl := t.tail[:t.ntail]
+	if need := litTail - len(head); len(tl) > need {
+		tl = tl[len(tl)-need:]
+	}
+	m := copy(buf[:], tl)
+	m += copy(buf[m:], head)
+	return literalSize(buf[:m])
+}
+
+// keep appends b, line bytes outside literals, to t.tail, dropping the
+// oldest bytes.
+func (t *literalTracker) keep(b []byte) {
+	if len(b) >= litTail {
+		t.ntail = copy(t.tail[:], b[len(b)-litTail:])
+		return
+	}
+	if over := t.ntail + len(b) - litTail; over > 0 {
+		copy(t.tail[:], t.tail[over:t.ntail])
+		t.ntail -= over
+	}
+	t.ntail += copy(t.tail[t.ntail:], b)
+}
+
+// literalSize parses the end of w, the line bytes before a "}", as the
+// "{n" or "{n+" of a literal announcement. More than litMaxDigits digits,
+// or a size that does not fit an int64, give math.MaxInt64.
+func literalSize(w []byte) (int64, bool) {
+	i := len(w)
+	if i > 0 && w[i-1] == '+' {
+		i--
+	}
+	end := i
+	for i > 0 && '0' <= w[i-1] && w[i-1] <= '9' {
+		i--
+		if end-i > litMaxDigits {
+			return math.MaxInt64, true
+		}
+	}
+	if i == end || i == 0 || w[i-1] != '{' {
+		return 0, false
+	}
+	var n int64
+	for _, c := range w[i:end] {
+		d := int64(c - '0')
+		if n > (math.MaxInt64-d)/10 {
+			return math.MaxInt64, true
+		}
+		n = n*10 + d
+	}
+	return n, true
+}
+
+// compressTail is how much of the client's stream compressWatch keeps:
+// enough for "COMPRESS DEFLATE\r\n" and some slack.
+const compressTail = 40
+
+// compressWatch looks at the end of each chunk of the client's stream for
+// a COMPRESS command (RFC 4978): after its OK the upstream's stream is
+// deflate data, in which neither literals nor line boundaries can be
+// found. The client must wait for the answer to COMPRESS before it sends
+// more, so the command ends what it sent; looking at the last bytes
+// suffices. Any "COMPRESS" there counts, in any case, even inside an
+// APPEND's data: a session wrongly taken for compressed only loses its
+// goodbye.
+type compressWatch struct {
+	n    int
+	tail [compressTail]byte
+}
+
+// feed follows b and reports whether the stream so far ends with what
+// may be a COMPRESS command.
+func (w *compressWatch) feed(b []byte) bool {
+	if len(b) >= compressTail {
+		w.n = copy(w.tail[:], b[len(b)-compressTail:])
+	} else {
+		if over := w.n + len(b) - compressTail; over > 0 {
+			copy(w.tail[:], w.tail[over:w.n])
+			w.n -= over
+		}
+		w.n += copy(w.tail[w.n:], b)
+	}
+	return containsFold(w.tail[:w.n], "COMPRESS")
+}
+
+// containsFold reports whether b contains upper, an upper-case ASCII
+// word, in any case.
+func containsFold(b []byte, upper string) bool {
+	for i := 0; i+len(upper) <= len(b); i++ {
+		j := 0
+		for j < len(upper) && b[i+j]&^0x20 == upper[j] {
+			j++
+		}
+		if j == len(upper) {
+			return true
+		}
+	}
+	return false
+}
