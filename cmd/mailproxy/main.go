@@ -23,6 +23,9 @@ Usage:
   mailproxy logout  [-config FILE] USER
   mailproxy status  [-config FILE]
   mailproxy check   [-config FILE]
+  mailproxy reload  [-config FILE]            ask the running daemon to reload its config
+  mailproxy service install|uninstall|start|stop [-config FILE]   (Windows)
+  mailproxy healthcheck [-config FILE] [-url URL]   exit 0 when /healthz says ok
   mailproxy hash-password                     print an Argon2id hash for password_hash
   mailproxy version
 
@@ -69,6 +72,13 @@ type cmdEnv struct {
 	// reloadDone, when set, is called by serve after each SIGHUP with the
 	// config error or nil.
 	reloadDone func(error)
+	// Set when running as a Windows service: sysLog receives errors (the
+	// Event Log), reload the service manager's "parameters changed"
+	// requests, and defaultLogFile is log.file when the config leaves it
+	// empty (a service has no stderr).
+	sysLog         eventSink
+	reload         <-chan struct{}
+	defaultLogFile string
 }
 
 func main() {
@@ -87,6 +97,9 @@ func main() {
 		getenv:       os.Getenv,
 		readPassword: terminalPassword(),
 	}
+	if code, ok := runAsService(env, os.Args[1:]); ok {
+		os.Exit(code)
+	}
 	os.Exit(run(ctx, env, os.Args[1:]))
 }
 
@@ -99,6 +112,9 @@ func commands() []command {
 		{"status", runStatus},
 		{"check", runCheck},
 		{"hash-password", runHashPassword},
+		{"reload", runReload},
+		{"service", runService},
+		{"healthcheck", runHealthcheck},
 		{"version", func(_ context.Context, env *cmdEnv, args []string) error {
 			if len(args) > 0 {
 				return usagef("version takes no arguments")

@@ -21,7 +21,20 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	logger := newLogger(cfg, env.stderr, *debug)
+	if cfg.Log.File == "" {
+		cfg.Log.File = env.defaultLogFile
+	}
+	logger, closeLog, err := daemonLogger(cfg, env.stderr, *debug, env.sysLog)
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	pid, err := writePIDFile(cfg.StateDir)
+	if err != nil {
+		// mailproxy reload will not find this daemon; it runs anyway.
+		logger.Warn("no pid file: mailproxy reload cannot reach this process", "err", err)
+	}
+	defer pid.remove()
 	d, err := daemon.New(cfg, logger)
 	if err != nil {
 		return err
@@ -34,6 +47,7 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 		Reloading:  notifyReloading,
 		Stopping:   notifyStopping,
 		ReloadDone: env.reloadDone,
+		Reload:     env.reload,
 	}
 	if env.serving != nil {
 		hooks.Serving = func() { env.serving(d) }
