@@ -46,7 +46,10 @@ type row struct {
 
 type loginData struct{ Next, Error string }
 
-type passwordData struct{ ID, Account, Identity, Error string }
+type passwordData struct {
+	ID, Account, Identity, Error string
+	MinLen                       int // auth.MinPasswordLength
+}
 
 type deviceData struct {
 	ID, Account, UserCode, VerificationURI string
@@ -304,15 +307,15 @@ var pageHTML = map[string]string{
 	"password": `{{define "content"}}{{with .Data}}
 {{if .ID}}
 {{if .Error}}<p class="banner bad" role="alert">{{.Error}}</p>{{end}}
-<p>{{if .Identity}}Signed in as <strong>{{.Identity}}</strong>. {{end}}Choose the password that mail clients will use to log in as <strong>{{.Account}}</strong>. It encrypts the new tokens; mailproxy keeps no copy of it.</p>
+<p>{{if .Identity}}Signed in as <strong>{{.Identity}}</strong>. {{end}}Choose the password that mail clients will use to log in as <strong>{{.Account}}</strong>. It encrypts the new tokens; mailproxy keeps no copy of it. At least {{.MinLen}} characters: it alone protects the tokens on disk.</p>
 <form class="stack" method="post" action="/password">
 <input type="hidden" name="csrf" value="{{$.CSRF}}">
 <input type="hidden" name="id" value="{{.ID}}">
 <input type="text" name="username" value="{{.Account}}" autocomplete="username" hidden>
 <label for="password">Password</label>
-<input id="password" type="password" name="password" autocomplete="new-password" required autofocus>
+<input id="password" type="password" name="password" autocomplete="new-password" minlength="{{.MinLen}}" required autofocus>
 <label for="password2">The same password again</label>
-<input id="password2" type="password" name="password2" autocomplete="new-password" required>
+<input id="password2" type="password" name="password2" autocomplete="new-password" minlength="{{.MinLen}}" required>
 <button type="submit">Save</button>
 </form>
 {{else}}<p>This sign-in is no longer waiting for a password. <a href="/">Start again</a>.</p>{{end}}

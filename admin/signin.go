@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"mailproxy/auth"
 	"mailproxy/oauth"
 	"mailproxy/oauth/store"
 )
@@ -262,7 +263,7 @@ func (s *Server) renderPassword(w http.ResponseWriter, r *http.Request, code int
 		d = passwordData{ID: p.id, Account: p.account, Identity: p.identity}
 	}
 	s.mu.Unlock()
-	d.Error = problem
+	d.Error, d.MinLen = problem, auth.MinPasswordLength
 	s.render(w, r, code, "password", page{Title: "Set the local password", CSRF: s.csrf(sess), Data: d})
 }
 
@@ -302,6 +303,11 @@ func (s *Server) handlePassword(w http.ResponseWriter, r *http.Request) {
 	case pw != pw2:
 		putBack()
 		s.renderPassword(w, r, http.StatusUnprocessableEntity, sess, p.id, "The two passwords differ.")
+		return
+	}
+	if err := auth.CheckNewPassword(pw); err != nil {
+		putBack()
+		s.renderPassword(w, r, http.StatusUnprocessableEntity, sess, p.id, "Not accepted: "+err.Error()+".")
 		return
 	}
 	err := s.opts.Seal(p.account, pw, p.ts, store.Meta{Identity: p.identity, Flow: p.flow})

@@ -58,10 +58,12 @@ func TestAuthCodeSignIn(t *testing.T) {
 	}
 	b.follow = false
 
-	// Mismatched and empty passwords are refused; the sign-in keeps waiting.
+	// Mismatched, empty and short passwords are refused; the sign-in
+	// keeps waiting.
 	for _, c := range []struct{ pw, pw2, want string }{
 		{"one", "two", "The two passwords differ"},
 		{"", "", "Enter a password"},
+		{"123456789", "123456789", "use at least 10"},
 	} {
 		r := b.post("/password", url.Values{"id": {id}, "csrf": {csrf}, "password": {c.pw}, "password2": {c.pw2}})
 		if r.code != http.StatusUnprocessableEntity || !strings.Contains(r.body, c.want) {
@@ -224,7 +226,7 @@ func TestSealFailure(t *testing.T) {
 	r := b.get(loc)
 	b.follow = false
 	id, csrf := field(t, idRE, r.body), field(t, csrfRE, r.body)
-	r = b.post("/password", url.Values{"id": {id}, "csrf": {csrf}, "password": {"pw"}, "password2": {"pw"}})
+	r = b.post("/password", url.Values{"id": {id}, "csrf": {csrf}, "password": {"pw-long-enough"}, "password2": {"pw-long-enough"}})
 	if r.code != http.StatusInternalServerError || !strings.Contains(r.body, "could not be stored") {
 		t.Fatalf("POST /password when Seal fails = %d, want 500 'could not be stored'", r.code)
 	}
@@ -232,7 +234,7 @@ func TestSealFailure(t *testing.T) {
 	e.be.mu.Lock()
 	e.be.sealErr = nil
 	e.be.mu.Unlock()
-	if r := b.post("/password", url.Values{"id": {id}, "csrf": {csrf}, "password": {"pw"}, "password2": {"pw"}}); r.code != http.StatusSeeOther {
+	if r := b.post("/password", url.Values{"id": {id}, "csrf": {csrf}, "password": {"pw-long-enough"}, "password2": {"pw-long-enough"}}); r.code != http.StatusSeeOther {
 		t.Errorf("POST /password retry = %d, want 303", r.code)
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"mailproxy/internal/dovecot"
 )
 
 // TestMain lets the test binary play the child roles: the bench re-runs
@@ -31,9 +33,11 @@ func TestQuick(t *testing.T) {
 	o.smtpMessages = 100
 	o.bigSize = 2 << 20
 	o.idle = []int{100, 300}
+	o.latencyN = 20
 	var progress bytes.Buffer
 	o.progress = &progress
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	// Generous: eight helpers share this machine's two cores.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	rep, err := run(ctx, o)
 	if err != nil {
@@ -45,7 +49,12 @@ func TestQuick(t *testing.T) {
 
 	wantRows := []string{
 		"IMAP login",
-		"IMAP FETCH 8 MiB, 1 client",
+		"IMAP NOOP round trip",
+		"IMAP IDLE notification",
+		"IMAP FETCH 8 MiB, 1 client, 2 KiB records",
+		"IMAP FETCH 8 MiB, 1 client, 4 KiB records",
+		"IMAP FETCH 8 MiB, 1 client, 16 KiB records",
+		"proxy cost per GB relayed, FETCH 1 client, 4 KiB records",
 		"IMAP FETCH 8 MiB, 8 clients",
 		"proxy CPU per GB relayed (IMAP",
 		"SMTP 100 messages",
@@ -78,6 +87,61 @@ func TestQuick(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "| workload | direct | proxied | ratio | target | met? |") {
 		t.Errorf("report has no Markdown table header:\n%s", out.String())
+	}
+}
+
+// TestQuickDovecot runs the IMAP workloads against a private Dovecot
+// (internal/dovecot), as -upstream dovecot does.
+func TestQuickDovecot(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes and Dovecot; skipped with -short")
+	}
+	if err := dovecot.Available(); err != nil {
+		t.Skipf("real-server bench skipped: %v", err)
+	}
+	o, err := parseFlags([]string{"-quick", "-upstream", "dovecot", "-login-n", "10", "-fetch-mb", "4"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.latencyN = 20
+	o.fetchClients = 2
+	var progress bytes.Buffer
+	o.progress = &progress
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	rep, err := run(ctx, o)
+	if err != nil {
+		t.Fatalf("run(quick, dovecot) = %v\nprogress:\n%s", err, progress.String())
+	}
+	var out bytes.Buffer
+	rep.write(&out)
+	t.Logf("report:\n%s", out.String())
+	for _, w := range []string{"IMAP login", "IMAP NOOP round trip", "IMAP IDLE notification",
+		"IMAP FETCH 4 MiB, 1 client, Dovecot's own records", "proxy cost per GB relayed, FETCH 1 client, Dovecot's"} {
+		found := false
+		for _, r := range rep.rows {
+			found = found || strings.Contains(r.workload, w)
+		}
+		if !found {
+			t.Errorf("report has no row containing %q", w)
+		}
+	}
+}
+
+func TestParseFlagsUpstream(t *testing.T) {
+	for _, args := range [][]string{
+		{"-upstream", "exchange"},
+		{"-upstream", "dovecot", "-record-size", "4096"},
+		{"-record-size", "100"},
+		{"-record-size", "32768"},
+	} {
+		if _, err := parseFlags(args); err == nil {
+			t.Errorf("parseFlags(%q) = nil error, want one", args)
+		}
+	}
+	o, err := parseFlags([]string{"-record-size", "4096, 1024"})
+	if err != nil || len(o.recordSizes) != 2 || o.recordSizes[0] != 4096 || o.recordSizes[1] != 1024 {
+		t.Errorf("parseFlags(-record-size 4096, 1024) = %v, %v; want sizes [4096 1024]", o.recordSizes, err)
 	}
 }
 

@@ -289,6 +289,105 @@ func cpuTime(pid int) (time.Duration, error) {
 	return time.Duration(ut+st) * time.Second / userHZ, nil
 }
 
+// usage is what a process has used so far: CPU time split into user and
+// system, and its read and write system calls (syscr, syscw of
+// /proc/PID/io: read(2), write(2) and their relatives, sockets included).
+//
+// user and sys come in clock ticks (10 ms), too coarse for a short FETCH;
+// cpu is the sum of every thread's time on a CPU from schedstat, in
+// nanoseconds. Reports take the total from cpu and split it by the ticks.
+type usage struct {
+	user, sys    time.Duration
+	cpu          time.Duration
+	syscr, syscw int64
+}
+
+func (u usage) sub(v usage) usage {
+	return usage{u.user - v.user, u.sys - v.sys, u.cpu - v.cpu, u.syscr - v.syscr, u.syscw - v.syscw}
+}
+
+func (u usage) add(v usage) usage {
+	return usage{u.user + v.user, u.sys + v.sys, u.cpu + v.cpu, u.syscr + v.syscr, u.syscw + v.syscw}
+}
+
+// split returns the precise CPU time divided into user and system time in
+// the proportion of the ticks.
+func (u usage) split() (total, user, sys time.Duration) {
+	total = u.cpu
+	if total <= 0 {
+		total = u.user + u.sys
+	}
+	if u.user+u.sys <= 0 {
+		return total, 0, 0
+	}
+	user = time.Duration(float64(total) * float64(u.user) / float64(u.user+u.sys))
+	return total, user, total - user
+}
+
+// threadsCPU sums the time on a CPU of pid's threads (the first field of
+// /proc/PID/task/TID/schedstat, in nanoseconds).
+func threadsCPU(pid int) time.Duration {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	var sum int64
+	for _, ent := range ents {
+		b, err := os.ReadFile(dir + "/" + ent.Name() + "/schedstat")
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(b))
+		if len(f) == 0 {
+			continue
+		}
+		n, _ := strconv.ParseInt(f[0], 10, 64)
+		sum += n
+	}
+	return time.Duration(sum)
+}
+
+// procUsage reads pid's usage from /proc/PID/stat and /proc/PID/io.
+func procUsage(pid int) (usage, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return usage{}, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return usage{}, fmt.Errorf("/proc/%d/stat: malformed", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return usage{}, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return usage{}, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	u := usage{user: time.Duration(ut) * time.Second / userHZ, sys: time.Duration(st) * time.Second / userHZ, cpu: threadsCPU(pid)}
+	io, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return usage{}, err
+	}
+	for _, line := range strings.Split(string(io), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		switch k {
+		case "syscr":
+			u.syscr = n
+		case "syscw":
+			u.syscw = n
+		}
+	}
+	return u, nil
+}
+
 // readBytes is the number of bytes pid has read with read(2) and friends
 // (rchar), sockets included.
 func readBytes(pid int) (int64, error) {

@@ -67,12 +67,16 @@ func newEnv(ctx context.Context, o options) (*env, error) {
 	if o.runs("fetch") || o.runs("stall") {
 		mailboxes = max(o.fetchClients, o.stallClients)
 	}
-	e.logf("starting the fake upstream (%d mailboxes of %d MiB)", mailboxes, o.fetchSize>>20)
-	up, err := startChild("upstream", []string{
+	e.logf("starting the upstream, IMAP by %s (%d mailboxes of %d MiB)", o.upstream, mailboxes, o.fetchSize>>20)
+	args := []string{
 		"-fetch-size", strconv.FormatInt(o.fetchSize, 10),
 		"-fetch-mailboxes", strconv.Itoa(mailboxes),
 		"-link-mibps", strconv.FormatFloat(o.linkMiBps, 'f', -1, 64),
-	}, nil, &e.upInfo)
+	}
+	if o.upstream == upstreamDovecot {
+		args = append(args, "-dovecot")
+	}
+	up, err := startChild("upstream", args, nil, &e.upInfo)
 	if err != nil {
 		e.close()
 		return nil, err
@@ -165,7 +169,7 @@ func (e *env) startProxy(name string, profile bool) (*proxyProc, error) {
 	}
 	for i := range e.upInfo.Mailboxes {
 		cfg.Accounts = append(cfg.Accounts, proxyAccount{
-			Username: fetchUser(i), Mailbox: fetchMailbox(i), Identity: benchUser, PasswordHash: e.hash,
+			Username: fetchUser(i), Mailbox: e.upInfo.MailboxNames[i], Identity: benchUser, PasswordHash: e.hash,
 		})
 	}
 	p := &proxyProc{name: name, e: e}

@@ -25,6 +25,8 @@ type imapClient struct {
 	r    *bufio.Reader
 	tagN int
 	caps string // greeting text
+	// idleTag is the tag of the IDLE in progress.
+	idleTag string
 }
 
 // imapReadBuf is the client's read buffer; large, so that reading a

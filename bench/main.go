@@ -24,6 +24,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -56,6 +57,14 @@ type options struct {
 	// linkMiBps puts the IMAP upstream behind a shared link of this speed
 	// (0: none), as the Internet is in a deployment.
 	linkMiBps float64
+	// recordSizes are the TLS record sizes the fake IMAP upstream writes,
+	// one FETCH measurement each (fake365 only).
+	recordSizes []int
+	// upstream is the IMAP server: upstreamFake or upstreamDovecot.
+	upstream string
+	// latencyN is the number of NOOP round trips and IDLE notifications
+	// per mode.
+	latencyN int
 
 	only        map[string]bool // workloads to run; empty: all
 	cpuProfile  string          // proxy CPU profile of the main proxy process
@@ -79,8 +88,17 @@ func fullOptions() options {
 		idle:         []int{2000, 10000},
 		stallClients: 8,
 		stallAfter:   1 << 20,
+		recordSizes:  []int{2 << 10, 4 << 10, 16 << 10},
+		upstream:     upstreamFake,
+		latencyN:     200,
 	}
 }
+
+// The IMAP servers the bench can run against.
+const (
+	upstreamFake    = "fake365"
+	upstreamDovecot = "dovecot"
+)
 
 func quickOptions() options {
 	o := fullOptions()
@@ -93,11 +111,12 @@ func quickOptions() options {
 	o.bigRounds = 1
 	o.idle = []int{200, 1000}
 	o.stallAfter = 256 << 10
+	o.latencyN = 40
 	return o
 }
 
 // workloads, in the order they run.
-var workloadNames = []string{"login", "fetch", "smtp", "stall", "idle"}
+var workloadNames = []string{"login", "latency", "fetch", "smtp", "stall", "idle"}
 
 func (o *options) runs(name string) bool { return len(o.only) == 0 || o.only[name] }
 
@@ -136,6 +155,8 @@ func parseFlags(args []string) (options, error) {
 	proto := fs.Bool("smtp-prototype", false, "also run the SMTP workloads through the pass-through experiment (bench/smtpproto.go)")
 	link := fs.Float64("link-mibps", 0, "put the fake IMAP upstream behind a shared link of this many MiB/s, like the Internet in a deployment (0: none)")
 	logDir := fs.String("proxy-logdir", "", "directory for the proxy processes' logs (default: a temporary one)")
+	records := fs.String("record-size", "", "comma-separated TLS record sizes in bytes the fake IMAP upstream writes, one FETCH measurement each (default 2048,4096,16384)")
+	upstream := fs.String("upstream", upstreamFake, "IMAP server: "+upstreamFake+", or "+upstreamDovecot+" (a private Dovecot 2.3; runs login,latency,fetch unless -only says otherwise)")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
 	}
@@ -179,6 +200,30 @@ func parseFlags(args []string) (options, error) {
 			o.only[w] = true
 		}
 	}
+	switch *upstream {
+	case upstreamFake:
+	case upstreamDovecot:
+		if *records != "" {
+			return options{}, errors.New("-record-size: Dovecot chooses its own record size (4 KiB); use it with -upstream " + upstreamFake)
+		}
+		o.recordSizes = []int{0}
+		if o.only == nil {
+			o.only = map[string]bool{"login": true, "latency": true, "fetch": true}
+		}
+	default:
+		return options{}, fmt.Errorf("-upstream: %q is neither %s nor %s", *upstream, upstreamFake, upstreamDovecot)
+	}
+	o.upstream = *upstream
+	if *records != "" {
+		o.recordSizes = nil
+		for _, f := range strings.Split(*records, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 256 || n > 16<<10 {
+				return options{}, fmt.Errorf("-record-size: %q is not a size from 256 to 16384", f)
+			}
+			o.recordSizes = append(o.recordSizes, n)
+		}
+	}
 	o.cpuProfile, o.memProfile, o.proxyLogDir = *cpuProf, *memProf, *logDir
 	o.smtpPrototype = *proto
 	o.linkMiBps = *link
@@ -205,6 +250,7 @@ func run(ctx context.Context, o options) (*report, error) {
 		f    func(context.Context, *report) error
 	}{
 		{"login", e.benchLogin},
+		{"latency", e.benchLatency},
 		{"fetch", e.benchFetch},
 		{"smtp", e.benchSMTP},
 		{"stall", e.benchStall},

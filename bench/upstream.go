@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"strconv"
+	"strings"
 
+	"mailproxy/internal/dovecot"
 	"mailproxy/internal/fake365"
 )
 
@@ -39,6 +42,12 @@ type upstreamHello struct {
 	FetchSize int64  `json:"fetch_size"`
 	Mailboxes int    `json:"fetch_mailboxes"`
 	PID       int    `json:"pid"`
+	// Kind is the IMAP server: "fake365" or "dovecot".
+	Kind string `json:"kind"`
+	// MailboxNames are the FETCH mailboxes, Mailboxes of them. Dovecot
+	// checks that a token is the mailbox owner's, and it has no mailbox
+	// lock that would serialize clients, so there they are all benchUser.
+	MailboxNames []string `json:"mailbox_names"`
 }
 
 // runUpstream is the fake Microsoft 365 process. Commands:
@@ -46,13 +55,20 @@ type upstreamHello struct {
 //	rt      a new refresh token for benchUser (each holder needs its own:
 //	        refresh tokens rotate)
 //	conns   open IMAP and SMTP connections, "IMAP SMTP"
+//	records N   IMAP connections from now on write TLS records of N bytes
+//	            (fake365 only: Dovecot chooses its own, 4 KiB)
+//	append MAILBOX   deliver a small message to MAILBOX's INBOX (IDLE)
 func runUpstream(args []string, in io.Reader, out io.Writer) error {
 	fs := flag.NewFlagSet("upstream", flag.ContinueOnError)
 	fetchSize := fs.Int64("fetch-size", 100<<20, "bytes of the message in each FETCH mailbox")
 	mailboxes := fs.Int("fetch-mailboxes", 8, "FETCH mailboxes")
 	linkMiBps := fs.Float64("link-mibps", 0, "put the IMAP upstream behind a link of this many MiB/s (0: none)")
+	useDovecot := fs.Bool("dovecot", false, "serve IMAP with a private Dovecot instead of fake365's server")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *useDovecot {
+		return runDovecotUpstream(*fetchSize, *mailboxes, *linkMiBps, in, out)
 	}
 
 	ca, err := fake365.NewCA()
@@ -83,10 +99,12 @@ func runUpstream(args []string, in io.Reader, out io.Writer) error {
 	defer smtpUp.Close()
 
 	imapUp.AddMailbox(benchUser)
+	var names []string
 	if *mailboxes > 0 {
 		msg := makeMessage(*fetchSize, "FETCH benchmark message", 'f')
 		for i := range *mailboxes {
 			mb := fetchMailbox(i)
+			names = append(names, mb)
 			imapUp.AddMailbox(mb)
 			imapUp.Delegate(mb, benchUser)
 			if err := imapUp.Append(mb, "INBOX", msg); err != nil {
@@ -107,13 +125,15 @@ func runUpstream(args []string, in io.Reader, out io.Writer) error {
 
 	_, tokenURL, _ := idp.Endpoints("contoso.test")
 	if err := writeJSONLine(out, upstreamHello{
-		IMAP:      imapAddr,
-		SMTP:      smtpUp.Addr,
-		CAPEM:     string(ca.CertPEM),
-		TokenURL:  tokenURL,
-		FetchSize: *fetchSize,
-		Mailboxes: *mailboxes,
-		PID:       os.Getpid(),
+		IMAP:         imapAddr,
+		SMTP:         smtpUp.Addr,
+		CAPEM:        string(ca.CertPEM),
+		TokenURL:     tokenURL,
+		FetchSize:    *fetchSize,
+		Mailboxes:    *mailboxes,
+		PID:          os.Getpid(),
+		Kind:         "fake365",
+		MailboxNames: names,
 	}); err != nil {
 		return err
 	}
@@ -123,6 +143,104 @@ func runUpstream(args []string, in io.Reader, out io.Writer) error {
 			return idp.GrantRefreshToken(benchClientID, benchUser, benchScopes), nil
 		case "conns":
 			return fmt.Sprintf("%d %d", imapUp.Conns(), smtpUp.Conns()), nil
+		case "records":
+			n, err := strconv.Atoi(arg)
+			if err != nil {
+				return "", fmt.Errorf("records: %q is not a size", arg)
+			}
+			imapUp.SetRecordSize(n)
+			return "ok", nil
+		case "append":
+			return "ok", imapUp.Append(arg, "INBOX", []byte(idleMessage))
+		}
+		return "", fmt.Errorf("unknown command %q", cmd)
+	})
+}
+
+// idleMessage is what "append" delivers: small, like a new mail an IDLE
+// client is told about.
+const idleMessage = "From: <" + benchUser + ">\r\nSubject: new mail\r\n\r\nHello.\r\n"
+
+// runDovecotUpstream is the upstream role with a private Dovecot as the
+// IMAP server (internal/dovecot), its oauth2 passdb asking the fake IdP
+// about tokens; SMTP stays fake365's.
+func runDovecotUpstream(fetchSize int64, mailboxes int, linkMiBps float64, in io.Reader, out io.Writer) error {
+	if err := dovecot.Available(); err != nil {
+		return err
+	}
+	if linkMiBps > 0 {
+		return fmt.Errorf("-link-mibps is not supported with Dovecot")
+	}
+	ca, err := fake365.NewCA()
+	if err != nil {
+		return err
+	}
+	srvTLS, err := ca.ServerTLS()
+	if err != nil {
+		return err
+	}
+	idp, err := fake365.NewIdP()
+	if err != nil {
+		return err
+	}
+	defer idp.Close()
+	idp.AddClient(fake365.Client{ID: benchClientID})
+	idp.AddUser(benchUser)
+	smtpUp, err := fake365.NewSMTPUpstream(idp, srvTLS, false)
+	if err != nil {
+		return err
+	}
+	defer smtpUp.Close()
+
+	dir, err := os.MkdirTemp("", "mailproxy-bench-dovecot-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	certPEM, keyPEM, err := ca.LeafPEM("127.0.0.1")
+	if err != nil {
+		return err
+	}
+	dv, err := dovecot.Start(context.Background(), dovecot.Config{
+		Dir: dir, IntrospectionURL: idp.IntrospectionURL("contoso.test"), CertPEM: certPEM, KeyPEM: keyPEM,
+	})
+	if err != nil {
+		return err
+	}
+	defer dv.Close()
+	var names []string
+	if mailboxes > 0 {
+		if err := dv.Deliver(benchUser, makeMessage(fetchSize, "FETCH benchmark message", 'f')); err != nil {
+			return err
+		}
+		for range mailboxes {
+			names = append(names, benchUser)
+		}
+	}
+	_, tokenURL, _ := idp.Endpoints("contoso.test")
+	if err := writeJSONLine(out, upstreamHello{
+		IMAP:         dv.IMAPS,
+		SMTP:         smtpUp.Addr,
+		CAPEM:        string(ca.CertPEM),
+		TokenURL:     tokenURL,
+		FetchSize:    fetchSize,
+		Mailboxes:    mailboxes,
+		PID:          os.Getpid(),
+		Kind:         "dovecot",
+		MailboxNames: names,
+	}); err != nil {
+		return err
+	}
+	return serveCommands(in, out, func(cmd, arg string) (string, error) {
+		switch cmd {
+		case "rt":
+			return idp.GrantRefreshToken(benchClientID, benchUser, benchScopes), nil
+		case "conns":
+			return fmt.Sprintf("0 %d", smtpUp.Conns()), nil
+		case "records":
+			return "", fmt.Errorf("Dovecot chooses its own TLS record size")
+		case "append":
+			return "ok", dv.Deliver(strings.ToLower(arg), []byte(idleMessage))
 		}
 		return "", fmt.Errorf("unknown command %q", cmd)
 	})

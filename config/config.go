@@ -63,6 +63,9 @@ type Config struct {
 	Log             Log
 	Providers       []*Provider // in file order
 	Accounts        []*Account  // in file order
+	Devices         []*Device   // in file order
+	Spool           Spool
+	Tokens          Tokens
 
 	byUser map[string]*Account // key: foldUser(Username)
 }
@@ -76,6 +79,7 @@ type IMAP struct {
 	IdleTimeout    time.Duration // >= 29m (RFC 2177)
 	MaxLine        int           // bytes, before authentication
 	MaxLiteral     int           // bytes, before authentication
+	TLSMinVersion  uint16        // tls.VersionTLS10 ... VersionTLS13
 }
 
 // SMTP holds the keys of the file's smtp table. An empty listen address
@@ -90,6 +94,7 @@ type SMTP struct {
 	MaxRecipients   int
 	ReadTimeout     time.Duration // covers the whole DATA phase
 	WriteTimeout    time.Duration
+	TLSMinVersion   uint16 // tls.VersionTLS10 ... VersionTLS13
 }
 
 // TLS holds the keys of the file's tls table: the certificate of our own
@@ -107,6 +112,9 @@ func (t TLS) Enabled() bool { return t.CertFile != "" || t.SelfSigned }
 type Admin struct {
 	Listen       string // "" = off
 	PasswordHash string // Argon2id PHC string; "" = no password (loopback only)
+	// Hostnames are the extra names (or addresses) the page answers to,
+	// lowercased, without port; see AllowedHosts.
+	Hostnames []string
 }
 
 // Security holds the keys of the file's security table.
@@ -191,6 +199,8 @@ type Account struct {
 	Flow         string // FlowAuthCode, FlowDevice or FlowClientCredentials
 	PasswordHash string // Argon2id PHC string, or ""
 	Provider     *Provider
+	Seal         string // SealPassword or SealService
+	Spool        bool   // mail clients' messages go through the spool too
 }
 
 // Account returns the account with this username, compared

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -130,9 +131,9 @@ func TestDefaults(t *testing.T) {
 		StateDir:        testStateDir,
 		ShutdownTimeout: 30 * time.Second,
 		IMAP: IMAP{Listen: "127.0.0.1:1143", PreAuthTimeout: time.Minute, IdleTimeout: 30 * time.Minute,
-			MaxLine: 8192, MaxLiteral: 65536},
+			MaxLine: 8192, MaxLiteral: 65536, TLSMinVersion: tls.VersionTLS12},
 		SMTP: SMTP{Listen: "127.0.0.1:1587", Domain: defaultDomain(), MaxRecipients: 500,
-			ReadTimeout: 10 * time.Minute, WriteTimeout: time.Minute},
+			ReadTimeout: 10 * time.Minute, WriteTimeout: time.Minute, TLSMinVersion: tls.VersionTLS12},
 		Admin: Admin{Listen: "127.0.0.1:8025"},
 		Security: Security{
 			AllowFrom:      []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
@@ -140,7 +141,10 @@ func TestDefaults(t *testing.T) {
 			LockoutFailures: 5, LockoutWindow: 15 * time.Minute, LockoutDuration: 15 * time.Minute,
 			MaxUpstreamPerMailbox: 16,
 		},
-		Log:    Log{Format: LogText, Level: slog.LevelInfo},
+		Log: Log{Format: LogText, Level: slog.LevelInfo},
+		Spool: Spool{Dir: filepath.Join(testStateDir, "spool"), Rate: 30, DailyRecipients: 10000,
+			Retry: time.Minute, MaxAge: 120 * time.Hour, LogRetention: 720 * time.Hour},
+		Tokens: Tokens{Keepalive: 168 * time.Hour},
 		byUser: map[string]*Account{},
 	}
 	if !reflect.DeepEqual(cfg, want) {
@@ -221,7 +225,11 @@ func TestInvalid(t *testing.T) {
 		{"listen not host:port", "[imap]\nlisten = \"1143\" # <-", "imap.listen", "host:port"},
 		{"listen named port", "[imap]\nlisten = \"127.0.0.1:imap\" # <-", "imap.listen", "number"},
 		{"listeners clash", "[smtp]\nlisten = \"127.0.0.1:1143\" # <-", "smtp.listen", "imap.listen"},
-		{"wildcard clash", "[admin]\nlisten = \"[::]:1587\" # <-\npassword_hash = \"" + testHash + "\"", "admin.listen", "smtp.listen"},
+		{"wildcard clash", "[tls]\nself_signed = true\n[admin]\nlisten = \"[::]:1587\" # <-\npassword_hash = \"" + testHash + "\"", "admin.listen", "smtp.listen"},
+		{"admin on a LAN address without TLS", "[admin]\nlisten = \"192.168.1.10:8025\" # <-\npassword_hash = \"" + testHash + "\"", "admin.listen", "tls.self_signed"},
+		{"admin on every address without TLS", "[admin]\nlisten = \":8025\" # <-\npassword_hash = \"" + testHash + "\"", "admin.listen", "plain text"},
+		{"admin LAN not covered", "[security]\nallow_plaintext_from = [\"10.0.0.0/8\"]\n[admin]\nlisten = \"192.168.1.10:8025\" # <-\npassword_hash = \"" + testHash + "\"", "admin.listen", "allow_plaintext_from"},
+		{"admin hostname with port", "[admin]\nhostnames = [\"proxy.lan:8025\"] # <-", "admin.hostnames[0]", "no port"},
 		{"all listeners off", "[imap]\nlisten = \"\" # <-\n[smtp]\nlisten = \"\"", "imap.listen", "at least one"},
 		{"admin off loopback without password", "[admin] # <-\nlisten = \"0.0.0.0:8025\"", "admin.password_hash", "loopback"},
 		{"admin password_hash malformed", "[admin]\npassword_hash = \"$argon2id$v=19$m=1,t=1,p=1$AAAA$AAAA\" # <-", "admin.password_hash", "argon2id"},
@@ -662,6 +670,8 @@ func newCA(t *testing.T) (*x509.Certificate, *ecdsa.PrivateKey) {
 	return cert, key
 }
 
+var tlsVersions = map[uint16]string{tls.VersionTLS10: "1.0", tls.VersionTLS11: "1.1", tls.VersionTLS12: "1.2", tls.VersionTLS13: "1.3"}
+
 // render writes cfg back as TOML, every value explicit.
 func render(cfg *Config) []byte {
 	levels := map[slog.Level]string{slog.LevelDebug: "debug", slog.LevelInfo: "info", slog.LevelWarn: "warn", slog.LevelError: "error"}
@@ -683,14 +693,22 @@ func render(cfg *Config) []byte {
 			"listen": cfg.IMAP.Listen, "listen_tls": cfg.IMAP.ListenTLS,
 			"preauth_timeout": cfg.IMAP.PreAuthTimeout.String(), "idle_timeout": cfg.IMAP.IdleTimeout.String(),
 			"max_line": cfg.IMAP.MaxLine, "max_literal": cfg.IMAP.MaxLiteral,
+			"tls_min_version": tlsVersions[cfg.IMAP.TLSMinVersion],
 		},
 		"smtp": map[string]any{
 			"listen": cfg.SMTP.Listen, "listen_tls": cfg.SMTP.ListenTLS, "domain": cfg.SMTP.Domain,
 			"max_message_bytes": cfg.SMTP.MaxMessageBytes, "max_recipients": cfg.SMTP.MaxRecipients,
 			"read_timeout": cfg.SMTP.ReadTimeout.String(), "write_timeout": cfg.SMTP.WriteTimeout.String(),
+			"tls_min_version": tlsVersions[cfg.SMTP.TLSMinVersion],
 		},
-		"tls":   tlsTable,
-		"admin": map[string]any{"listen": cfg.Admin.Listen, "password_hash": cfg.Admin.PasswordHash},
+		"spool": map[string]any{
+			"dir": cfg.Spool.Dir, "rate": cfg.Spool.Rate, "daily_recipients": cfg.Spool.DailyRecipients,
+			"retry": cfg.Spool.Retry.String(), "max_age": cfg.Spool.MaxAge.String(),
+			"log_retention": cfg.Spool.LogRetention.String(),
+		},
+		"tokens": map[string]any{"keepalive": cfg.Tokens.Keepalive.String()},
+		"tls":    tlsTable,
+		"admin":  map[string]any{"listen": cfg.Admin.Listen, "password_hash": cfg.Admin.PasswordHash},
 		"security": map[string]any{
 			"allow_from": prefixes(cfg.Security.AllowFrom), "allow_plaintext_from": prefixes(cfg.Security.AllowPlaintextFrom),
 			"max_connections": cfg.Security.MaxConnections, "max_connections_per_ip": cfg.Security.MaxConnectionsPerIP,
@@ -719,8 +737,20 @@ func render(cfg *Config) []byte {
 	for _, a := range cfg.Accounts {
 		accounts = append(accounts, map[string]any{
 			"username": a.Username, "provider": a.Provider.Name, "mailbox": a.Mailbox,
-			"flow": a.Flow, "password_hash": a.PasswordHash,
+			"flow": a.Flow, "password_hash": a.PasswordHash, "seal": a.Seal, "spool": a.Spool,
 		})
+	}
+	var devices []map[string]any
+	for _, d := range cfg.Devices {
+		dm := map[string]any{"name": d.Name, "from": prefixes(d.From), "envelope_from": d.EnvelopeFrom,
+			"header_from": d.HeaderFrom, "username": d.Username, "password_hash": d.PasswordHash}
+		if d.Account != nil {
+			dm["account"] = d.Account.Username
+		}
+		devices = append(devices, dm)
+	}
+	if devices != nil {
+		m["device"] = devices
 	}
 	if providers != nil {
 		m["provider"] = providers

@@ -22,6 +22,9 @@ type rawConfig struct {
 	Log             rawLog        `toml:"log"`
 	Providers       []rawProvider `toml:"provider"`
 	Accounts        []rawAccount  `toml:"account"`
+	Devices         []rawDevice   `toml:"device"`
+	Spool           rawSpool      `toml:"spool"`
+	Tokens          rawTokens     `toml:"tokens"`
 }
 
 type rawIMAP struct {
@@ -31,6 +34,7 @@ type rawIMAP struct {
 	IdleTimeout    val `toml:"idle_timeout"`
 	MaxLine        val `toml:"max_line"`
 	MaxLiteral     val `toml:"max_literal"`
+	TLSMinVersion  val `toml:"tls_min_version"`
 }
 
 type rawSMTP struct {
@@ -41,6 +45,7 @@ type rawSMTP struct {
 	MaxRecipients   val `toml:"max_recipients"`
 	ReadTimeout     val `toml:"read_timeout"`
 	WriteTimeout    val `toml:"write_timeout"`
+	TLSMinVersion   val `toml:"tls_min_version"`
 }
 
 type rawTLS struct {
@@ -52,6 +57,7 @@ type rawTLS struct {
 type rawAdmin struct {
 	Listen       val `toml:"listen"`
 	PasswordHash val `toml:"password_hash"`
+	Hostnames    val `toml:"hostnames"`
 }
 
 type rawSecurity struct {
@@ -96,6 +102,8 @@ type rawAccount struct {
 	Mailbox      val `toml:"mailbox"`
 	Flow         val `toml:"flow"`
 	PasswordHash val `toml:"password_hash"`
+	Seal         val `toml:"seal"`
+	Spool        val `toml:"spool"`
 }
 
 // val is one TOML value as the decoder produced it: string, int64, float64,
@@ -134,8 +142,8 @@ func tomlType(v any) string {
 
 // Sections of the file that are tables and arrays of tables.
 var (
-	tableSections = []string{"imap", "smtp", "tls", "admin", "security", "log"}
-	arraySections = []string{"provider", "account"}
+	tableSections = []string{"imap", "smtp", "tls", "admin", "security", "log", "spool", "tokens"}
+	arraySections = []string{"provider", "account", "device"}
 )
 
 // knownKeys maps a table ("" for the top level, "imap", "account", ...) to

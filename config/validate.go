@@ -173,9 +173,13 @@ func (c *checker) config(r *rawConfig) *Config {
 	c.admin(&r.Admin, &cfg.Admin)
 	c.security(&r.Security, &cfg.Security)
 	c.log(&r.Log, &cfg.Log)
-	c.listeners(cfg)
 	c.providers(r.Providers, cfg)
 	c.accounts(r.Accounts, cfg)
+	c.spool(&r.Spool, &cfg.Spool, cfg.StateDir)
+	c.tokens(&r.Tokens, &cfg.Tokens)
+	c.devices(r.Devices, cfg)
+	c.listeners(cfg) // after devices: their networks count for smtp.listen
+	c.legacyTLS(cfg)
 	return cfg
 }
 
@@ -236,6 +240,7 @@ func (c *checker) imap(r *rawIMAP, m *IMAP) {
 	// keep it well under a megabyte.
 	m.MaxLine = int(c.integer(r.MaxLine, "imap.max_line", 8192, 1000, 1<<20))
 	m.MaxLiteral = int(c.integer(r.MaxLiteral, "imap.max_literal", 65536, 256, 1<<20))
+	m.TLSMinVersion = c.tlsMinVersion(r.TLSMinVersion, "imap.tls_min_version")
 }
 
 func (c *checker) smtp(r *rawSMTP, s *SMTP) {
@@ -251,6 +256,7 @@ func (c *checker) smtp(r *rawSMTP, s *SMTP) {
 	s.MaxRecipients = int(c.integer(r.MaxRecipients, "smtp.max_recipients", 500, 1, 100000))
 	s.ReadTimeout = c.duration(r.ReadTimeout, "smtp.read_timeout", 10*time.Minute)
 	s.WriteTimeout = c.duration(r.WriteTimeout, "smtp.write_timeout", time.Minute)
+	s.TLSMinVersion = c.tlsMinVersion(r.TLSMinVersion, "smtp.tls_min_version")
 }
 
 func defaultDomain() string {
@@ -284,6 +290,7 @@ func validDomain(s string) bool {
 func (c *checker) admin(r *rawAdmin, a *Admin) {
 	a.Listen = c.listen(r.Listen, "admin.listen", "127.0.0.1:8025")
 	a.PasswordHash = c.phc(r.PasswordHash, "admin.password_hash")
+	a.Hostnames = c.hostnames(r.Hostnames, "admin.hostnames")
 	if a.Listen == "" || c.bad["admin.listen"] || c.bad["admin.password_hash"] {
 		return
 	}
@@ -353,10 +360,17 @@ func (c *checker) listeners(cfg *Config) {
 			}
 			continue
 		}
+		// Devices without a credential send no password: a plain SMTP
+		// listener off loopback may serve them (clients' AUTH is still
+		// refused without TLS outside allow_plaintext_from).
+		if l.key == "smtp.listen" && len(deviceNetworks(cfg)) > 0 {
+			continue
+		}
 		if !c.bad["security.allow_plaintext_from"] {
 			c.plaintext(l.key, l.addr, cfg.Security.AllowPlaintextFrom)
 		}
 	}
+	c.adminPlaintext(cfg)
 	for i, a := range all {
 		for _, b := range all[:i] {
 			if a.addr == "" || b.addr == "" || c.bad[a.key] || c.bad[b.key] {
@@ -702,6 +716,7 @@ func (c *checker) account(base string, r *rawAccount, cfg *Config) *Account {
 		}
 	}
 
+	c.accountSeal(r, a, base)
 	a.PasswordHash = c.phc(r.PasswordHash, k("password_hash"))
 	if a.Flow == FlowClientCredentials && a.PasswordHash == "" && !c.bad[k("password_hash")] {
 		c.errorf(k("password_hash"), "required for flow client_credentials: no sign-in sets a local password; create one with `mailproxy hash-password`")

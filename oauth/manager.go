@@ -56,16 +56,17 @@ type account struct {
 
 	slow chan struct{} // one token: serializes the slow path (KDF) of Open
 
-	mu       sync.Mutex // protects the fields below
-	cfg      Account
-	source   *Source
-	key      *store.Key  // the key of the entry on disk, to re-seal rotated tokens
-	stamp    store.Stamp // stamp of the entry source's tokens came from (or were saved to)
-	pwMAC    []byte      // HMAC of the password that opened it; nil: none
-	identity string      // who signed in
-	rtSum    [32]byte    // hash of the stored refresh token, to notice rotation
-	meta     store.Meta  // last known metadata
-	lastErr  string      // last error written to meta, to skip identical rewrites
+	mu        sync.Mutex // protects the fields below
+	cfg       Account
+	source    *Source
+	key       *store.Key  // the key of the entry on disk, to re-seal rotated tokens
+	stamp     store.Stamp // stamp of the entry source's tokens came from (or were saved to)
+	pwMAC     []byte      // HMAC of the password that opened it; nil: none
+	identity  string      // who signed in
+	rtSum     [32]byte    // hash of the stored refresh token, to notice rotation
+	meta      store.Meta  // last known metadata
+	lastErr   string      // last error written to meta, to skip identical rewrites
+	damagedAt time.Time   // last time a damaged file was logged
 }
 
 // NewManager returns a Manager over st.
@@ -180,9 +181,20 @@ func (m *Manager) open(ctx context.Context, username, password string) (*Source,
 	m.unlocks.Add(1)
 	e, key, err := m.store.Unlock(a.name, password)
 	if err != nil {
+		if errors.Is(err, store.ErrCorrupt) {
+			m.damaged(a, err)
+		}
 		return nil, "", fmt.Errorf("open tokens for %q: %w", username, err)
 	}
 	stamp := e.Stamp
+	if e.Outdated && key.Params() == m.store.Params() {
+		// An older file format: rewrite it in the current one (same key).
+		if st, err := m.store.SaveIf(a.name, key, &store.Entry{Meta: e.Meta, Secret: e.Secret}, stamp); err == nil {
+			stamp = st
+		} else {
+			m.logger.Warn("could not rewrite the token file in the current format", "account", a.name, "err", err)
+		}
+	}
 	if want := m.store.Params(); key.Params() != want {
 		// The KDF parameters were changed in the config or code: re-seal
 		// with them now that we have the password.
@@ -222,6 +234,7 @@ func (m *Manager) newSource(a *account, ts TokenSet) *Source {
 	src := NewSource(a.cfg.Provider, ts, func(ts TokenSet) error { return m.persist(a, ts) }, logger)
 	src.Now = m.Now
 	src.OnError = func(te *TokenError) { m.recordError(a, te) }
+	src.recover = func() (TokenSet, bool) { return m.recoverRotated(a) }
 	if m.OnRefresh != nil {
 		src.OnRefresh = func(ok bool) { m.OnRefresh(a.name, ok) }
 	}
@@ -269,12 +282,46 @@ func (m *Manager) persist(a *account, ts TokenSet) error {
 	return nil
 }
 
+// damaged reports a token file that cannot be opened although it exists
+// (unreadable, or its key check passed and the seal did not): at ERROR,
+// at most once per damagedLogEvery per account, and in the file's
+// metadata when that part is still readable, so that `status` and the
+// admin page say it.
+func (m *Manager) damaged(a *account, err error) {
+	now := m.now()
+	a.mu.Lock()
+	quiet := !a.damagedAt.IsZero() && now.Sub(a.damagedAt) < damagedLogEvery
+	if !quiet {
+		a.damagedAt = now
+	}
+	a.mu.Unlock()
+	if quiet {
+		return
+	}
+	m.logger.Error("token file is damaged; the account needs a new sign-in", "account", a.name, "err", err,
+		"hint", strings.ReplaceAll((&store.DamagedError{}).Hint(), "<user>", a.name))
+	var de *store.DamagedError
+	if !errors.As(err, &de) {
+		return
+	}
+	msg := de.Error()
+	a.mu.Lock()
+	a.lastErr = msg
+	a.mu.Unlock()
+	if err := m.store.UpdateMeta(a.name, func(meta *store.Meta) {
+		meta.LastError, meta.LastErrorHint, meta.NeedsSignIn = msg, de.Hint(), true
+	}); err != nil {
+		m.logger.Warn("could not record the damage in the token file", "account", a.name, "err", err)
+	}
+}
+
+// damagedLogEvery bounds how often a damaged token file is logged while
+// clients keep trying the account.
+const damagedLogEvery = time.Minute
+
 // recordError writes a refresh failure into the entry's metadata, where
 // `mailproxy status` and the admin page look.
 func (m *Manager) recordError(a *account, te *TokenError) {
-	if te.NeedsSignIn() && m.recoverRotated(a) {
-		return
-	}
 	msg := te.Error()
 	a.mu.Lock()
 	same := a.lastErr == msg
@@ -293,30 +340,29 @@ func (m *Manager) recordError(a *account, te *TokenError) {
 
 // recoverRotated handles a refresh token refused because another process
 // on the same state dir rotated it first: that process re-sealed the entry
-// with the same key, so the new tokens can be read without the password and
-// handed to the source. It reports whether it did.
-func (m *Manager) recoverRotated(a *account) bool {
+// with the same key, so the new tokens can be read without the password.
+// It returns them for the source to hand to its waiting callers.
+func (m *Manager) recoverRotated(a *account) (TokenSet, bool) {
 	a.mu.Lock()
-	key, stamp, src := a.key, a.stamp, a.source
+	key, stamp := a.key, a.stamp
 	a.mu.Unlock()
-	if key == nil || src == nil {
-		return false
+	if key == nil {
+		return TokenSet{}, false
 	}
 	cur, err := m.store.Stamp(a.name)
 	if err != nil || cur == stamp {
-		return false
+		return TokenSet{}, false
 	}
 	e, err := m.store.UnlockWithKey(a.name, key)
 	if err != nil {
-		return false // a new sign-in under another password: the next login reads it
+		return TokenSet{}, false // a new sign-in under another password: the next login reads it
 	}
 	a.mu.Lock()
-	a.stamp, a.meta = e.Stamp, e.Meta
+	a.stamp, a.meta, a.lastErr = e.Stamp, e.Meta, ""
 	a.rtSum = sha256.Sum256([]byte(e.Secret.RefreshToken))
 	a.mu.Unlock()
-	src.SetTokens(e.Secret)
 	m.logger.Info("another process rotated the tokens first; using the ones on file", "account", a.name)
-	return true
+	return e.Secret, true
 }
 
 // Flush saves every source's rotated tokens that are not on disk yet (a

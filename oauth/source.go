@@ -34,6 +34,11 @@ type Source struct {
 
 	fetch   func(ctx context.Context, p *Provider, cur TokenSet) (TokenSet, error)
 	persist func(TokenSet) error
+	// recover, if set, is asked after a refresh that needs a new sign-in
+	// whether tokens already on file replace the refused ones (another
+	// process rotated the refresh token first); they go to the waiting
+	// callers as if the refresh had returned them.
+	recover func() (TokenSet, bool)
 	logger  *slog.Logger
 
 	persistMu sync.Mutex // serializes persist calls, so an older set never overwrites a newer one
@@ -200,6 +205,19 @@ func (s *Source) run(ctx context.Context, c *refreshCall, p *Provider, cur Token
 	ts, err := s.fetch(ctx, p, cur)
 	now := s.now()
 
+	if err != nil && s.recover != nil && classify(err).NeedsSignIn() {
+		if rec, ok := s.recover(); ok {
+			s.mu.Lock()
+			if s.gen == gen {
+				s.ts, s.dirty, s.lastErr, s.backoff, s.retryAt = rec, false, nil, 0, time.Time{}
+			}
+			c.ts = rec
+			s.call = nil
+			s.mu.Unlock()
+			close(c.done)
+			return
+		}
+	}
 	if err != nil {
 		te := classify(err)
 		backoff := s.fail(te, now, gen)

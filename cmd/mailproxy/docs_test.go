@@ -507,7 +507,7 @@ func TestDocsWithFlag(t *testing.T) {
 
 // ---- config keys ----
 
-var configSections = []string{"imap", "smtp", "tls", "admin", "security", "log", "provider", "account"}
+var configSections = []string{"imap", "smtp", "tls", "admin", "security", "log", "provider", "account", "spool", "tokens", "device"}
 
 var (
 	exampleSectionRE = regexp.MustCompile(`^#?\s*\[\[?([a-z_]+)\]\]?\s*(#.*)?$`)
@@ -544,7 +544,7 @@ func parserKnows(t *testing.T, key string) bool {
 	text := key + " = 1\n"
 	if section, name, ok := strings.Cut(key, "."); ok {
 		header := "[" + section + "]"
-		if section == "provider" || section == "account" {
+		if section == "provider" || section == "account" || section == "device" {
 			header = "[" + header + "]"
 		}
 		text = header + "\n" + name + " = 1\n"

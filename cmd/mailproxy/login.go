@@ -121,7 +121,18 @@ func runLogin(ctx context.Context, env *cmdEnv, args []string) error {
 	what := "local password for " + acct.Username
 	password := ""
 	fromStdin := *pwStdin || env.readPassword == nil
-	if fromStdin {
+	service := acct.Seal == config.SealService
+	if service {
+		// Sealed with the daemon's key: no local password to ask for.
+		if *pwStdin {
+			return usagef("account %s has seal = \"service\": there is no local password to read", acct.Username)
+		}
+		key, err := oauth.LoadServiceKey(cfg.StateDir, true)
+		if err != nil {
+			return err
+		}
+		password = key.Password(acct.Username)
+	} else if fromStdin {
 		// Before the sign-in, so that a bad password does not waste it.
 		if password, err = newPassword(&e, true, what); err != nil {
 			return err
@@ -139,7 +150,7 @@ func runLogin(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return withHint(fmt.Errorf("sign in %s: %w", acct.Username, err))
 	}
-	if !fromStdin {
+	if !fromStdin && !service {
 		if password, err = newPassword(&e, false, what); err != nil {
 			return err
 		}
@@ -172,6 +183,10 @@ func runLogin(ctx context.Context, env *cmdEnv, args []string) error {
 	if ts.RefreshToken == "" {
 		fmt.Fprintln(out, "Warning: the identity provider sent no refresh token (is offline_access among the scopes?): the sign-in lasts only until the access token expires at "+
 			ts.Expiry.Local().Format(timeLayout)+".")
+	}
+	if service {
+		fmt.Fprintf(out, "Tokens for %s saved, sealed with the service key. A running mailproxy serve can use them without a client.\n", acct.Username)
+		return nil
 	}
 	fmt.Fprintf(out, "Tokens for %s saved, encrypted with its local password. A running mailproxy serve uses them from the next login on.\n", acct.Username)
 	return nil

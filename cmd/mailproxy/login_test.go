@@ -629,12 +629,13 @@ func deadAddr(t *testing.T) string {
 	return addr
 }
 
-// On a terminal the password is asked twice, after the sign-in.
+// On a terminal the password is asked twice, after the sign-in; a short
+// one is refused with the reason and asked again.
 func TestLoginTerminalPasswordAfterSignIn(t *testing.T) {
 	e := newCLIEnv(t)
 	e.idp.SignInAs(cliAlice)
 	var prompts []string
-	answers := []string{"first", "typo", "first", "first"}
+	answers := []string{"short", "first-long-1", "typo-long-12", "first-long-1", "first-long-1"}
 	var out, errb bytes.Buffer
 	env := &cmdEnv{
 		stdin:  strings.NewReader(""),
@@ -655,13 +656,13 @@ func TestLoginTerminalPasswordAfterSignIn(t *testing.T) {
 	if code := run(t.Context(), env, []string{"login", "-config", e.cfgPath, cliAlice}); code != exitOK {
 		t.Fatalf("login = exit %d, stderr %q", code, errb.String())
 	}
-	if len(prompts) != 4 || !strings.Contains(prompts[0], "local password for "+cliAlice) {
-		t.Errorf("prompts = %q, want 4 naming the account (a mismatch asks again)", prompts)
+	if len(prompts) != 5 || !strings.Contains(prompts[0], "local password for "+cliAlice) {
+		t.Errorf("prompts = %q, want 5 naming the account (a short password and a mismatch ask again)", prompts)
 	}
-	if !strings.Contains(errb.String(), "differ") {
-		t.Errorf("stderr = %q, want the mismatch reported", errb.String())
+	if !strings.Contains(errb.String(), "differ") || !strings.Contains(errb.String(), "at least 10") {
+		t.Errorf("stderr = %q, want the short password and the mismatch reported", errb.String())
 	}
-	e.imapLogin(t, cliAlice, "first")
+	e.imapLogin(t, cliAlice, "first-long-1")
 }
 
 // Google sends refresh tokens only to sign-ins with access_type=offline.

@@ -40,6 +40,9 @@ func newPassword(env *cmdEnv, fromStdin bool, what string) (string, error) {
 		if pw == "" {
 			return "", fmt.Errorf("read %s from stdin: empty password", what)
 		}
+		if err := auth.CheckNewPassword(pw); err != nil {
+			return "", fmt.Errorf("%s from stdin: %w", what, err)
+		}
 		return pw, nil
 	}
 	for {
@@ -47,8 +50,8 @@ func newPassword(env *cmdEnv, fromStdin bool, what string) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("read %s: %w", what, err)
 		}
-		if pw == "" {
-			fmt.Fprintln(env.stderr, "The password must not be empty.")
+		if err := auth.CheckNewPassword(pw); err != nil {
+			fmt.Fprintf(env.stderr, "Not accepted: %v.\n", err)
 			continue
 		}
 		again, err := env.readPassword(fmt.Sprintf("Repeat %s: ", what))

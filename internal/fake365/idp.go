@@ -116,6 +116,7 @@ var idpOIDCScopes = []string{"openid", "profile", "email", "offline_access"}
 //	501481  invalid_grant          PKCE code_verifier missing or wrong
 //	65001   invalid_grant          refresh asks for a scope that was not granted
 //	1002012 invalid_scope          client_credentials scope not ending in /.default
+//	28000   invalid_scope          scopes of two resources in one token request
 //	70016   authorization_pending  device code not approved yet
 //	70016   slow_down              polled faster than the interval (chosen: Entra has no
 //	                               code of its own; the client should keep polling)
@@ -140,7 +141,8 @@ type IdP struct {
 	served   chan struct{} // closed when Serve returns
 	close    sync.Once
 
-	mu             sync.Mutex // protects every field below
+	mu             sync.Mutex          // protects every field below
+	appRoles       map[string][]string // by audience: the app registration's granted application permissions
 	now            func() time.Time
 	tokenLifetime  time.Duration
 	deviceInterval time.Duration
@@ -198,11 +200,31 @@ type idpRefresh struct {
 
 type idpAccess struct {
 	subject  string
+	audience string
+	scopes   []string // scp, short names ("Mail.Send"); delegated tokens
+	roles    []string // app-only tokens
 	expiry   time.Time
 	issued   time.Time
 	clientID string
 	scope    string // the scp claim: short scope names, space-separated
 }
+
+// AccessToken is what the IdP knows about an access token it issued, for
+// resource servers that check audience and permissions (the fake Graph).
+type AccessToken struct {
+	Subject  string   // username, or "app:"+clientID
+	Audience string   // "https://graph.microsoft.com", "https://outlook.office.com"...
+	Scopes   []string // delegated permissions, short names: "Mail.Send"
+	Roles    []string // application permissions
+	App      bool
+	Expiry   time.Time
+}
+
+// Resources, as Entra names them in aud.
+const (
+	GraphResource   = "https://graph.microsoft.com"
+	OutlookResource = "https://outlook.office.com"
+)
 
 // NewIdP starts a fake Entra ID on 127.0.0.1 with a kernel-chosen port.
 func NewIdP() (*IdP, error) {
@@ -226,6 +248,11 @@ func NewIdP() (*IdP, error) {
 		refresh:        make(map[string]*idpRefresh),
 		access:         make(map[string]idpAccess),
 		accessPruneAt:  idpPruneMin,
+		appRoles: map[string][]string{
+			OutlookResource:                 {"IMAP.AccessAsApp", "SMTP.SendAsApp", "POP.AccessAsApp"},
+			"https://outlook.office365.com": {"IMAP.AccessAsApp", "SMTP.SendAsApp", "POP.AccessAsApp"},
+			GraphResource:                   {"Mail.Send", "Mail.ReadWrite"},
+		},
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{tenant}/oauth2/v2.0/authorize", p.handleAuthorize)
@@ -428,17 +455,55 @@ func (p *IdP) SetFailure(f *Failure) {
 	p.failure = f
 }
 
-// Validate implements TokenValidator. It looks the token up among those
-// issued and does not trust its contents. For a known but expired token it
-// returns the subject and expiry with ok false.
+// Validate implements TokenValidator for the Outlook upstreams (IMAP, SMTP,
+// POP3). It looks the token up among those issued and does not trust its
+// contents. For a known but expired token it returns the subject and expiry
+// with ok false. A token for Microsoft Graph is refused (ok false, no
+// subject), as Exchange Online refuses it.
 func (p *IdP) Validate(token string) (subject string, expiry time.Time, ok bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	a, found := p.access[token]
-	if !found {
+	if !found || a.audience == GraphResource {
 		return "", time.Time{}, false
 	}
 	return a.subject, a.expiry, p.now().Before(a.expiry)
+}
+
+// Inspect returns what the IdP knows about an access token it issued,
+// expired ones included (compare Expiry with the IdP's clock, see Now).
+func (p *IdP) Inspect(token string) (AccessToken, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	a, found := p.access[token]
+	if !found {
+		return AccessToken{}, false
+	}
+	return AccessToken{
+		Subject:  a.subject,
+		Audience: a.audience,
+		Scopes:   slices.Clone(a.scopes),
+		Roles:    slices.Clone(a.roles),
+		App:      strings.HasPrefix(a.subject, "app:"),
+		Expiry:   a.expiry,
+	}, true
+}
+
+// Now returns the IdP's clock.
+func (p *IdP) Now() time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.now()
+}
+
+// SetAppRoles sets the application permissions app-only tokens for
+// audience carry (granted and consented in the tenant). Outlook tokens
+// carry IMAP/SMTP/POP AccessAsApp, Graph tokens Mail.Send and
+// Mail.ReadWrite until changed.
+func (p *IdP) SetAppRoles(audience string, roles []string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.appRoles[audience] = slices.Clone(roles)
 }
 
 // ExpireAccessTokens makes every access token issued so far invalid.
@@ -737,6 +802,9 @@ func (p *IdP) refreshGrantLocked(client Client, form url.Values) (*idpTokenRespo
 	scopes := rt.scopes
 	if s := form.Get("scope"); s != "" {
 		scopes = idpDedupe(strings.Fields(s))
+		if e := idpOneResource(scopes); e != nil {
+			return nil, e
+		}
 		for _, sc := range scopes {
 			if !idpHasScope(rt.scopes, sc) && !idpHasScope(idpOIDCScopes, sc) {
 				return nil, idpErr(http.StatusBadRequest, "invalid_grant", 65001,
@@ -807,6 +875,9 @@ func (p *IdP) clientCredentialsGrantLocked(client Client, form url.Values) (*idp
 		return nil, idpMissing("scope")
 	}
 	scopes := idpDedupe(strings.Fields(s))
+	if e := idpOneResource(scopes); e != nil {
+		return nil, e
+	}
 	for _, sc := range scopes {
 		if !strings.HasSuffix(sc, "/.default") {
 			return nil, idpErr(http.StatusBadRequest, "invalid_scope", 1002012,
@@ -822,9 +893,11 @@ func (p *IdP) clientCredentialsGrantLocked(client Client, form url.Values) (*idp
 // id_token when openid is among them, and a refresh token carrying
 // refreshScopes when withRefresh.
 func (p *IdP) issueLocked(clientID string, user *idpUser, scopes, refreshScopes []string, nonce string, withRefresh bool) *idpTokenResponse {
+	// One access token is for one resource: a grant that consented to
+	// several (at authorize) yields a token for the first, as at Entra.
 	var resource []string
 	for _, s := range scopes {
-		if !idpHasScope(idpOIDCScopes, s) {
+		if !idpHasScope(idpOIDCScopes, s) && (len(resource) == 0 || idpResourceOf(s) == idpResourceOf(resource[0])) {
 			resource = append(resource, s)
 		}
 	}
@@ -917,7 +990,7 @@ func (p *IdP) newAccessLocked(clientID string, user *idpUser, resource []string)
 		c.AppIDAcr = "1"
 		c.OID = idpUUID()
 		c.Sub = c.OID
-		c.Roles = []string{"IMAP.AccessAsApp", "SMTP.SendAsApp"}
+		c.Roles = slices.Clone(p.appRoles[c.Aud])
 	} else {
 		subject = user.name
 		c.Acr, c.Amr = "1", []string{"pwd"}
@@ -940,7 +1013,11 @@ func (p *IdP) newAccessLocked(clientID string, user *idpUser, resource []string)
 		payload = idpSegment(c)
 	}
 	tok := header + "." + payload + "." + sig
-	p.access[tok] = idpAccess{subject: subject, expiry: exp, issued: now, clientID: clientID, scope: c.Scp}
+	a := idpAccess{subject: subject, audience: c.Aud, expiry: exp, roles: c.Roles, issued: now, clientID: clientID, scope: c.Scp}
+	if c.Scp != "" {
+		a.scopes = strings.Fields(c.Scp)
+	}
+	p.access[tok] = a
 	p.pruneAccessLocked(now)
 	return tok, lifetime
 }
@@ -1289,14 +1366,49 @@ func (p *IdP) handleDeviceLogin(w http.ResponseWriter, r *http.Request) {
 }
 
 // idpAudience is the resource of the first resource scope, as Entra derives
-// aud; Exchange Online when there is none.
+// aud (Graph for a bare permission name); Exchange Online when there is none.
 func idpAudience(resource []string) string {
-	for _, s := range resource {
-		if u, err := url.Parse(s); err == nil && u.Scheme != "" && u.Host != "" {
-			return u.Scheme + "://" + u.Host
+	if len(resource) == 0 {
+		return OutlookResource
+	}
+	if u, err := url.Parse(resource[0]); err == nil && u.Scheme != "" && u.Host != "" {
+		return u.Scheme + "://" + u.Host
+	}
+	return GraphResource
+}
+
+// idpResourceOf names the resource a scope belongs to: its URL's origin;
+// Graph for a bare permission name, as Entra reads "Mail.Send". Exchange
+// Online answers to two identifier URIs.
+func idpResourceOf(scope string) string {
+	u, err := url.Parse(scope)
+	if err != nil || u.Scheme == "" || u.Host == "" {
+		return GraphResource
+	}
+	origin := strings.ToLower(u.Scheme + "://" + u.Host)
+	if origin == "https://outlook.office365.com" {
+		return OutlookResource
+	}
+	return origin
+}
+
+// idpOneResource refuses a token request naming scopes of two resources.
+func idpOneResource(scopes []string) *idpError {
+	first := ""
+	for _, s := range scopes {
+		if idpHasScope(idpOIDCScopes, s) {
+			continue
+		}
+		r := idpResourceOf(s)
+		if first == "" {
+			first = r
+		} else if r != first {
+			return idpErr(http.StatusBadRequest, "invalid_scope", 28000,
+				"Provided value for the input parameter scope is not valid because it contains more than one resource. Scope %s is not valid.",
+				strings.Join(scopes, " "))
 		}
 	}
-	return "https://outlook.office.com"
+	return nil
 }
 
 func idpHasScope(scopes []string, s string) bool {

@@ -53,9 +53,10 @@ type IMAPUpstream struct {
 	logins   atomic.Int64
 	failures atomic.Int64
 
-	mu        sync.Mutex                     // protects mailboxes and delegates
+	mu        sync.Mutex                     // protects mailboxes, delegates and folders
 	mailboxes map[string]*imapmemserver.User // key: lower-case address
 	delegates map[string]map[string]struct{} // lower-case mailbox -> lower-case delegate
+	folders   map[string]map[string]struct{} // lower-case mailbox -> folder names (folders.go)
 }
 
 // NewIMAPUpstream starts a fake IMAP server on 127.0.0.1:0 that checks tokens
@@ -76,6 +77,7 @@ func NewIMAPUpstream(v TokenValidator, tlsCfg *tls.Config) (*IMAPUpstream, error
 		serveDone: make(chan struct{}),
 		mailboxes: make(map[string]*imapmemserver.User),
 		delegates: make(map[string]map[string]struct{}),
+		folders:   make(map[string]map[string]struct{}),
 	}
 	var ln net.Listener = u.ln
 	if tlsCfg != nil {
@@ -90,6 +92,7 @@ func NewIMAPUpstream(v TokenValidator, tlsCfg *tls.Config) (*IMAPUpstream, error
 			imap.CapUIDPlus:     {},
 			imap.CapMove:        {},
 			imap.CapLiteralPlus: {},
+			imap.CapSpecialUse:  {},
 		},
 		Logger: log.New(io.Discard, "", 0),
 		// Every connection of the TLS listener is TLS, but imapserver
@@ -122,8 +125,8 @@ func (u *IMAPUpstream) Close() error {
 	return nil
 }
 
-// AddMailbox creates the mailbox (an email address) with an empty INBOX.
-// Adding an existing mailbox does nothing.
+// AddMailbox creates the mailbox (an email address) with an empty INBOX and
+// Exchange's StandardFolders. Adding an existing mailbox does nothing.
 func (u *IMAPUpstream) AddMailbox(mailbox string) {
 	key := strings.ToLower(mailbox)
 	u.mu.Lock()
@@ -134,6 +137,11 @@ func (u *IMAPUpstream) AddMailbox(mailbox string) {
 	// The memserver password is never used: Login is refused before it.
 	user := imapmemserver.NewUser(mailbox, "")
 	user.Create("INBOX", nil)
+	u.addFolderLocked(key, "INBOX")
+	for _, f := range StandardFolders {
+		user.Create(f.Name, nil)
+		u.addFolderLocked(key, f.Name)
+	}
 	u.mailboxes[key] = user
 }
 
@@ -164,6 +172,7 @@ func (u *IMAPUpstream) Append(mailbox, folder string, msg []byte) error {
 		if err := user.Create(folder, nil); err != nil {
 			return fmt.Errorf("fake365: append to %q folder %q: create: %w", mailbox, folder, err)
 		}
+		u.folderChanged(mailbox, "", folder)
 	}
 	if _, err := user.Append(folder, bytes.NewReader(msg), &imap.AppendOptions{}); err != nil {
 		return fmt.Errorf("fake365: append to %q folder %q: %w", mailbox, folder, err)
@@ -257,8 +266,9 @@ func (u *IMAPUpstream) newSession(conn *imapserver.Conn) (imapserver.Session, *i
 type imapSession struct {
 	*imapmemserver.UserSession
 
-	up   *IMAPUpstream
-	conn *imapserver.Conn
+	up      *IMAPUpstream
+	conn    *imapserver.Conn
+	mailbox string // the XOAUTH2 user= of the session, once authenticated
 
 	mu     sync.Mutex  // protects expiry and closed
 	expiry *time.Timer // ends the session when the token expires
@@ -293,6 +303,7 @@ func (s *imapSession) login(user, token string) bool {
 		return false
 	}
 	s.up.logins.Add(1)
+	s.mailbox = user
 	s.UserSession = imapmemserver.NewUserSession(store)
 
 	s.mu.Lock()

@@ -63,7 +63,7 @@ func (p *IdP) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 		Exp:       a.expiry.Unix(),
 		Iat:       a.issued.Unix(),
 		Sub:       a.subject,
-		Aud:       "https://outlook.office.com",
+		Aud:       a.audience,
 		Iss:       p.issuer(r.PathValue("tenant")),
 	}
 	if !strings.HasPrefix(a.subject, "app:") {

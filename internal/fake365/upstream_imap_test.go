@@ -9,6 +9,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -240,8 +241,33 @@ func TestIMAPUpstreamFetchAppended(t *testing.T) {
 	if err != nil {
 		t.Fatalf("List() error = %v", err)
 	}
-	if len(list) != 1 || list[0].Mailbox != "INBOX" {
-		t.Errorf("List() = %+v, want only INBOX", list)
+	if len(list) != 1+len(StandardFolders) || list[0].Mailbox != "INBOX" {
+		t.Errorf("List() = %+v, want INBOX first and the %d standard folders", list, len(StandardFolders))
+	}
+	for _, l := range list[1:] {
+		if use := specialUse(l.Mailbox); use == "" || !slices.Contains(l.Attrs, use) {
+			t.Errorf("List() entry %+v: want a special-use attribute", l)
+		}
+	}
+	special, err := c.List("", "*", &imap.ListOptions{SelectSpecialUse: true}).Collect()
+	if err != nil || len(special) != len(StandardFolders) {
+		t.Errorf("List(SPECIAL-USE) = %+v, %v; want the %d standard folders", special, err, len(StandardFolders))
+	}
+	// Folders a client creates, renames and deletes are listed as they are.
+	if err := c.Create("Projects", nil).Wait(); err != nil {
+		t.Fatalf("Create(Projects) = %v", err)
+	}
+	if err := c.Rename("Projects", "Projects 2026", nil).Wait(); err != nil {
+		t.Fatalf("Rename(Projects) = %v", err)
+	}
+	if l, err := c.List("", "Proj*", nil).Collect(); err != nil || len(l) != 1 || l[0].Mailbox != "Projects 2026" || len(l[0].Attrs) != 0 {
+		t.Errorf("List(Proj*) after CREATE and RENAME = %+v, %v; want only Projects 2026 without attributes", l, err)
+	}
+	if err := c.Delete("Projects 2026").Wait(); err != nil {
+		t.Fatalf("Delete(Projects 2026) = %v", err)
+	}
+	if l, err := c.List("", "Proj*", nil).Collect(); err != nil || len(l) != 0 {
+		t.Errorf("List(Proj*) after DELETE = %+v, %v; want nothing", l, err)
 	}
 	sel, err := c.Select("INBOX", nil).Wait()
 	if err != nil {

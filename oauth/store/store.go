@@ -8,12 +8,25 @@
 // clear-text part (Meta) says who signed in and when tokens were refreshed,
 // so that `mailproxy status` works without passwords; it holds nothing
 // secret.
+//
+// Format 2 (written since format 1 files are read and rewritten on their
+// next save) binds everything that decides how the entry is used into the
+// AEAD's associated data: the account name, Meta.Identity (the XOAUTH2
+// user), Meta.Flow and the KDF parameters and salt, so that editing them
+// makes the entry fail to open instead of changing what it does. It also
+// stores a key-check value, a MAC of a fixed label under the derived key,
+// so that a wrong password (the check fails) can be told apart from a
+// damaged file (the check passes, the AEAD does not): the latter is a
+// *DamagedError.
 package store
 
 import (
 	"bytes"
+	"crypto/cipher"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -53,10 +66,15 @@ func (e *openError) NotSignedIn() bool    { return !e.bad }
 // On-disk format constants. Changing any of them makes existing files
 // unreadable: bump fileVersion and keep reading the old format instead.
 const (
-	fileVersion = 1
-	kdfAlg      = "argon2id"
-	aeadAlg     = "xchacha20poly1305"
-	aadPrefix   = "mailproxy-token-v1\x00"
+	fileVersion   = 2 // what Save writes
+	fileVersionV1 = 1 // still read; rewritten as fileVersion on the next save
+	kdfAlg        = "argon2id"
+	aeadAlg       = "xchacha20poly1305"
+	aadPrefixV1   = "mailproxy-token-v1\x00"
+	aadPrefix     = "mailproxy-token-v2\x00"
+	checkLabel    = "mailproxy-token-v2 key check"
+	aeadKeyLabel  = "mailproxy-token-v2 aead key"
+	checkLen      = 16
 
 	tokenSuffix = ".token"
 	lockSuffix  = ".lock"
@@ -70,10 +88,11 @@ const (
 )
 
 // Bounds on KDF parameters read from a file, so that a damaged or hostile
-// file cannot make Unlock allocate gigabytes or spin for minutes.
+// file cannot make Unlock allocate gigabytes or spin for seconds: at the
+// bounds one derivation takes about a second on a current CPU.
 const (
-	maxKDFTime    = 64
-	maxKDFMemory  = 4 << 20 // KiB: 4 GiB
+	maxKDFTime    = 10
+	maxKDFMemory  = 1 << 20 // KiB: 1 GiB
 	maxKDFThreads = 64
 )
 
@@ -85,6 +104,29 @@ var (
 	// caller read it (for example `mailproxy login` ran meanwhile).
 	ErrChanged = errors.New("token file changed since it was read")
 )
+
+// DamagedError is returned by Unlock when the password is right (the key
+// check passes) but the sealed part does not open: the file was damaged
+// or edited. It wraps ErrCorrupt. Its NeedsSignIn and Hint let the proxy
+// tell the client and the admin what to do without importing this package.
+type DamagedError struct {
+	Username string
+	Reason   string
+}
+
+func (e *DamagedError) Error() string {
+	return fmt.Sprintf("token file for %q is damaged: %s", e.Username, e.Reason)
+}
+
+func (e *DamagedError) Unwrap() error { return ErrCorrupt }
+
+// NeedsSignIn is true: only a new sign-in writes a usable entry.
+func (e *DamagedError) NeedsSignIn() bool { return true }
+
+// Hint says what to do.
+func (e *DamagedError) Hint() string {
+	return "the token file is damaged (the password is right but the sealed tokens do not decrypt); sign in again: mailproxy login <user>"
+}
 
 // Params are the Argon2id parameters of a key. They are stored in each file,
 // so that they can be raised later without breaking existing entries.
@@ -165,6 +207,9 @@ type Entry struct {
 	Secret Secret
 	// Stamp is the stamp of the file Unlock read. Save ignores it.
 	Stamp Stamp
+	// Outdated is set by Unlock when the file is in an older format;
+	// saving the entry again (same key) rewrites it in the current one.
+	Outdated bool
 }
 
 // Key is a key derived from a password, with the parameters and salt that
@@ -199,6 +244,24 @@ func deriveKey(password string, salt []byte, p Params) *Key {
 	return k
 }
 
+// sub derives a named subkey of the KDF output (format 2).
+func (k *Key) sub(label string) []byte {
+	m := hmac.New(sha256.New, k.key[:])
+	m.Write([]byte(label))
+	return m.Sum(nil)
+}
+
+// check is the key-check value stored in format 2 files.
+func (k *Key) check() []byte { return k.sub(checkLabel)[:checkLen] }
+
+// aead returns the AEAD of a file of the given version.
+func (k *Key) aead(version int) (cipher.AEAD, error) {
+	if version == fileVersionV1 {
+		return chacha20poly1305.NewX(k.key[:])
+	}
+	return chacha20poly1305.NewX(k.sub(aeadKeyLabel))
+}
+
 // Stamp identifies the secret content of a token file: it changes whenever
 // the tokens or the key change (every Save), not when only Meta changes.
 // The zero Stamp means "no file". Stamps are comparable with ==.
@@ -214,8 +277,33 @@ type fileJSON struct {
 	Meta       Meta    `json:"meta"`
 	KDF        kdfJSON `json:"kdf"`
 	AEAD       string  `json:"aead"`
+	Check      []byte  `json:"check,omitempty"` // key-check value; format 2
 	Nonce      []byte  `json:"nonce"`
 	Ciphertext []byte  `json:"ciphertext"`
+}
+
+// ad is the associated data the entry is sealed with. Format 1 bound only
+// the account name; format 2 binds every field that decides how the entry
+// is used, each length-prefixed so that no two field lists encode alike.
+func (f *fileJSON) ad() []byte {
+	if f.Version == fileVersionV1 {
+		return []byte(aadPrefixV1 + f.Username)
+	}
+	b := []byte(aadPrefix)
+	field := func(v []byte) {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(v)))
+		b = append(b, v...)
+	}
+	field([]byte(f.Username))
+	field([]byte(f.Meta.Identity))
+	field([]byte(f.Meta.Flow))
+	field([]byte(f.KDF.Alg))
+	b = binary.BigEndian.AppendUint32(b, f.KDF.Time)
+	b = binary.BigEndian.AppendUint32(b, f.KDF.Memory)
+	b = append(b, f.KDF.Threads)
+	field(f.KDF.Salt)
+	field([]byte(f.AEAD))
+	return b
 }
 
 type kdfJSON struct {
@@ -381,10 +469,6 @@ func unescapeName(name string) (string, bool) {
 	return b.String(), b.Len() > 0
 }
 
-func aad(username string) []byte {
-	return []byte(aadPrefix + strings.ToLower(username))
-}
-
 func (s *Store) path(name string) string { return filepath.Join(s.dir, name+tokenSuffix) }
 
 // Lock takes the account's lock: an in-process mutex plus a file lock on
@@ -447,8 +531,10 @@ func (s *Store) read(name, username string) (*fileJSON, error) {
 		return nil, fmt.Errorf("token file for %q: %w (%v)", username, ErrCorrupt, err)
 	}
 	switch {
-	case fj.Version != fileVersion:
+	case fj.Version != fileVersion && fj.Version != fileVersionV1:
 		return nil, fmt.Errorf("token file for %q has version %d, want %d: %w", username, fj.Version, fileVersion, ErrCorrupt)
+	case fj.Version == fileVersion && len(fj.Check) != checkLen:
+		return nil, fmt.Errorf("token file for %q: key check value missing or of the wrong size: %w", username, ErrCorrupt)
 	case fj.Username != strings.ToLower(username):
 		return nil, fmt.Errorf("token file for %q names account %q: %w", username, fj.Username, ErrCorrupt)
 	case fj.KDF.Alg != kdfAlg || fj.AEAD != aeadAlg:
@@ -465,7 +551,8 @@ func (s *Store) read(name, username string) (*fileJSON, error) {
 // Unlock reads username's entry and opens it with password, deriving the key
 // with the parameters stored in the file. A wrong password yields an error
 // wrapping ErrBadCredentials, a missing entry one wrapping
-// ErrNotSignedIn. Unlock never changes the file.
+// ErrNotSignedIn, a file whose key check passes but whose sealed part
+// does not open a *DamagedError. Unlock never changes the file.
 func (s *Store) Unlock(username, password string) (*Entry, *Key, error) {
 	name, err := fileName(username)
 	if err != nil {
@@ -476,18 +563,9 @@ func (s *Store) Unlock(username, password string) (*Entry, *Key, error) {
 		return nil, nil, fmt.Errorf("unlock tokens: %w", err)
 	}
 	k := deriveKey(password, fj.KDF.Salt, fj.KDF.Params)
-	aead, err := chacha20poly1305.NewX(k.key[:])
+	e, err := open(fj, k, username)
 	if err != nil {
-		return nil, nil, fmt.Errorf("unlock tokens for %q: %w", username, err)
-	}
-	pt, err := aead.Open(nil, fj.Nonce, fj.Ciphertext, aad(username))
-	if err != nil {
-		// A wrong password and a tampered ciphertext look the same.
-		return nil, nil, fmt.Errorf("unlock tokens for %q: %w", username, ErrBadCredentials)
-	}
-	e := &Entry{Meta: fj.Meta, Stamp: fj.stamp()}
-	if err := json.Unmarshal(pt, &e.Secret); err != nil {
-		return nil, nil, fmt.Errorf("unlock tokens for %q: %w (sealed part: %v)", username, ErrCorrupt, err)
+		return nil, nil, err
 	}
 	return e, k, nil
 }
@@ -509,17 +587,31 @@ func (s *Store) UnlockWithKey(username string, k *Key) (*Entry, error) {
 	if fj.KDF.Params != k.params || !bytes.Equal(fj.KDF.Salt, k.salt) {
 		return nil, fmt.Errorf("unlock tokens for %q: entry sealed under another key: %w", username, ErrBadCredentials)
 	}
-	aead, err := chacha20poly1305.NewX(k.key[:])
+	return open(fj, k, username)
+}
+
+// open checks k against fj and opens the sealed part.
+func open(fj *fileJSON, k *Key, username string) (*Entry, error) {
+	if fj.Version != fileVersionV1 && !hmac.Equal(k.check(), fj.Check) {
+		return nil, fmt.Errorf("unlock tokens for %q: %w", username, ErrBadCredentials)
+	}
+	aead, err := k.aead(fj.Version)
 	if err != nil {
 		return nil, fmt.Errorf("unlock tokens for %q: %w", username, err)
 	}
-	pt, err := aead.Open(nil, fj.Nonce, fj.Ciphertext, aad(username))
+	pt, err := aead.Open(nil, fj.Nonce, fj.Ciphertext, fj.ad())
 	if err != nil {
-		return nil, fmt.Errorf("unlock tokens for %q: %w", username, ErrBadCredentials)
+		if fj.Version == fileVersionV1 {
+			// Format 1 has no key check: a wrong password and a damaged
+			// file look the same.
+			return nil, fmt.Errorf("unlock tokens for %q: %w", username, ErrBadCredentials)
+		}
+		return nil, &DamagedError{Username: strings.ToLower(username),
+			Reason: "the key check passes but the sealed part or the fields bound to it (identity, flow, KDF parameters) were changed"}
 	}
-	e := &Entry{Meta: fj.Meta, Stamp: fj.stamp()}
+	e := &Entry{Meta: fj.Meta, Stamp: fj.stamp(), Outdated: fj.Version != fileVersion}
 	if err := json.Unmarshal(pt, &e.Secret); err != nil {
-		return nil, fmt.Errorf("unlock tokens for %q: %w (sealed part: %v)", username, ErrCorrupt, err)
+		return nil, &DamagedError{Username: strings.ToLower(username), Reason: fmt.Sprintf("sealed part: %v", err)}
 	}
 	return e, nil
 }
@@ -578,7 +670,7 @@ func (s *Store) save(username string, k *Key, e *Entry, prev *Stamp) (Stamp, err
 	if err != nil {
 		return Stamp{}, fmt.Errorf("save tokens for %q: %w", username, err)
 	}
-	aead, err := chacha20poly1305.NewX(k.key[:])
+	aead, err := k.aead(fileVersion)
 	if err != nil {
 		return Stamp{}, fmt.Errorf("save tokens for %q: %w", username, err)
 	}
@@ -588,12 +680,13 @@ func (s *Store) save(username string, k *Key, e *Entry, prev *Stamp) (Stamp, err
 		Meta:     e.Meta,
 		KDF:      kdfJSON{Alg: kdfAlg, Params: k.params, Salt: k.salt},
 		AEAD:     aeadAlg,
+		Check:    k.check(),
 		Nonce:    make([]byte, chacha20poly1305.NonceSizeX),
 	}
 	if _, err := rand.Read(fj.Nonce); err != nil {
 		return Stamp{}, fmt.Errorf("save tokens for %q: %w", username, err)
 	}
-	fj.Ciphertext = aead.Seal(nil, fj.Nonce, pt, aad(username))
+	fj.Ciphertext = aead.Seal(nil, fj.Nonce, pt, fj.ad())
 
 	unlock, err := s.lockName(name)
 	if err != nil {
@@ -620,7 +713,8 @@ func (s *Store) save(username string, k *Key, e *Entry, prev *Stamp) (Stamp, err
 }
 
 // UpdateMeta rewrites username's metadata with fn, keeping the sealed part
-// (and so the stamp) as it is.
+// (and so the stamp) as it is. Identity and Flow are bound to the sealed
+// part and stay as they are whatever fn does.
 func (s *Store) UpdateMeta(username string, fn func(*Meta)) error {
 	name, err := fileName(username)
 	if err != nil {
@@ -635,7 +729,9 @@ func (s *Store) UpdateMeta(username string, fn func(*Meta)) error {
 	if err != nil {
 		return fmt.Errorf("update token metadata: %w", err)
 	}
+	identity, flow := fj.Meta.Identity, fj.Meta.Flow
 	fn(&fj.Meta)
+	fj.Meta.Identity, fj.Meta.Flow = identity, flow
 	if err := s.write(name, fj); err != nil {
 		return fmt.Errorf("update token metadata for %q: %w", username, err)
 	}
