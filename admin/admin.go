@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -93,12 +94,25 @@ type Options struct {
 	// /healthz with a login form; /metrics also accepts HTTP Basic auth
 	// with that password (any user name).
 	PasswordHash string
+	// AccessToken is the secret (LoadAccessToken) that, without
+	// PasswordHash, every page but /healthz needs: a link with ?token=
+	// is exchanged for a session cookie. /metrics also takes it as a
+	// bearer token or Basic password. Required without PasswordHash.
+	AccessToken string
+	// AllowedHosts returns the host names the page answers to besides
+	// localhost, the loopback addresses and the address a connection came
+	// in on (config.Config.AllowedHosts); it is called per request, so a
+	// reload shows at once. nil means none besides those.
+	AllowedHosts func() []string
 	// Metrics are the counters the fronts report to; nil makes new ones.
 	Metrics *Metrics
 	// Listeners returns the state of the proxy listeners for /healthz; nil
 	// means there is nothing to check.
 	Listeners func() []Listener
-	Logger    *slog.Logger
+	// Spool is the device relay's spool for the Spool page, its alerts
+	// and /metrics; nil means there is none.
+	Spool  SpoolView
+	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -121,6 +135,10 @@ type Server struct {
 
 	loginSlot chan struct{} // one admin password check (64 MiB Argon2id) at a time
 	basicKey  [32]byte      // HMAC key of the Basic auth cache
+	cop       *http.CrossOriginProtection
+
+	refusalMu sync.Mutex // protects refusals
+	refusals  map[string]*refusalState
 
 	mu       sync.Mutex // protects the fields below
 	closed   bool
@@ -136,6 +154,9 @@ type Server struct {
 func New(opts Options) (*Server, error) {
 	if opts.Accounts == nil || opts.Status == nil {
 		return nil, errors.New("admin: Options.Accounts and Options.Status are required")
+	}
+	if opts.PasswordHash == "" && len(opts.AccessToken) < 32 {
+		return nil, errors.New("admin: Options.AccessToken (at least 32 characters) is required without Options.PasswordHash")
 	}
 	if opts.RedirectURL != "" {
 		u, err := url.Parse(opts.RedirectURL)
@@ -154,6 +175,8 @@ func New(opts Options) (*Server, error) {
 		devices:   make(map[string]*deviceSignIn),
 		pending:   make(map[string]*pendingSet),
 		fails:     make(map[string]*failures),
+		cop:       http.NewCrossOriginProtection(),
+		refusals:  make(map[string]*refusalState),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -178,6 +201,8 @@ func New(opts Options) (*Server, error) {
 	mux.HandleFunc("POST /signout", s.handleSignOut)
 	mux.HandleFunc("GET /healthz", s.handleHealth)
 	mux.HandleFunc("GET /metrics", s.handleMetrics)
+	mux.HandleFunc("GET /spool", s.handleSpool)
+	mux.HandleFunc("POST /spool/resume", s.handleSpoolResume)
 	s.mux = mux
 	return s, nil
 }
@@ -237,6 +262,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.Method == http.MethodPost {
 		r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
+	}
+	if !s.guard(w, r) {
+		return
 	}
 	s.mux.ServeHTTP(w, r)
 }
@@ -316,11 +344,17 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 		Addr string `json:"addr,omitempty"`
 		Up   bool   `json:"up"`
 	}
+	// "degraded" still answers 200: the process is alive and serves what
+	// it can; the reasons say what needs an admin.
 	body := struct {
 		Status    string                  `json:"status"`
+		Reasons   []string                `json:"reasons,omitempty"`
 		Listeners map[string]listenerJSON `json:"listeners"`
 	}{Status: "ok", Listeners: map[string]listenerJSON{}}
 	code := http.StatusOK
+	if body.Reasons = s.degradedReasons(); len(body.Reasons) > 0 {
+		body.Status = "degraded"
+	}
 	if s.opts.Listeners != nil {
 		for _, l := range s.opts.Listeners() {
 			body.Listeners[l.Name] = listenerJSON{Addr: l.Addr, Up: l.Up}
@@ -359,5 +393,10 @@ func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	if err := s.metrics.WritePrometheus(w, gauges); err != nil {
 		s.log.Debug("write /metrics", "err", err)
+	}
+	if s.opts.Spool != nil {
+		var b strings.Builder
+		writeSpoolMetrics(&b, s.opts.Spool.Status(), now)
+		io.WriteString(w, b.String())
 	}
 }

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -51,6 +52,7 @@ func TestIndexStates(t *testing.T) {
 	e := newEnv(t)
 	seedStates(e)
 	e.metrics.Session(alice, 1)
+	e.metrics.UpstreamResult(alice, "imap", nil)
 	e.metrics.Session(alice, 1)
 	e.metrics.Session(alice, -1)
 
@@ -256,9 +258,14 @@ func TestCSRF(t *testing.T) {
 		t.Fatalf("alice signed out by a refused request")
 	}
 
+	// A post that says nothing of where it comes from is refused: every
+	// current browser sends Sec-Fetch-Site or Origin with a form.
+	b.origin, b.header = "", nil
+	if r := b.post("/signout", url.Values{"account": {alice}, "csrf": {csrf}}); r.code != http.StatusForbidden {
+		t.Errorf("POST /signout without Origin and Sec-Fetch-Site = %d, want 403", r.code)
+	}
 	// Origin: null is what browsers send from a no-referrer page; with
-	// Sec-Fetch-Site: same-origin and the token it is accepted, and so is
-	// a post without any of these headers.
+	// Sec-Fetch-Site: same-origin and the token it is accepted.
 	b.origin = "null"
 	b.header = http.Header{"Sec-Fetch-Site": {"same-origin"}}
 	r := b.post("/signout", url.Values{"account": {alice}, "csrf": {csrf}})
@@ -271,7 +278,7 @@ func TestCSRF(t *testing.T) {
 	if body := b.get("/").body; !strings.Contains(body, "alice@example.com is signed out") || states(body)[alice] != stateNeedsSignIn {
 		t.Errorf("after sign-out the page does not show alice signed out")
 	}
-	b.origin, b.header = "", nil
+	b.origin, b.header = e.ts.URL, nil
 	// Signing out an account that has no entry says so.
 	r = b.post("/signout", url.Values{"account": {carol}, "csrf": {csrf}})
 	if r.code != http.StatusSeeOther || !strings.Contains(b.get("/").body, "carol@example.com was not signed in") {
@@ -499,6 +506,9 @@ func TestHealthz(t *testing.T) {
 	var listeners []Listener
 	e := newEnv(t, func(_ *env, o *Options) { o.Listeners = func() []Listener { return listeners } })
 	b := e.browser()
+	for _, u := range []string{alice, bob} {
+		e.be.setStatus(oauth.AccountStatus{Username: u, SignedIn: true, Flow: "authcode"})
+	}
 
 	listeners = up
 	r := b.get("/healthz")
@@ -546,6 +556,7 @@ func TestMetricsText(t *testing.T) {
 	m.TokenRefresh(true)
 	m.TokenRefresh(false)
 	m.Session(alice, 1)
+	m.UpstreamResult(alice, "imap", nil)
 	m.Session(`we"ird\name`+"\n", 1)
 
 	r := e.browser().get("/metrics")
@@ -681,37 +692,45 @@ func TestNew(t *testing.T) {
 		t.Errorf("New(Options{}) = nil error, want one")
 	}
 	be := &backend{statuses: map[string]oauth.AccountStatus{}}
-	if _, err := New(Options{Accounts: be.Accounts, Status: be.Status, RedirectURL: "ftp://x/"}); err == nil {
+	if _, err := New(Options{Accounts: be.Accounts, Status: be.Status, AccessToken: testAccessToken, RedirectURL: "ftp://x/"}); err == nil {
 		t.Errorf("New() with an ftp redirect URL = nil error, want one")
 	}
+	if _, err := New(Options{Accounts: be.Accounts, Status: be.Status}); err == nil {
+		t.Errorf("New() without an access token or a password = nil error, want one")
+	}
 	// Read-only: no sign-in buttons without Seal/Provider.
-	s, err := New(Options{Accounts: func() []AccountInfo { return []AccountInfo{{Username: alice, Flow: "authcode"}} }, Status: be.Status})
+	s, err := New(Options{Accounts: func() []AccountInfo { return []AccountInfo{{Username: alice, Flow: "authcode"}} }, Status: be.Status, AccessToken: testAccessToken})
 	if err != nil {
 		t.Fatalf("New() = %v", err)
 	}
 	defer s.Close()
 	rec := httptest.NewRecorder()
-	s.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
+	req := httptest.NewRequest(http.MethodGet, "/", nil)
+	req.Host = "localhost:8025"
+	req.AddCookie(exchange(t, s))
+	s.ServeHTTP(rec, req)
 	if rec.Code != http.StatusOK || strings.Contains(rec.Body.String(), `action="/signin"`) {
 		t.Errorf("read-only page = %d, has sign-in form: %v", rec.Code, strings.Contains(rec.Body.String(), `action="/signin"`))
 	}
 }
 
-// Clients that never return the cookie (probes fetching /) fill the session
-// table; the admin's active session survives them.
+// Clients that never return the cookie (probes fetching /login) fill the
+// session table; the admin's active session survives them.
 func TestSessionEviction(t *testing.T) {
-	e := newEnv(t)
+	e := newEnv(t, withPassword(adminPassword))
 	b := e.browser()
-	csrf := b.csrf()
+	csrf := b.login(adminPassword)
 	for range maxSessions + 10 {
 		e.clock.Advance(time.Second)
 		rec := httptest.NewRecorder()
-		e.srv.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
+		req := httptest.NewRequest(http.MethodGet, "/login", nil)
+		req.Host = "127.0.0.1"
+		e.srv.ServeHTTP(rec, req)
 		if rec.Code != http.StatusOK {
-			t.Fatalf("GET / = %d, want 200", rec.Code)
+			t.Fatalf("GET /login = %d, want 200", rec.Code)
 		}
 		if got := rec.Result().Cookies(); len(got) != 1 {
-			t.Fatalf("GET / without a cookie sets %d cookies, want 1", len(got))
+			t.Fatalf("GET /login without a cookie sets %d cookies, want 1", len(got))
 		}
 		// The admin keeps using the page.
 		if b.get("/").code != http.StatusOK {
@@ -726,5 +745,66 @@ func TestSessionEviction(t *testing.T) {
 	}
 	if r := b.post("/signout", url.Values{"account": {alice}, "csrf": {csrf}}); r.code != http.StatusSeeOther {
 		t.Errorf("admin's form after the flood = %d, want 303 (session kept)", r.code)
+	}
+}
+
+// /healthz tells the truth while staying a liveness check: accounts that
+// need a sign-in, upstreams whose last login failed and unsaved tokens make
+// it "degraded" (still 200), with reasons that name no account.
+func TestHealthzDegraded(t *testing.T) {
+	e := newEnv(t, func(_ *env, o *Options) {
+		o.Listeners = func() []Listener { return []Listener{{Name: "imap", Addr: "127.0.0.1:1143", Up: true}} }
+	})
+	b := e.browser()
+	health := func() (int, string, []string) {
+		t.Helper()
+		r := b.get("/healthz")
+		var got struct {
+			Status  string   `json:"status"`
+			Reasons []string `json:"reasons"`
+		}
+		if err := json.Unmarshal([]byte(r.body), &got); err != nil {
+			t.Fatalf("GET /healthz body %q: %v", r.body, err)
+		}
+		return r.code, got.Status, got.Reasons
+	}
+	e.be.setStatus(oauth.AccountStatus{Username: alice, SignedIn: true, Flow: "authcode"})
+	e.be.setStatus(oauth.AccountStatus{Username: bob, SignedIn: true, Flow: "device", NeedsSignIn: true})
+	code, status, reasons := health()
+	if code != http.StatusOK || status != "degraded" || len(reasons) != 1 || !strings.Contains(reasons[0], "1 account needs a sign-in") {
+		t.Errorf("GET /healthz with an account needing sign-in = %d %s %q, want 200 degraded naming it", code, status, reasons)
+	}
+	e.be.setStatus(oauth.AccountStatus{Username: bob, SignedIn: true, Flow: "device"})
+
+	// An SMTP session that never reached upstream says nothing; a failed
+	// upstream login does, until the next one succeeds.
+	e.metrics.Session(alice, 1)
+	if code, status, reasons := health(); code != http.StatusOK || status != "ok" {
+		t.Errorf("GET /healthz = %d %s %q, want 200 ok", code, status, reasons)
+	}
+	e.metrics.UpstreamResult(alice, "smtp", errors.New("cannot reach the mail server: dial upstream smtp.office365.com:587: connection refused"))
+	e.metrics.UpstreamResult(printer, "smtp", errors.New("cannot reach the mail server: dial upstream smtp.office365.com:587: connection refused"))
+	code, status, reasons = health()
+	if code != http.StatusOK || status != "degraded" || len(reasons) != 1 || !strings.Contains(reasons[0], "smtp upstream: the last login of 2 accounts failed: cannot reach the mail server") {
+		t.Errorf("GET /healthz with an unreachable upstream = %d %s %q, want 200 degraded with the failure", code, status, reasons)
+	}
+	if strings.Contains(strings.Join(reasons, " "), alice) {
+		t.Errorf("GET /healthz reasons %q name an account; /healthz needs no login", reasons)
+	}
+	if ups := e.metrics.Upstreams(alice); len(ups) != 1 || ups[0].Proto != "smtp" || !ups[0].LastLogin.IsZero() || !ups[0].Failing() {
+		t.Errorf("Upstreams(alice) = %+v, want one failing smtp state without a login", ups)
+	}
+	if !e.metrics.LastUpstreamLogin(alice).IsZero() {
+		t.Errorf("LastUpstreamLogin(alice) = %v after only a local session and a failure, want none", e.metrics.LastUpstreamLogin(alice))
+	}
+	e.metrics.UpstreamResult(alice, "smtp", nil)
+	e.metrics.UpstreamResult(printer, "smtp", nil)
+	if code, status, reasons := health(); code != http.StatusOK || status != "ok" {
+		t.Errorf("GET /healthz after the upstream recovered = %d %s %q, want 200 ok", code, status, reasons)
+	}
+
+	e.be.setStatus(oauth.AccountStatus{Username: alice, SignedIn: true, Flow: "authcode", Unsaved: true})
+	if _, status, reasons := health(); status != "degraded" || len(reasons) != 1 || !strings.Contains(reasons[0], "could not be saved") {
+		t.Errorf("GET /healthz with unsaved tokens = %s %q, want degraded saying so", status, reasons)
 	}
 }

@@ -34,6 +34,9 @@ const (
 	// AlertRefreshExpiring: the refresh token is within RenewalMargin of
 	// its end (or past it).
 	AlertRefreshExpiring
+	// AlertMailboxPaused: the upstream refused a mailbox (5.2.25x, 5.7.60,
+	// 5.7.139, 535) and its spool stopped until an admin resumes it.
+	AlertMailboxPaused
 )
 
 func (k AlertKind) String() string {
@@ -42,6 +45,8 @@ func (k AlertKind) String() string {
 		return "needs-sign-in"
 	case AlertRefreshExpiring:
 		return "refresh-token-expiring"
+	case AlertMailboxPaused:
+		return "mailbox-paused"
 	}
 	return fmt.Sprintf("AlertKind(%d)", int(k))
 }

@@ -131,6 +131,7 @@ func TestBrowserSignIn(t *testing.T) {
 		Remove:      st.Remove,
 		Provider:    func(string) *oauth.Provider { return prov },
 		RedirectURL: base + "/oauth2/callback",
+		AccessToken: testAccessToken,
 		Logger:      logger,
 	})
 	if err != nil {
@@ -168,7 +169,8 @@ func TestBrowserSignIn(t *testing.T) {
 	const localPW = "browser-pw-DO-NOT-SHOW-4c2d"
 	signedIn := chromedp.CSS(`tr[id="account-alice@example.com"] span[data-state="signed in"]`)
 	if err := chromedp.Do(bctx,
-		chromedp.Navigate(base+"/"),
+		// The link `mailproxy admin-url` prints.
+		chromedp.Navigate(base+"/?token="+testAccessToken),
 		chromedp.WaitVisible(chromedp.CSS(`tr[id="account-alice@example.com"] span[data-state="needs sign-in"]`)),
 		chromedp.Click(chromedp.CSS(`button[aria-label="Sign in alice@example.com"]`)),
 		// The fake IdP signs alice in and redirects back to the callback,

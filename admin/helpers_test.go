@@ -15,13 +15,13 @@ import (
 	"regexp"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"golang.org/x/crypto/argon2"
 
 	"mailproxy/internal/fake365"
+	"mailproxy/internal/testutil"
 	"mailproxy/oauth"
 	"mailproxy/oauth/store"
 )
@@ -31,6 +31,7 @@ const (
 	testClientID     = "admin-test-client"
 	testClientSecret = "client-secret-DO-NOT-SHOW-7f3a9c"
 	adminPassword    = "admin-pass-DO-NOT-SHOW-51e2"
+	testAccessToken  = "access-token-DO-NOT-SHOW-0123456789abcdef"
 
 	alice   = "alice@example.com"
 	bob     = "bob@example.com"
@@ -42,12 +43,6 @@ var testScopes = []string{
 	"https://outlook.office.com/SMTP.Send",
 	"offline_access", "openid", "profile",
 }
-
-// testClock is time.Now moved by an offset the test sets.
-type testClock struct{ offset atomic.Int64 }
-
-func (c *testClock) Now() time.Time          { return time.Now().Add(time.Duration(c.offset.Load())) }
-func (c *testClock) Advance(d time.Duration) { c.offset.Add(int64(d)) }
 
 // backend stands in for the daemon: the account list, the statuses, and
 // records of Seal and Remove.
@@ -180,12 +175,13 @@ type env struct {
 	prov    *oauth.Provider
 	be      *backend
 	metrics *Metrics
-	clock   *testClock
+	clock   *testutil.Clock
 	srv     *Server
 	ts      *httptest.Server
 	log     *bodyLog
 	devices chan string // ids of device polls that ended
 	tls     bool        // serve over TLS
+	opts    Options     // what srv was made with
 }
 
 type envOption func(*env, *Options)
@@ -198,7 +194,7 @@ func withTLS() envOption { return func(e *env, _ *Options) { e.tls = true } }
 
 func newEnv(t *testing.T, opts ...envOption) *env {
 	t.Helper()
-	e := &env{t: t, clock: &testClock{}, log: &bodyLog{}, metrics: NewMetrics(), devices: make(chan string, 16)}
+	e := &env{t: t, clock: testutil.NewWallClock(), log: &bodyLog{}, metrics: NewMetrics(), devices: make(chan string, 16)}
 	var err error
 	if e.idp, err = fake365.NewIdP(); err != nil {
 		t.Fatalf("NewIdP() = %v", err)
@@ -234,6 +230,10 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	for _, opt := range opts {
 		opt(e, &o)
 	}
+	if o.PasswordHash == "" && o.AccessToken == "" {
+		o.AccessToken = testAccessToken
+	}
+	e.opts = o
 	if e.srv, err = New(o); err != nil {
 		t.Fatalf("New() = %v", err)
 	}
@@ -263,7 +263,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 		n := len(e.log.bodies)
 		e.log.mu.Unlock()
 		if n > 0 {
-			e.log.assertNoSecrets(t, testClientSecret, adminPassword)
+			e.log.assertNoSecrets(t, testClientSecret, adminPassword, testAccessToken)
 		}
 	})
 	return e
@@ -296,9 +296,25 @@ type browser struct {
 	follow bool
 	origin string      // Origin header of POSTs; "" sends none
 	header http.Header // more headers for every request
+	host   string      // Host header; "" means the server's address
 }
 
+// browser returns a browser that, when the page has no password, opened
+// the access token's link first, as an admin does.
 func (e *env) browser() *browser {
+	e.t.Helper()
+	b := e.anonymous()
+	if e.opts.PasswordHash == "" {
+		r := b.get("/?token=" + url.QueryEscape(e.opts.AccessToken))
+		if r.code != http.StatusSeeOther || r.header.Get("Location") != "/" {
+			e.t.Fatalf("GET /?token= = %d (Location %q), want 303 to /", r.code, r.header.Get("Location"))
+		}
+	}
+	return b
+}
+
+// anonymous returns a browser that has not seen the access token.
+func (e *env) anonymous() *browser {
 	e.t.Helper()
 	jar, err := cookiejar.New(nil)
 	if err != nil {
@@ -327,6 +343,9 @@ func (b *browser) do(req *http.Request) *response {
 	b.t.Helper()
 	for k, v := range b.header {
 		req.Header[k] = v
+	}
+	if b.host != "" {
+		req.Host = b.host
 	}
 	resp, err := b.c.Do(req)
 	if err != nil {
@@ -374,7 +393,7 @@ var (
 	idRE     = regexp.MustCompile(`name="id" value="([^"]+)"`)
 	stateRE  = regexp.MustCompile(`data-state="([^"]+)"`)
 	rowRE    = regexp.MustCompile(`(?s)<tr id="account-([^"]+)">(.*?)</tr>`)
-	bannerRE = regexp.MustCompile(`<p class="banner (\w+)" role="alert">([^<]*)</p>`)
+	bannerRE = regexp.MustCompile(`<p class="banner (\w+)" role="alert">(.*?)</p>`)
 )
 
 // field returns the first submatch of re in body, failing the test if none.
@@ -418,4 +437,36 @@ func (e *env) waitDevice() string {
 		e.t.Fatalf("device sign-in poll did not end")
 		return ""
 	}
+}
+
+// login logs b in with the admin password and returns the new session's
+// CSRF token.
+func (b *browser) login(password string) string {
+	b.t.Helper()
+	page := b.get("/login")
+	if page.code != http.StatusOK {
+		b.t.Fatalf("GET /login = %d, want 200", page.code)
+	}
+	r := b.post("/login", url.Values{"password": {password}, "csrf": {field(b.t, csrfRE, page.body)}, "next": {"/"}})
+	if r.code != http.StatusSeeOther {
+		b.t.Fatalf("POST /login = %d, want 303", r.code)
+	}
+	return b.csrf()
+}
+
+// exchange presents testAccessToken to s and returns the session cookie
+// it answers with.
+func exchange(t *testing.T, s *Server) *http.Cookie {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest(http.MethodGet, "/?token="+url.QueryEscape(testAccessToken), nil)
+	req.Host = "localhost:8025"
+	s.ServeHTTP(rec, req)
+	for _, c := range rec.Result().Cookies() {
+		if c.Name == sessionCookie {
+			return c
+		}
+	}
+	t.Fatalf("GET /?token= = %d without a session cookie", rec.Code)
+	return nil
 }

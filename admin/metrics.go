@@ -41,7 +41,10 @@ type protoCounters struct {
 
 type accountCounters struct {
 	sessions  atomic.Int64
-	lastLogin atomic.Int64 // unix nanoseconds of the last session opened; 0: none
+	lastLogin atomic.Int64 // unix nanoseconds of the last upstream login that happened; 0: none
+
+	mu sync.Mutex               // protects up
+	up map[string]UpstreamState // by protocol (health.go)
 }
 
 // NewMetrics returns empty counters.
@@ -127,14 +130,11 @@ func (m *Metrics) Message(accepted bool) {
 	}
 }
 
-// Session implements front.Metrics. A session opened (delta > 0) is a
-// successful upstream login: its time is the account's last one.
+// Session implements front.Metrics. It counts open sessions only: an SMTP
+// session opens at the local AUTH, before anything reached the upstream,
+// so the last upstream login comes from UpstreamResult.
 func (m *Metrics) Session(account string, delta int) {
-	c := m.account(account)
-	c.sessions.Add(int64(delta))
-	if delta > 0 {
-		c.lastLogin.Store(time.Now().UnixNano())
-	}
+	m.account(account).sessions.Add(int64(delta))
 }
 
 // TokenRefresh counts a refresh at the token endpoint.

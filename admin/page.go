@@ -40,8 +40,16 @@ type row struct {
 	RefreshAge, RefreshAt             string
 	LastLogin, LastLoginAt            string
 	LastError, Hint                   string
+	Upstream                          []upstreamRow // per protocol, what the fronts last saw
 	Sessions                          int64
 	SignIn, Device, SignOut           bool
+}
+
+// upstreamRow is one protocol's last upstream login and failure.
+type upstreamRow struct {
+	Proto          string
+	Login, LoginAt string // "" when none since start
+	Error, ErrorAt string // the last failure, when it is newer than the last login
 }
 
 type loginData struct{ Next, Error string }
@@ -95,12 +103,26 @@ func (s *Server) handleIndex(w http.ResponseWriter, r *http.Request) {
 		if t := s.metrics.LastUpstreamLogin(a.Username); !t.IsZero() {
 			rw.LastLogin, rw.LastLoginAt = relative(t, now)
 		}
+		failing := false
+		for _, u := range s.metrics.Upstreams(a.Username) {
+			ur := upstreamRow{Proto: u.Proto}
+			if !u.LastLogin.IsZero() {
+				ur.Login, ur.LoginAt = relative(u.LastLogin, now)
+			}
+			if u.Failing() {
+				failing = true
+				ur.Error, ur.ErrorAt = u.LastError, stamp(u.LastErrorAt)
+			}
+			rw.Upstream = append(rw.Upstream, ur)
+		}
 		switch {
+		case a.Flow == FlowClientCredentials && failing:
+			rw.State, rw.StateClass = stateError, "warn"
 		case a.Flow == FlowClientCredentials:
 			rw.State, rw.StateClass = stateAppOnly, "muted"
 		case !st.SignedIn || st.NeedsSignIn:
 			rw.State, rw.StateClass = stateNeedsSignIn, "bad"
-		case st.LastError != "":
+		case st.LastError != "" || failing:
 			rw.State, rw.StateClass = stateError, "warn"
 		default:
 			rw.State, rw.StateClass = stateSignedIn, "ok"
@@ -127,7 +149,7 @@ func (s *Server) handleIndex(w http.ResponseWriter, r *http.Request) {
 		}
 		d.Rows = append(d.Rows, rw)
 	}
-	d.Alerts = Alerts(statuses, now)
+	d.Alerts = append(Alerts(statuses, now), s.spoolAlerts()...)
 	pg := page{Title: "Accounts", CSRF: s.csrf(sess), Data: d}
 	for o := range targets {
 		pg.formTargets = append(pg.formTargets, o)
@@ -187,6 +209,7 @@ func age(d time.Duration) string {
 
 var funcs = template.FuncMap{
 	"lower": strings.ToLower,
+	"code":  codeSpans,
 	"clock": func(t time.Time) string { return t.Format("15:04:05") },
 }
 
@@ -270,7 +293,7 @@ form.stack button { margin-top: 1em; }
 var pageHTML = map[string]string{
 	"index": `{{define "content"}}{{with .Data}}
 {{if .Flash}}<p class="banner ok" role="status">{{.Flash}}</p>{{end}}
-{{range .Alerts}}<p class="banner {{if eq .Kind 1}}bad{{else}}warn{{end}}" role="alert">{{.Message}}</p>{{end}}
+{{range .Alerts}}<p class="banner {{if or (eq .Kind 1) (eq .Kind 3)}}bad{{else}}warn{{end}}" role="alert">{{code .Message}}</p>{{end}}
 {{if not .Rows}}<p class="muted">No accounts are configured.</p>{{else}}
 <table>
 <thead><tr><th>Account</th><th>State</th><th>Access token</th><th>Refresh token age</th><th>Last upstream login</th><th>Sessions</th><th>Last error</th><th></th></tr></thead>
@@ -280,9 +303,9 @@ var pageHTML = map[string]string{
 <td data-label="State"><div><span class="state {{.StateClass}}" data-state="{{.State}}">{{.State}}</span></div></td>
 <td data-label="Access token"><div>{{if .AccessExpiry}}<span title="{{.AccessExpiryAt}}">{{.AccessExpiry}}</span>{{else}}<span class="muted">—</span>{{end}}</div></td>
 <td data-label="Refresh token age"><div>{{if .RefreshAge}}<span title="{{.RefreshAt}}">{{.RefreshAge}}</span>{{else}}<span class="muted">—</span>{{end}}</div></td>
-<td data-label="Last upstream login"><div>{{if .LastLogin}}<span title="{{.LastLoginAt}}">{{.LastLogin}}</span>{{else}}<span class="muted">—</span>{{end}}</div></td>
+<td data-label="Last upstream login"><div>{{range .Upstream}}{{.Proto}} {{if .Login}}<span title="{{.LoginAt}}">{{.Login}}</span>{{else}}<span class="muted">—</span>{{end}}<br>{{else}}<span class="muted">—</span>{{end}}</div></td>
 <td data-label="Sessions"><div>{{.Sessions}}</div></td>
-<td data-label="Last error"><div>{{if .LastError}}<span class="err">{{.LastError}}</span>{{end}}{{if .Hint}}{{if .LastError}}<br>{{end}}<small>{{.Hint}}</small>{{end}}{{if not (or .LastError .Hint)}}<span class="muted">—</span>{{end}}</div></td>
+<td data-label="Last error"><div>{{range .Upstream}}{{if .Error}}<span class="err" data-upstream="{{.Proto}}">{{.Proto}} upstream, {{.ErrorAt}}: {{.Error}}</span><br>{{end}}{{end}}{{if .LastError}}<span class="err">{{code .LastError}}</span>{{end}}{{if .Hint}}{{if .LastError}}<br>{{end}}<small>{{code .Hint}}</small>{{end}}{{if not (or .LastError .Hint .Upstream)}}<span class="muted">—</span>{{end}}</div></td>
 <td class="actions">
 {{if .SignIn}}<form method="post" action="/signin"><input type="hidden" name="csrf" value="{{$.CSRF}}"><input type="hidden" name="account" value="{{.Username}}"><input type="hidden" name="method" value="authcode"><button type="submit" name="signin" aria-label="Sign in {{.Username}}">{{if .SignOut}}Sign in again{{else}}Sign in{{end}}</button></form>{{end}}
 {{if .Device}}<form method="post" action="/signin"><input type="hidden" name="csrf" value="{{$.CSRF}}"><input type="hidden" name="account" value="{{.Username}}"><input type="hidden" name="method" value="device"><button class="secondary" type="submit" aria-label="Sign in {{.Username}} with a code">Sign in with a code</button></form>{{end}}
@@ -330,7 +353,7 @@ var pageHTML = map[string]string{
 
 	"failed": `{{define "content"}}{{with .Data}}
 <p class="banner bad" role="alert">The sign-in of {{.Account}} did not complete: {{.Error}}</p>
-{{if .Hint}}<p>{{.Hint}}</p>{{end}}
+{{if .Hint}}<p>{{code .Hint}}</p>{{end}}
 <p><a href="/">Back to the accounts</a></p>
 {{end}}{{end}}`,
 
@@ -352,4 +375,22 @@ var pageHTML = map[string]string{
 <p>{{.Message}}</p>
 <p><a href="/">Back to the accounts</a></p>
 {{end}}{{end}}`,
+}
+
+// codeSpans shows text's `code spans` (hints name commands that way) as
+// <code>, escaping everything else.
+func codeSpans(text string) template.HTML {
+	parts := strings.Split(text, "`")
+	if len(parts)%2 == 0 {
+		return template.HTML(template.HTMLEscapeString(text)) // unbalanced: show as is
+	}
+	var b strings.Builder
+	for i, p := range parts {
+		if i%2 == 1 {
+			b.WriteString("<code>" + template.HTMLEscapeString(p) + "</code>")
+		} else {
+			b.WriteString(template.HTMLEscapeString(p))
+		}
+	}
+	return template.HTML(b.String())
 }

@@ -121,29 +121,29 @@ func (s *Server) dropSession(sess *session) {
 	s.mu.Unlock()
 }
 
-// allowed reports whether sess may see pages and act.
+// allowed reports whether sess may see pages and act: it logged in with
+// the admin password or presented the access token.
 func (s *Server) allowed(sess *session) bool {
 	if sess == nil {
 		return false
-	}
-	if s.opts.PasswordHash == "" {
-		return true
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return sess.authed
 }
 
-// pageSession returns the session for a GET page, making one when there is
-// no password. With a password and no logged-in session it redirects to
-// the login form and returns nil.
+// pageSession returns the session for a GET page. With a password and no
+// logged-in session it redirects to the login form and returns nil.
+// Without a password the guard let only sessions that presented the access
+// token through.
 func (s *Server) pageSession(w http.ResponseWriter, r *http.Request) *session {
 	sess := s.session(r)
 	if s.allowed(sess) {
 		return sess
 	}
 	if s.opts.PasswordHash == "" {
-		return s.newSession(w, r, true)
+		s.renderError(w, r, http.StatusUnauthorized, "Open the page from its link", "Run `mailproxy admin-url` on the mailproxy host and open the link it prints.")
+		return nil
 	}
 	http.Redirect(w, r, "/login?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
 	return nil
@@ -165,13 +165,9 @@ func (s *Server) postSession(w http.ResponseWriter, r *http.Request) *session {
 	return sess
 }
 
-// checkForm checks Origin/Referer and the CSRF token of a POST.
+// checkForm checks the CSRF token of a POST; where it came from the guard
+// checked before routing.
 func (s *Server) checkForm(w http.ResponseWriter, r *http.Request) (*session, bool) {
-	if !sameOrigin(r) {
-		s.log.Warn("admin: form from another site refused", "origin", r.Header.Get("Origin"), "remote", r.RemoteAddr)
-		s.renderError(w, r, http.StatusForbidden, "Refused", "This form did not come from the mailproxy page.")
-		return nil, false
-	}
 	if err := r.ParseForm(); err != nil {
 		s.renderError(w, r, http.StatusBadRequest, "Bad request", "The form could not be read.")
 		return nil, false
@@ -189,33 +185,6 @@ func (s *Server) checkForm(w http.ResponseWriter, r *http.Request) (*session, bo
 		return nil, false
 	}
 	return sess, true
-}
-
-// sameOrigin reports whether a form post came from our own page, as far as
-// the browser tells. Fetch metadata (Sec-Fetch-Site) decides when present.
-// Else Origin or Referer must name this host, except that Origin "null"
-// passes: browsers send it for every POST from a page with
-// Referrer-Policy: no-referrer, which ours have. With no signal at all the
-// CSRF token (and the SameSite=Strict cookie) alone decide.
-func sameOrigin(r *http.Request) bool {
-	if site := r.Header.Get("Sec-Fetch-Site"); site != "" {
-		return site == "same-origin"
-	}
-	from := r.Header.Get("Origin")
-	if from == "null" {
-		return true
-	}
-	if from == "" {
-		from = r.Header.Get("Referer")
-		if from == "" {
-			return true
-		}
-	}
-	u, err := url.Parse(from)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
-		return false
-	}
-	return strings.EqualFold(u.Host, r.Host)
 }
 
 // setFlash leaves a message for the session's next page.
@@ -372,46 +341,51 @@ func (s *Server) loginFailed(ip string) {
 	f.last = now
 }
 
-// metricsAllowed lets a logged-in session or HTTP Basic auth with the
-// admin password read /metrics (scrapers cannot fill in a form). An
-// accepted Basic password is remembered as an HMAC under a random
-// per-process key, so scrapes do not pay Argon2id each time.
+// metricsAllowed lets a logged-in session, the access token or the admin
+// password (bearer, or HTTP Basic with any user name) read /metrics:
+// scrapers cannot fill in a form.
 func (s *Server) metricsAllowed(w http.ResponseWriter, r *http.Request) bool {
-	if s.allowed(s.session(r)) {
+	if s.allowed(s.session(r)) || s.credentialOK(r) {
 		return true
 	}
-	if _, pw, ok := r.BasicAuth(); ok {
-		m := hmac.New(sha256.New, s.basicKey[:])
-		m.Write([]byte(pw))
-		mac := m.Sum(nil)
-		s.mu.Lock()
-		cached := s.basicMAC != nil && hmac.Equal(mac, s.basicMAC)
-		s.mu.Unlock()
-		if cached {
-			return true
-		}
-		ip := remoteIP(r)
-		if wait.Sleep(r.Context(), s.loginDelay(ip)) != nil {
-			return false
-		}
-		select {
-		case s.loginSlot <- struct{}{}:
-		case <-r.Context().Done():
-			return false
-		}
-		good, _ := verifyPassword(s.opts.PasswordHash, pw)
-		<-s.loginSlot
-		if good {
-			s.mu.Lock()
-			s.basicMAC = mac
-			s.mu.Unlock()
-			return true
-		}
-		s.loginFailed(ip)
-	}
 	w.Header().Set("WWW-Authenticate", `Basic realm="mailproxy metrics", charset="UTF-8"`)
-	s.renderError(w, r, http.StatusUnauthorized, "Log in first", "/metrics needs the admin password (HTTP Basic auth, any user name) or an admin login.")
+	s.renderError(w, r, http.StatusUnauthorized, "Log in first", "/metrics needs the admin password (HTTP Basic auth, any user name, or a bearer token), the access token, or an admin login.")
 	return false
+}
+
+// passwordCached checks pw against the admin password. An accepted
+// password is remembered as an HMAC under a random per-process key, so
+// that scrapes do not pay Argon2id each time; failures slow the address
+// down as failed logins do.
+func (s *Server) passwordCached(r *http.Request, pw string) bool {
+	m := hmac.New(sha256.New, s.basicKey[:])
+	m.Write([]byte(pw))
+	mac := m.Sum(nil)
+	s.mu.Lock()
+	cached := s.basicMAC != nil && hmac.Equal(mac, s.basicMAC)
+	s.mu.Unlock()
+	if cached {
+		return true
+	}
+	ip := remoteIP(r)
+	if wait.Sleep(r.Context(), s.loginDelay(ip)) != nil {
+		return false
+	}
+	select {
+	case s.loginSlot <- struct{}{}:
+	case <-r.Context().Done():
+		return false
+	}
+	good, _ := verifyPassword(s.opts.PasswordHash, pw)
+	<-s.loginSlot
+	if !good {
+		s.loginFailed(ip)
+		return false
+	}
+	s.mu.Lock()
+	s.basicMAC = mac
+	s.mu.Unlock()
+	return true
 }
 
 // verifyPassword checks the admin password against its Argon2id hash.

@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"mailproxy/upstream"
 	"net/netip"
 	"runtime"
 	"strings"
@@ -15,6 +14,9 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/crypto/argon2"
+
+	"mailproxy/internal/cmdline"
+	"mailproxy/upstream"
 )
 
 // AccountSpec is one local account as the configuration describes it.
@@ -276,7 +278,7 @@ func (a *Accounts) openVault(ctx context.Context, spec AccountSpec, password str
 func notSignedIn(username string, cause error) *AuthError {
 	return &AuthError{
 		Kind: AuthNeedsSignIn,
-		Msg:  clientText("account " + username + " is not signed in; an admin must run `mailproxy login " + username + "`"),
+		Msg:  clientText("account " + username + " is not signed in; an admin must run `" + cmdline.Login(username) + "`"),
 		Err:  cause,
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"mailproxy/internal/cmdline"
 )
 
 // Client-facing texts. They go into IMAP response text and SMTP replies, so
@@ -36,7 +38,7 @@ func TokenAuthError(username string, err error) *AuthError {
 	if err == nil {
 		return nil
 	}
-	hint := strings.ReplaceAll(errorHint(err), "<user>", username)
+	hint := cmdline.Expand(errorHint(err), username)
 	switch {
 	case anyInChain(err, func(e error) bool {
 		ns, ok := e.(needsSignIn)
@@ -46,7 +48,7 @@ func TokenAuthError(username string, err error) *AuthError {
 		if hint != "" {
 			msg += ": " + hint
 		} else {
-			msg += " (mailproxy login " + username + ")"
+			msg += " (" + cmdline.Login(username) + ")"
 		}
 		return &AuthError{Kind: AuthNeedsSignIn, Msg: clientText(msg), Err: err}
 	case isTemporary(err):

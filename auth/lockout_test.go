@@ -3,53 +3,14 @@ package auth
 import (
 	"context"
 	"errors"
+	"mailproxy/internal/testutil"
 	"net/netip"
-	"sync"
 	"testing"
 	"time"
 )
 
-// fakeClock is a clock whose Sleep advances it instead of waiting.
-type fakeClock struct {
-	mu     sync.Mutex // protects now, slept
-	now    time.Time
-	slept  []time.Duration
-	cancel bool // Sleep reports the context's end instead of sleeping
-}
-
-func newFakeClock() *fakeClock { return &fakeClock{now: time.Date(2025, 6, 1, 9, 0, 0, 0, time.UTC)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
-func (c *fakeClock) Sleep(ctx context.Context, d time.Duration) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.slept = append(c.slept, d)
-	c.now = c.now.Add(d)
-	return ctx.Err()
-}
-
-// takeSlept returns the sleeps since the last call.
-func (c *fakeClock) takeSlept() []time.Duration {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	s := c.slept
-	c.slept = nil
-	return s
-}
-
-func newTestLockout(failures int) (*Lockout, *fakeClock) {
-	c := newFakeClock()
+func newTestLockout(failures int) (*Lockout, *testutil.Clock) {
+	c := testutil.NewClock()
 	l := NewLockout(failures, 10*time.Minute, 15*time.Minute)
 	l.Now, l.Sleep = c.Now, c.Sleep
 	return l, c
@@ -69,7 +30,7 @@ func TestLockoutDelaysGrowThenBlock(t *testing.T) {
 			t.Fatalf("attempt %d: Before() = %v, want nil", i+1, err)
 		}
 		var got time.Duration
-		for _, d := range c.takeSlept() {
+		for _, d := range c.TakeSlept() {
 			got += d
 		}
 		if got != w {
@@ -95,11 +56,11 @@ func TestLockoutDelaysGrowThenBlock(t *testing.T) {
 		t.Errorf("Before(bob, other address) = %v, want nil", err)
 	}
 	c.Advance(15 * time.Minute)
-	c.takeSlept()
+	c.TakeSlept()
 	if err := l.Before(ctx, "alice", addr1); err != nil {
 		t.Errorf("Before() after the block = %v, want nil", err)
 	}
-	if s := c.takeSlept(); len(s) != 0 {
+	if s := c.TakeSlept(); len(s) != 0 {
 		t.Errorf("delays after the block = %v, want none", s)
 	}
 }
@@ -115,7 +76,7 @@ func TestLockoutWindow(t *testing.T) {
 	if err := l.Before(context.Background(), "alice", addr1); err != nil {
 		t.Errorf("Before() = %v, want nil", err)
 	}
-	if s := c.takeSlept(); len(s) != 1 || s[0] != 250*time.Millisecond {
+	if s := c.TakeSlept(); len(s) != 1 || s[0] != 250*time.Millisecond {
 		t.Errorf("delay after one failure in the window = %v, want [250ms]", s)
 	}
 }
@@ -126,18 +87,18 @@ func TestLockoutSuccessClearsAddress(t *testing.T) {
 	l.Failed("alice", addr1)
 	l.Failed("alice", addr1)
 	l.Succeeded("alice", addr1)
-	c.takeSlept()
+	c.TakeSlept()
 	if err := l.Before(ctx, "carol", addr1); err != nil {
 		t.Fatalf("Before(carol) = %v, want nil", err)
 	}
-	if s := c.takeSlept(); len(s) != 0 {
+	if s := c.TakeSlept(); len(s) != 0 {
 		t.Errorf("delay for the address after a success = %v, want none", s)
 	}
 	// The username's count stays: a guesser elsewhere gains no tries.
 	if err := l.Before(ctx, "alice", addr2); err != nil {
 		t.Fatalf("Before(alice, other address) = %v, want nil", err)
 	}
-	if s := c.takeSlept(); len(s) != 1 || s[0] != 500*time.Millisecond {
+	if s := c.TakeSlept(); len(s) != 1 || s[0] != 500*time.Millisecond {
 		t.Errorf("delay for the username from elsewhere = %v, want [500ms]", s)
 	}
 }
@@ -155,11 +116,11 @@ func TestLockoutTrustedAddressKeepsWorking(t *testing.T) {
 	if err := l.Before(ctx, "scanner", attacker); !errors.Is(err, ErrLockedOut) {
 		t.Errorf("Before(attacker) = %v, want ErrLockedOut", err)
 	}
-	c.takeSlept()
+	c.TakeSlept()
 	if err := l.Before(ctx, "scanner", printer); err != nil {
 		t.Errorf("Before(printer) = %v, want nil", err)
 	}
-	if s := c.takeSlept(); len(s) != 0 {
+	if s := c.TakeSlept(); len(s) != 0 {
 		t.Errorf("delay for the trusted printer = %v, want none", s)
 	}
 	// The printer's own failures still count against it.
@@ -251,7 +212,7 @@ func TestAccountsLockout(t *testing.T) {
 		_, err := a.Authenticate(ctx, user, "wrong", addr1)
 		wantAuthError(t, err, AuthFailed, msgInvalidCredentials)
 	}
-	if s := c.takeSlept(); len(s) != 2 {
+	if s := c.TakeSlept(); len(s) != 2 {
 		t.Errorf("delays before attempts 2 and 3 = %v, want 2", s)
 	}
 	before := a.kdfRuns.Load()

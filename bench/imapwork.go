@@ -143,7 +143,9 @@ func (e *env) benchFetch(ctx context.Context, rep *report) error {
 	for _, rs := range sizes {
 		passes = append(passes, pass{rs, 1})
 	}
-	passes = append(passes, pass{sizes[len(sizes)-1], e.o.fetchClients})
+	if e.o.fetchClients > 1 {
+		passes = append(passes, pass{sizes[len(sizes)-1], e.o.fetchClients})
+	}
 	for _, ps := range passes {
 		k := ps.k
 		if ps.size > 0 {

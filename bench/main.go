@@ -148,6 +148,7 @@ func parseFlags(args []string) (options, error) {
 	only := fs.String("only", "", "comma-separated workloads to run: "+strings.Join(workloadNames, ","))
 	loginN := fs.Int("login-n", 0, "login iterations per mode (0: preset)")
 	fetchMB := fs.Int("fetch-mb", 0, "FETCH message size in MiB (0: preset)")
+	fetchClients := fs.Int("fetch-clients", 0, "parallel FETCH clients of the last pass (0: preset; 1: no parallel pass)")
 	rounds := fs.Int("rounds", 0, "rounds per mode for the throughput workloads (0: preset)")
 	idle := fs.String("idle", "", "comma-separated idle session counts (empty: preset)")
 	cpuProf := fs.String("proxy-cpuprofile", "", "write a CPU profile of the main proxy process to `file`")
@@ -172,6 +173,9 @@ func parseFlags(args []string) (options, error) {
 	}
 	if *fetchMB > 0 {
 		o.fetchSize = int64(*fetchMB) << 20
+	}
+	if *fetchClients > 0 {
+		o.fetchClients = *fetchClients
 	}
 	if *rounds > 0 {
 		o.fetchRounds, o.smtpRounds, o.bigRounds = *rounds, *rounds, *rounds

@@ -79,3 +79,10 @@ func (c *Config) AllowedHosts() []string {
 	}
 	return hosts
 }
+
+// AdminTLS reports whether the admin page is served over TLS: when there
+// is a certificate and admin.listen is not a loopback address.
+func (c *Config) AdminTLS() bool {
+	kind, _ := classifyHost(c.Admin.Listen)
+	return c.TLS.Enabled() && c.Admin.Listen != "" && kind != hostLoopback
+}

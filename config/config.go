@@ -183,6 +183,17 @@ type Provider struct {
 	// RootCAs verifies the upstream servers: the system roots plus ca_file.
 	// nil means the system roots.
 	RootCAs *x509.CertPool
+
+	// Sending through Microsoft Graph and the clouds (config/graph.go).
+	Cloud           string   // office365: CloudGlobal...; "" for other types
+	SendVia         string   // SendViaSMTP or SendViaGraph, for accounts that do not choose
+	GraphURL        string   // Graph root without a path, e.g. "https://graph.microsoft.com"; "" = none
+	GraphScopes     []string // delegated Graph scopes; also in Scopes when an account sends through Graph
+	GraphAppScopes  []string // client credentials scope for Graph: GraphURL's origin + "/.default"
+	SaveToSentItems bool     // Graph: keep a copy in Sent Items (default true)
+	// MinTokenLifetime: hand out a token only with this much life left
+	// (15 minutes for High Volume Email); 0 = no minimum.
+	MinTokenLifetime time.Duration
 }
 
 // String returns the provider name, so that printing a Provider never shows
@@ -201,6 +212,10 @@ type Account struct {
 	Provider     *Provider
 	Seal         string // SealPassword or SealService
 	Spool        bool   // mail clients' messages go through the spool too
+	// SendVia is how the account sends: its send_via, else its
+	// provider's (SendViaSMTP or SendViaGraph).
+	SendVia         string
+	SaveToSentItems bool // Graph: its save_to_sent_items, else the provider's
 }
 
 // Account returns the account with this username, compared

@@ -732,12 +732,20 @@ func render(cfg *Config) []byte {
 		if p.CAFile != "" {
 			pm["ca_file"] = p.CAFile
 		}
+		if p.Cloud != "" {
+			pm["cloud"] = p.Cloud
+		}
+		if p.GraphURL != "" {
+			pm["graph_url"] = p.GraphURL
+		}
+		pm["send_via"], pm["save_to_sent_items"] = p.SendVia, p.SaveToSentItems
 		providers = append(providers, pm)
 	}
 	for _, a := range cfg.Accounts {
 		accounts = append(accounts, map[string]any{
 			"username": a.Username, "provider": a.Provider.Name, "mailbox": a.Mailbox,
 			"flow": a.Flow, "password_hash": a.PasswordHash, "seal": a.Seal, "spool": a.Spool,
+			"send_via": a.SendVia, "save_to_sent_items": a.SaveToSentItems,
 		})
 	}
 	var devices []map[string]any

@@ -94,6 +94,11 @@ type rawProvider struct {
 	SMTPServer       val `toml:"smtp_server"`
 	CAFile           val `toml:"ca_file"`
 	RedirectURL      val `toml:"redirect_url"`
+	// config/graph.go
+	SendVia         val `toml:"send_via"`
+	Cloud           val `toml:"cloud"`
+	GraphURL        val `toml:"graph_url"`
+	SaveToSentItems val `toml:"save_to_sent_items"`
 }
 
 type rawAccount struct {
@@ -104,6 +109,9 @@ type rawAccount struct {
 	PasswordHash val `toml:"password_hash"`
 	Seal         val `toml:"seal"`
 	Spool        val `toml:"spool"`
+	// config/graph.go
+	SendVia         val `toml:"send_via"`
+	SaveToSentItems val `toml:"save_to_sent_items"`
 }
 
 // val is one TOML value as the decoder produced it: string, int64, float64,

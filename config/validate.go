@@ -175,6 +175,7 @@ func (c *checker) config(r *rawConfig) *Config {
 	c.log(&r.Log, &cfg.Log)
 	c.providers(r.Providers, cfg)
 	c.accounts(r.Accounts, cfg)
+	graphSignInScopes(cfg)
 	c.spool(&r.Spool, &cfg.Spool, cfg.StateDir)
 	c.tokens(&r.Tokens, &cfg.Tokens)
 	c.devices(r.Devices, cfg)
@@ -475,6 +476,7 @@ func (c *checker) provider(base string, r *rawProvider, redirectPort string) *Pr
 		c.errorf(k("type"), "%s is not a provider type: use office365, outlook, gmail or custom", q(p.Type))
 	}
 	custom := p.Type == TypeCustom
+	p.Cloud = c.cloud(base, r, p.Type, &pre)
 
 	switch {
 	case pre.tenant != "":
@@ -535,6 +537,7 @@ func (c *checker) provider(base string, r *rawProvider, redirectPort string) *Pr
 		(err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Fragment != "" || u.User != nil) {
 		c.errorf(k("redirect_url"), "%s is not an absolute http or https URL", q(p.RedirectURL))
 	}
+	c.graph(base, r, p)
 	return p
 }
 
@@ -717,6 +720,7 @@ func (c *checker) account(base string, r *rawAccount, cfg *Config) *Account {
 	}
 
 	c.accountSeal(r, a, base)
+	c.accountGraph(base, r, a)
 	a.PasswordHash = c.phc(r.PasswordHash, k("password_hash"))
 	if a.Flow == FlowClientCredentials && a.PasswordHash == "" && !c.bad[k("password_hash")] {
 		c.errorf(k("password_hash"), "required for flow client_credentials: no sign-in sets a local password; create one with `mailproxy hash-password`")

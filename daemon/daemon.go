@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -44,9 +45,12 @@ type Daemon struct {
 	lockout  *auth.Lockout      // nil: off
 	admin    *admin.Server
 	adminHS  *http.Server
-	failed   chan error    // a listener died
-	stop     chan struct{} // closed at shutdown
-	stopOnce sync.Once
+	relay    *deviceRelay // the spool; nil when nothing is spooled
+	// adminToken is the admin page's access token (state_dir/admin-token).
+	adminToken string
+	failed     chan error    // a listener died
+	stop       chan struct{} // closed at shutdown
+	stopOnce   sync.Once
 
 	mu        sync.Mutex // protects the fields below
 	cfg       *config.Config
@@ -95,7 +99,7 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 	d.accounts.SetLockout(d.lockout)
 	d.imap = &imapfront.Server{
 		Auth:                  d.accounts,
-		TLSConfig:             tlsConf,
+		TLSConfig:             listenerTLS(tlsConf, cfg.IMAP.TLSMinVersion),
 		Logger:                logger,
 		Metrics:               d.metrics,
 		PlaintextAllowed:      d.plaintextAllowed,
@@ -112,7 +116,7 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 	}
 	d.smtp = &smtpfront.Server{
 		Auth:             d.accounts,
-		TLSConfig:        tlsConf,
+		TLSConfig:        listenerTLS(tlsConf, cfg.SMTP.TLSMinVersion),
 		Logger:           logger,
 		Metrics:          d.metrics,
 		PlaintextAllowed: d.plaintextAllowed,
@@ -123,7 +127,16 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 		WriteTimeout:     cfg.SMTP.WriteTimeout,
 		UpstreamTimeout:  cfg.Security.UpstreamTimeout,
 	}
+	if d.relay, err = newDeviceRelay(d, cfg); err != nil {
+		return nil, err
+	}
+	if d.relay != nil {
+		d.smtp.Intake = d.relay
+	}
 	if cfg.Admin.Listen != "" {
+		if d.adminToken, err = admin.LoadAccessToken(cfg.StateDir); err != nil {
+			return nil, err
+		}
 		d.admin, err = admin.New(admin.Options{
 			Accounts:     d.adminAccounts,
 			Status:       m.Status,
@@ -131,8 +144,11 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 			Remove:       st.Remove,
 			Provider:     d.provider,
 			PasswordHash: cfg.Admin.PasswordHash,
+			AccessToken:  d.adminToken,
+			AllowedHosts: d.adminHosts,
 			Metrics:      d.metrics,
 			Listeners:    d.adminListeners,
+			Spool:        d.relay.view(),
 			Logger:       logger.With("listener", "admin"),
 		})
 		if err != nil {
@@ -142,6 +158,37 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 		d.adminHS.ErrorLog = slog.NewLogLogger(logger.Handler(), slog.LevelWarn)
 	}
 	return d, nil
+}
+
+// adminHosts are the host names the admin page answers to; they follow
+// reloads.
+func (d *Daemon) adminHosts() []string {
+	d.mu.Lock()
+	cfg := d.cfg
+	d.mu.Unlock()
+	return cfg.AllowedHosts()
+}
+
+// Metrics are the counters the fronts report to (the admin page, /metrics,
+// /healthz).
+func (d *Daemon) Metrics() *admin.Metrics { return d.metrics }
+
+// AdminURL is the link that opens the admin page: with its access token
+// when there is no admin password. "" when the page is off or not bound.
+// It holds a secret: print it for the person at the terminal, never log it.
+func (d *Daemon) AdminURL() string {
+	a := d.Addr("admin")
+	if d.admin == nil || a == nil {
+		return ""
+	}
+	d.mu.Lock()
+	cfg := d.cfg
+	d.mu.Unlock()
+	tok := d.adminToken
+	if cfg.Admin.PasswordHash != "" {
+		tok = ""
+	}
+	return admin.AccessURL(a.String(), cfg.AdminTLS(), tok)
 }
 
 // adminAccounts lists the configured accounts for the admin page.
@@ -286,11 +333,20 @@ func (d *Daemon) Start() error {
 			return err
 		}
 	}
+	if u := d.AdminURL(); u != "" && cfg.Admin.PasswordHash == "" {
+		// The link holds the access token: it is printed by admin-url
+		// (and the demo's banner), never logged.
+		d.logger.Info("admin page: open the link that `mailproxy admin-url` prints; it carries the access token kept in state_dir",
+			"url", admin.AccessURL(d.Addr("admin").String(), cfg.AdminTLS(), ""), "token_file", filepath.Join(cfg.StateDir, admin.AccessTokenFile))
+	}
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
 		d.alertLoop()
 	}()
+	if d.relay != nil {
+		d.relay.start()
+	}
 	return nil
 }
 
@@ -325,6 +381,20 @@ func (d *Daemon) logAlerts() {
 	}
 }
 
+// ListenError is a listener that could not be bound, such as a port that
+// another program holds (errors.Is(err, syscall.EADDRINUSE)).
+type ListenError struct {
+	Listener string // "imap", "imaps", "smtp", "smtps", "admin"
+	Addr     string // as configured
+	Err      error
+}
+
+func (e *ListenError) Error() string {
+	return fmt.Sprintf("listen %s on %s: %v", e.Listener, e.Addr, e.Err)
+}
+
+func (e *ListenError) Unwrap() error { return e.Err }
+
 // bind listens on s.addr and serves it, replacing a listener of the same
 // name (which is closed only after the new one is up).
 func (d *Daemon) bind(s listenerSpec) error {
@@ -333,7 +403,7 @@ func (d *Daemon) bind(s listenerSpec) error {
 	}
 	ln, err := net.Listen("tcp", s.addr)
 	if err != nil {
-		return fmt.Errorf("listen %s on %s: %w", s.name, s.addr, err)
+		return &ListenError{Listener: s.name, Addr: s.addr, Err: err}
 	}
 	admin := s.name == "admin"
 	// The admin page asks for its own password off loopback, and sends it
@@ -349,8 +419,8 @@ func (d *Daemon) bind(s listenerSpec) error {
 	if !admin {
 		ln = d.limiter.Listener(ln, refusal, d.logger.With("listener", s.name))
 	}
-	if ap, err := netip.ParseAddrPort(ln.Addr().String()); s.implicit || (admin && d.certs != nil && err == nil && !ap.Addr().IsLoopback()) {
-		ln = tls.NewListener(ln, d.certs.config())
+	if ap, err := netip.ParseAddrPort(ln.Addr().String()); s.implicit || (admin && d.certs != nil && err == nil && !ap.Addr().IsLoopback()) { // config.Config.AdminTLS
+		ln = tls.NewListener(ln, d.tlsFor(s.name))
 	}
 	b := &boundListener{addr: s.addr, ln: ln}
 	d.mu.Lock()
@@ -401,7 +471,11 @@ func (d *Daemon) allowFunc(plain bool) func(netip.Addr) bool {
 			return false
 		}
 		if plain && d.certs == nil && !sec.PlaintextAllowedFrom(ip) {
-			return false
+			// A device without a credential sends no password.
+			d.mu.Lock()
+			dev := d.cfg.DeviceFrom(ip)
+			d.mu.Unlock()
+			return dev != nil && dev.Username == ""
 		}
 		return true
 	}
@@ -492,6 +566,13 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	wg.Wait()
 	d.imap.Close()
 	d.smtp.Close()
+	// After the SMTP front: nothing more comes in; queued mail stays on
+	// disk for the next start.
+	if d.relay != nil {
+		if err := d.relay.shutdown(ctx); err != nil {
+			d.logger.Warn("spool shutdown", "err", err)
+		}
+	}
 	d.wg.Wait()
 	// Rotated tokens a failed save left in memory get one last chance.
 	for _, u := range d.manager.Flush() {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
-	"time"
 
 	"mailproxy/auth"
 	"mailproxy/config"
@@ -15,7 +14,7 @@ import (
 )
 
 // tokenHTTPTimeout bounds one request to an identity provider.
-const tokenHTTPTimeout = 30 * time.Second
+const tokenHTTPTimeout = oauth.RequestTimeout
 
 // OAuthProvider turns a config provider into what package oauth needs.
 func OAuthProvider(p *config.Provider) *oauth.Provider {
@@ -32,6 +31,10 @@ func OAuthProvider(p *config.Provider) *oauth.Provider {
 		Scopes:        p.Scopes,
 		AppScopes:     p.AppScopes,
 		HTTPClient:    &http.Client{Transport: tr, Timeout: tokenHTTPTimeout},
+		// Graph (send_via = "graph") and HVE: config/graph.go.
+		GraphScopes:      p.GraphScopes,
+		GraphAppScopes:   p.GraphAppScopes,
+		MinTokenLifetime: p.MinTokenLifetime,
 	}
 }
 

@@ -2,36 +2,16 @@ package front
 
 import (
 	"bufio"
-	"bytes"
 	"io"
 	"log/slog"
 	"mailproxy/internal/testutil"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
 
 const testRefusal = "* BYE too many connections\r\n"
-
-// syncBuffer is a bytes.Buffer safe for a logging goroutine and the test.
-type syncBuffer struct {
-	mu sync.Mutex // protects b
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // limitServer accepts from ln and hands every connection to the test.
 func limitServer(t *testing.T, ln net.Listener) <-chan net.Conn {
@@ -82,7 +62,7 @@ func dialFrom(t *testing.T, from, addr string) (net.Conn, string) {
 }
 
 func TestLimitListenerTotal(t *testing.T) {
-	var logs syncBuffer
+	var logs testutil.Buffer
 	ln := LimitListener(testutil.Listen(t), 2, 0, testRefusal, slog.New(slog.NewTextHandler(&logs, nil)))
 	accepted := limitServer(t, ln)
 	addr := ln.Addr().String()

@@ -37,3 +37,19 @@ type Metrics interface {
 	// Session tracks relayed sessions open per account (delta +1 or -1).
 	Session(account string, delta int)
 }
+
+// UpstreamObserver is what a Metrics may also implement to learn how each
+// upstream login really went: err is nil when the upstream server accepted
+// the token, else why it could not be reached or refused. Token errors
+// from the identity provider are not upstream results.
+type UpstreamObserver interface {
+	UpstreamResult(account, proto string, err error)
+}
+
+// ObserveUpstream tells m about an upstream login when m is an
+// UpstreamObserver.
+func ObserveUpstream(m Metrics, account, proto string, err error) {
+	if o, ok := m.(UpstreamObserver); ok {
+		o.UpstreamResult(account, proto, err)
+	}
+}

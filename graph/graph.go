@@ -215,4 +215,8 @@ func (l *Limits) acquire(ctx context.Context, mailbox string) (release func(), e
 }
 
 // errors used inside the package.
-var errTooLarge = errors.New("message too large")
+var (
+	errTooLarge     = errors.New("message too large")
+	errClientData   = errors.New("the message data broke off")
+	errLocalStorage = errors.New("no room for the message")
+)

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -338,10 +341,11 @@ func TestConcurrencyPerMailbox(t *testing.T) {
 			msg = large
 		}
 		wg.Go(func() {
-			s := e.sender.NewSession()
+			s := e.sender.NewSession(context.Background())
 			s.Mail(testUser, nil)
 			s.Rcpt("bob@fabrikam.com", nil)
-			errs <- s.Data(context.Background(), bytes.NewReader(msg))
+			_, err := s.Data(bytes.NewReader(msg))
+			errs <- err
 		})
 	}
 	wg.Wait()
@@ -364,8 +368,92 @@ func TestConcurrencyPerMailbox(t *testing.T) {
 
 func TestNoRecipients(t *testing.T) {
 	e := newEnv(t, defaults)
-	s := e.sender.NewSession()
+	s := e.sender.NewSession(context.Background())
 	s.Mail(testUser, nil)
-	err := s.Data(context.Background(), strings.NewReader("Subject: x\r\n\r\nb\r\n"))
+	_, err := s.Data(strings.NewReader("Subject: x\r\n\r\nb\r\n"))
 	wantReply(t, err, 554, smtp.EnhancedCode{5, 5, 1}, "No valid recipients")
+}
+
+type brokenReader struct{ n int }
+
+func (b *brokenReader) Read(p []byte) (int, error) {
+	if b.n <= 0 {
+		return 0, errors.New("connection reset by peer")
+	}
+	n := min(len(p), b.n)
+	for i := range p[:n] {
+		p[i] = 'x'
+	}
+	b.n -= n
+	return n, nil
+}
+
+func TestBrokenDataSendsNothing(t *testing.T) {
+	e := newEnv(t, defaults)
+	err := e.send(t, testUser, []string{"bob@fabrikam.com"}, &brokenReader{n: 100000})
+	wantReply(t, err, 451, smtp.EnhancedCode{4, 3, 0}, "nothing was sent")
+	if n := e.graph.Requests(); n != 0 {
+		t.Errorf("%d requests reached Graph for a message that broke off", n)
+	}
+	// The front's own reply for its reader passes through.
+	tooLong := &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: "Line too long"}
+	err = e.send(t, testUser, []string{"bob@fabrikam.com"}, io.MultiReader(strings.NewReader("Subject: x\r\n"), iotest.ErrReader(tooLong)))
+	wantReply(t, err, 500, smtp.EnhancedCode{5, 5, 2}, "Line too long")
+}
+
+func TestNoRoomForTheMessage(t *testing.T) {
+	e := newEnv(t, Options{KeepSentItems: true})
+	e.sender.opts.TempDir = filepath.Join(e.tmp, "missing")
+	m := testMsg{from: testUser, subject: "x", body: "b", to: []string{"bob@fabrikam.com"}}
+	err := e.send(t, testUser, m.to, bytes.NewReader(m.bytes(t)))
+	wantReply(t, err, 452, smtp.EnhancedCode{4, 3, 1}, "nothing was sent")
+}
+
+// The fake's assembled message is what recipients would get: one MIME
+// with every attachment, To/Cc from the recipient lists, no Bcc.
+func TestAssembledMessage(t *testing.T) {
+	e := newEnv(t, defaults)
+	m := testMsg{from: testUser, subject: "assembled", body: "see files", to: []string{"bob@fabrikam.com", "dave@fabrikam.com"}, bcc: []string{"x@fabrikam.com"},
+		atts: []attachment{{name: "big.pdf", ctype: "application/pdf", size: mb(4), seed: 31}, {name: "small.txt", ctype: "text/plain", size: 1000, seed: 32}}}
+	if err := e.send(t, testUser, []string{"bob@fabrikam.com", "x@fabrikam.com"}, bytes.NewReader(m.bytes(t))); err != nil {
+		t.Fatal(err)
+	}
+	s := onlySent(t, e.graph)
+	msg := s.Message()
+	if bytes.Contains(msg, []byte("\nBcc:")) || bytes.Contains(msg, []byte("dave@")) || bytes.Contains(msg, []byte("x@fabrikam.com")) {
+		t.Errorf("assembled message shows a Bcc or a recipient the envelope dropped:\n%.600s", msg)
+	}
+	whole := &fake365.GraphSent{MIME: msg, To: s.To}
+	check(t, whole, m, []string{"bob@fabrikam.com"}, nil, nil)
+}
+
+func TestCloseStopsAMessageInFlight(t *testing.T) {
+	waiting := make(chan struct{})
+	e := newEnv(t, Options{KeepSentItems: true, Sleep: func(ctx context.Context, d time.Duration) error {
+		close(waiting)
+		<-ctx.Done()
+		return ctx.Err()
+	}})
+	// A large message: the draft exists when Graph throttles the upload.
+	m := testMsg{from: testUser, subject: "x", body: "b", to: []string{"bob@fabrikam.com"},
+		atts: []attachment{{name: "big.bin", ctype: "application/octet-stream", size: mb(5), seed: 2}}}
+	e.graph.FailUploadRange(1, http.StatusTooManyRequests)
+	s := e.sender.NewSession(context.Background())
+	s.Mail(testUser, nil)
+	s.Rcpt("bob@fabrikam.com", nil)
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Data(bytes.NewReader(m.bytes(t)))
+		done <- err
+	}()
+	<-waiting
+	s.Close()
+	err := <-done
+	wantReply(t, err, 451, smtp.EnhancedCode{4, 7, 500}, "")
+	if n := len(e.graph.Sent()); n != 0 {
+		t.Errorf("%d sent after Close, want 0", n)
+	}
+	if n := e.graph.Drafts(); n != 0 {
+		t.Errorf("%d drafts left after Close, want 0 (deleted)", n)
+	}
 }

@@ -147,7 +147,7 @@ func newEnv(t *testing.T, opts Options) *env {
 // send runs one transaction and returns Data's error.
 func (e *env) send(t *testing.T, from string, rcpt []string, msg io.Reader) error {
 	t.Helper()
-	s := e.sender.NewSession()
+	s := e.sender.NewSession(context.Background())
 	if err := s.Mail(from, nil); err != nil {
 		t.Fatalf("Mail(%q) = %v", from, err)
 	}
@@ -156,7 +156,11 @@ func (e *env) send(t *testing.T, from string, rcpt []string, msg io.Reader) erro
 			t.Fatalf("Rcpt(%q) = %v", r, err)
 		}
 	}
-	return s.Data(context.Background(), msg)
+	reply, err := s.Data(msg)
+	if err == nil && reply != AcceptedText {
+		t.Errorf("Data = %q, nil; want %q", reply, AcceptedText)
+	}
+	return err
 }
 
 func wantReply(t *testing.T, err error, code int, enh smtp.EnhancedCode, substr string) {

@@ -13,6 +13,7 @@ import (
 	"github.com/emersion/go-message"
 	"github.com/emersion/go-message/mail"
 	"github.com/emersion/go-message/textproto"
+	"github.com/emersion/go-smtp"
 )
 
 // spoolFile is a message on disk, private to this process.
@@ -21,29 +22,53 @@ type spoolFile struct {
 	size int64
 }
 
-// spool copies r into a new temporary file of at most limit bytes. Past the
+// spoolMessage copies r into a new temporary file of at most limit bytes. Past the
 // limit it reads r to its end (so the SMTP exchange stays in step) and
-// returns errTooLarge.
-func spool(dir string, r io.Reader, limit int64) (*spoolFile, error) {
+// returns errTooLarge. A failing r (the client's data broke off) yields an
+// error wrapping errClientData, or r's own *smtp.SMTPError; a failing disk
+// one wrapping errLocalStorage. Nothing is sent in either case.
+func spoolMessage(dir string, r io.Reader, limit int64) (*spoolFile, error) {
 	f, err := os.CreateTemp(dir, "mailproxy-graph-*.eml") // mode 0600
 	if err != nil {
-		return nil, fmt.Errorf("spool the message: %w", err)
+		return nil, fmt.Errorf("spool the message: %w: %w", errLocalStorage, err)
 	}
-	n, err := io.Copy(f, io.LimitReader(r, limit+1))
+	src := &errReader{r: r}
+	n, err := io.Copy(f, io.LimitReader(src, limit+1))
 	if err == nil && n > limit {
-		_, err = io.Copy(io.Discard, r)
+		_, err = io.Copy(io.Discard, src)
 		if err == nil {
 			err = errTooLarge
 		}
 	}
 	if err != nil {
 		removeTemp(f)
-		if errors.Is(err, errTooLarge) {
+		switch {
+		case errors.Is(err, errTooLarge):
 			return nil, err
+		case src.err != nil:
+			var se *smtp.SMTPError
+			if errors.As(src.err, &se) {
+				return nil, se
+			}
+			return nil, fmt.Errorf("read the message: %w: %w", errClientData, src.err)
 		}
-		return nil, fmt.Errorf("spool the message: %w", err)
+		return nil, fmt.Errorf("spool the message: %w: %w", errLocalStorage, err)
 	}
 	return &spoolFile{f: f, size: n}, nil
+}
+
+// errReader remembers the error of its reader.
+type errReader struct {
+	r   io.Reader
+	err error
+}
+
+func (e *errReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF {
+		e.err = err
+	}
+	return n, err
 }
 
 func removeTemp(f *os.File) {
@@ -175,31 +200,71 @@ func isAttachment(h textproto.Header) bool {
 func decoder(h textproto.Header, r io.Reader) io.Reader {
 	switch strings.ToLower(strings.TrimSpace(h.Get("Content-Transfer-Encoding"))) {
 	case "base64":
-		return base64.NewDecoder(base64.StdEncoding, &b64Clean{r: r})
+		return &b64Decoder{src: r}
 	case "quoted-printable":
 		return quotedprintable.NewReader(r)
 	}
 	return r
 }
 
-// b64Clean drops what is not base64 alphabet (line breaks, spaces) so that
-// encoding/base64 sees a clean stream.
-type b64Clean struct{ r io.Reader }
+// b64Alphabet marks the bytes of the standard base64 alphabet and '='.
+var b64Alphabet = func() (t [256]bool) {
+	for _, c := range []byte("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") {
+		t[c] = true
+	}
+	return t
+}()
 
-func (c *b64Clean) Read(p []byte) (int, error) {
-	for {
-		n, err := c.r.Read(p)
-		j := 0
-		for _, b := range p[:n] {
-			if b >= 'A' && b <= 'Z' || b >= 'a' && b <= 'z' || b >= '0' && b <= '9' || b == '+' || b == '/' || b == '=' {
-				p[j] = b
-				j++
+// b64Decoder decodes a MIME base64 body a chunk at a time, skipping what
+// is not base64 (line breaks, stray spaces), as RFC 2045 6.8 asks.
+type b64Decoder struct {
+	src io.Reader
+	in  [64 << 10]byte
+	n   int // alphabet bytes waiting in in
+	out [48 << 10]byte
+	buf []byte
+	err error
+}
+
+func (d *b64Decoder) Read(p []byte) (int, error) {
+	for len(d.buf) == 0 {
+		if d.err != nil {
+			return 0, d.err
+		}
+		m, err := d.src.Read(d.in[d.n:])
+		kept := d.n
+		for _, c := range d.in[d.n : d.n+m] {
+			if b64Alphabet[c] {
+				d.in[kept] = c
+				kept++
 			}
 		}
-		if j > 0 || err != nil {
-			return j, err
+		d.n = kept
+		usable := d.n / 4 * 4
+		if err != nil {
+			usable = d.n
+		}
+		if usable > 0 {
+			chunk := d.in[:usable]
+			enc := base64.StdEncoding
+			if usable%4 != 0 { // the last quantum without its padding
+				chunk = []byte(strings.TrimRight(string(chunk), "="))
+				enc = base64.RawStdEncoding
+			}
+			k, derr := enc.Decode(d.out[:], chunk)
+			d.buf = d.out[:k]
+			d.n = copy(d.in[:], d.in[usable:d.n])
+			if derr != nil {
+				d.err = fmt.Errorf("base64: %w", derr)
+			}
+		}
+		if err != nil && d.err == nil {
+			d.err = err
 		}
 	}
+	n := copy(p, d.buf)
+	d.buf = d.buf[n:]
+	return n, nil
 }
 
 type countWriter struct{ n int64 }

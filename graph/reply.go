@@ -35,6 +35,12 @@ func (s *Sender) replyFor(err error) *smtp.SMTPError {
 	if errors.As(err, &te) {
 		return s.tokenReply(te.Err)
 	}
+	if errors.Is(err, errClientData) {
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Message data incomplete; nothing was sent"}
+	}
+	if errors.Is(err, errLocalStorage) {
+		return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "Insufficient local storage for the message; nothing was sent, try again later"}
+	}
 	if errors.Is(err, errTooLarge) {
 		return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
 			Message: fmt.Sprintf("Message too large (Graph takes at most %d MB)", s.opts.MaxMessageBytes>>20)}
@@ -55,7 +61,9 @@ func (s *Sender) replyFor(err error) *smtp.SMTPError {
 	case retryable(ge.Status):
 		msg := text
 		if ge.RetryAfter > 0 {
-			msg += fmt.Sprintf(" (retry after %d s)", int(ge.RetryAfter.Seconds()+0.5))
+			// Exchange's own wording, which the spool reads to pause the
+			// mailbox for that long.
+			msg += fmt.Sprintf(" (retry after %d s; Suggested Backoff Time: %d milliseconds)", int(ge.RetryAfter.Seconds()+0.5), ge.RetryAfter.Milliseconds())
 		}
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 500}, Message: clean(msg)}
 	case ge.Status == http.StatusUnauthorized:

@@ -15,19 +15,26 @@ import (
 	"github.com/emersion/go-smtp"
 )
 
-// Session is one SMTP transaction's way to Graph, with the shape of every
+// Session is an SMTP session's way to Graph, with the shape of every
 // Submitter: Mail, Rcpt, Data, Reset, Quit. Its errors are
 // *smtp.SMTPError with a text safe for the client. It is not safe for
 // concurrent use.
 type Session struct {
-	s    *Sender
-	from string
-	rcpt []string // envelope recipients, deduplicated case-insensitively
-	seen map[string]bool
+	s      *Sender
+	ctx    context.Context
+	cancel context.CancelFunc
+	from   string
+	rcpt   []string // envelope recipients, deduplicated case-insensitively
+	seen   map[string]bool
 }
 
-// NewSession starts a transaction.
-func (s *Sender) NewSession() *Session { return &Session{s: s} }
+// NewSession starts a session whose requests run under ctx: the SMTP
+// session's or the spool worker's lifetime, not a deadline for opening it.
+// Close (or Quit) cancels what is in flight.
+func (s *Sender) NewSession(ctx context.Context) *Session {
+	ctx, cancel := context.WithCancel(ctx)
+	return &Session{s: s, ctx: ctx, cancel: cancel}
+}
 
 // Mail starts a message. Graph sends as the mailbox (the MIME From must be
 // the mailbox or one it may send as); the envelope sender is not sent.
@@ -58,31 +65,51 @@ func (t *Session) Rcpt(to string, _ *smtp.RcptOptions) error {
 }
 
 // Reset forgets the transaction.
-func (t *Session) Reset() {
+func (t *Session) Reset() error {
 	t.from, t.rcpt, t.seen = "", nil, nil
+	return nil
 }
 
 // Quit ends the session; nothing is held open between messages.
 func (t *Session) Quit() error {
 	t.Reset()
+	return t.Close()
+}
+
+// Close ends the session at once, from any goroutine: a message in flight
+// is not sent (its draft is deleted), and Data answers 451.
+func (t *Session) Close() error {
+	if t.cancel != nil {
+		t.cancel()
+	}
 	return nil
 }
 
-// Data reads the message from r to its end and sends it. nil means Graph
-// accepted it (202).
-func (t *Session) Data(ctx context.Context, r io.Reader) error {
+// AcceptedText is the reply text of a message Graph accepted.
+const AcceptedText = "2.0.0 OK: accepted by Microsoft Graph"
+
+// Data reads the message from r to its end and sends it. A nil error
+// means Graph accepted it (202); reply is then the text for the client's
+// 250.
+func (t *Session) Data(r io.Reader) (reply string, err error) {
 	defer t.Reset()
 	if len(t.rcpt) == 0 {
 		io.Copy(io.Discard, r)
-		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "No valid recipients"}
+		return "", &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "No valid recipients"}
 	}
-	err := t.s.Send(ctx, t.rcpt, r)
-	return t.s.reply(err)
+	ctx := t.ctx
+	if ctx == nil { // a zero Session
+		ctx = context.Background()
+	}
+	if err := t.s.reply(t.s.Send(ctx, t.rcpt, r)); err != nil {
+		return "", err
+	}
+	return AcceptedText, nil
 }
 
 // Send sends the message read from r to exactly the envelope recipients rcpt.
 func (s *Sender) Send(ctx context.Context, rcpt []string, r io.Reader) error {
-	sp, err := spool(s.opts.TempDir, r, s.opts.MaxMessageBytes)
+	sp, err := spoolMessage(s.opts.TempDir, r, s.opts.MaxMessageBytes)
 	if err != nil {
 		return err
 	}
@@ -307,3 +334,17 @@ func (s *Sender) postAttachment(ctx context.Context, th *throttle, msgURL string
 	_, err = s.do(ctx, th, call{op: "add attachment", method: http.MethodPost, url: msgURL + "/attachments", body: b, auth: true}, nil)
 	return err
 }
+
+// Submitter is the shape the spool (and the SMTP front) submit through.
+type Submitter interface {
+	Mail(from string, opts *smtp.MailOptions) error
+	Rcpt(to string, opts *smtp.RcptOptions) error
+	Data(r io.Reader) (reply string, err error)
+	Reset() error
+	Quit() error
+}
+
+var (
+	_ Submitter = (*Session)(nil)
+	_ io.Closer = (*Session)(nil)
+)

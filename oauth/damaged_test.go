@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"mailproxy/internal/testutil"
 	"mailproxy/oauth/store"
 )
 
@@ -20,7 +21,7 @@ func TestManagerDamagedFile(t *testing.T) {
 	e := newEnv(t)
 	dir := t.TempDir()
 	st := e.openStore(t, dir)
-	var logs lockedBuffer
+	var logs testutil.Buffer
 	m := NewManager(st, slog.New(slog.NewTextHandler(&logs, nil)))
 	m.Now = e.clock.Now
 	m.SetAccount(Account{Username: testUser, Flow: "authcode", Provider: e.p})

@@ -19,6 +19,8 @@ type TokenError struct {
 	Description string // first line of error_description (not secret, not in Error())
 	Status      int    // HTTP status; 0 when there was no answer
 	Err         error  // the underlying error
+	// Endpoint names what answered, for Error(); "" means "token endpoint".
+	Endpoint string
 }
 
 // Codes that mean the grant is gone and a person must sign in again.
@@ -32,7 +34,11 @@ var signInCodes = map[string]bool{
 
 func (e *TokenError) Error() string {
 	var b strings.Builder
-	b.WriteString("token endpoint: ")
+	if e.Endpoint != "" {
+		b.WriteString(e.Endpoint + ": ")
+	} else {
+		b.WriteString("token endpoint: ")
+	}
 	switch {
 	case e.Code != "":
 		b.WriteString(e.Code)
@@ -147,7 +153,7 @@ var aadstsHints = map[int]string{
 	7000215: "the client secret is wrong: check client_secret/client_secret_file (it must be the secret's Value, not its Secret ID)",
 	7000222: "the client secret has expired: create a new one in Entra ID (Certificates & secrets) and update client_secret/client_secret_file",
 	7000218: "the app registration is a confidential client: set client_secret/client_secret_file, or enable 'Allow public client flows' in Entra ID (Authentication)",
-	50011:   "the redirect URI is not registered for the app: add http://localhost:8025/oauth2/callback (or your redirect_url) as a 'Mobile and desktop applications' or 'Web' redirect URI in Entra ID",
+	50011:   "the redirect URI is not registered for the app: in Entra ID (App registrations > Authentication) add http://localhost:8025/oauth2/callback, or your redirect_url, under 'Mobile and desktop applications' (not 'Web'); the path must match, the port of http://localhost does not matter",
 	7000112: "the application is disabled in Entra ID: enable it (Enterprise applications > Properties > Enabled for users to sign-in)",
 	50105:   "the user is not assigned to the application: assign them in Entra ID (Enterprise applications > Users and groups) or turn off 'Assignment required'",
 	700016:  "the application (client_id) was not found in the tenant: check client_id and tenant, and that the app is registered in that directory or consented to there",

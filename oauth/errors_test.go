@@ -97,7 +97,7 @@ func TestClassifyNonEntra(t *testing.T) {
 			}))
 			defer srv.Close()
 			p := &Provider{ClientID: "c", TokenURL: srv.URL, HTTPClient: srv.Client()}
-			_, err := p.refresh(t.Context(), "rt")
+			_, err := p.refresh(t.Context(), "rt", p.Scopes)
 			te := classify(err)
 			if te.Code != tt.want.Code || te.Status != tt.want.Status || te.AADSTS != tt.want.AADSTS || te.Description != tt.want.Description {
 				t.Errorf("classify() = %+v, want %+v", te, tt.want)
@@ -117,14 +117,14 @@ func TestClassifyNetwork(t *testing.T) {
 	url := srv.URL
 	srv.Close() // nothing listens there now
 	p := &Provider{ClientID: "c", TokenURL: url}
-	_, err := p.refresh(t.Context(), "rt")
+	_, err := p.refresh(t.Context(), "rt", p.Scopes)
 	te := classify(err)
 	if !te.Temporary() || te.NeedsSignIn() || te.Hint() == "" {
 		t.Errorf("classify(connection refused) = %+v; want Temporary with a hint", te)
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	_, err = p.refresh(ctx, "rt")
+	_, err = p.refresh(ctx, "rt", p.Scopes)
 	if te := classify(err); !te.Temporary() || !errors.Is(te, context.Canceled) {
 		t.Errorf("classify(canceled) = %+v; want Temporary wrapping context.Canceled", te)
 	}

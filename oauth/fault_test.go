@@ -1,33 +1,14 @@
 package oauth
 
 import (
-	"bytes"
 	"log/slog"
+	"mailproxy/internal/testutil"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
-
-// lockedBuffer is a log sink safe for the source's goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex // protects b
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // The state directory cannot be written when a rotated refresh token must
 // be persisted. Tests run as root in CI, where chmod 0500 stops nothing, so
@@ -40,7 +21,7 @@ func TestFaultStateDirUnwritable(t *testing.T) {
 	e := newEnv(t)
 	dir := filepath.Join(t.TempDir(), "state")
 	st := e.openStore(t, dir)
-	var logs lockedBuffer
+	var logs testutil.Buffer
 	m := NewManager(st, slog.New(slog.NewTextHandler(&logs, nil)))
 	m.Now = e.clock.Now
 	m.SetAccount(Account{Username: testUser, Flow: "authcode", Provider: e.p})

@@ -543,7 +543,9 @@ func (f *DeviceFlow) Start(ctx context.Context) (*DeviceCode, error) {
 	start := f.now()
 	da, err := p.Config().DeviceAuth(p.Context(ctx))
 	if err != nil {
-		return nil, fmt.Errorf("start device sign-in: %w", classify(err))
+		te := classify(err)
+		te.Endpoint = "device code endpoint"
+		return nil, fmt.Errorf("start device sign-in: %w", te)
 	}
 	if da.DeviceCode == "" || da.UserCode == "" || da.VerificationURI == "" {
 		return nil, errors.New("start device sign-in: the answer lacks device_code, user_code or verification_uri")

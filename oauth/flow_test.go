@@ -15,6 +15,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"mailproxy/internal/fake365"
+	"mailproxy/internal/testutil"
 )
 
 const testRedirect = "http://localhost:8025/oauth2/callback"
@@ -199,7 +200,7 @@ func TestParseCallback(t *testing.T) {
 
 func TestPending(t *testing.T) {
 	e := newEnv(t)
-	c := newClock()
+	c := testutil.NewClock()
 	var p Pending
 	p.Now = c.Now
 	a, _ := NewAuthCode(e.p, "", "")
@@ -409,7 +410,7 @@ func TestDeviceFlowSlowDown(t *testing.T) {
 
 func TestDeviceFlowExpiredAtIdP(t *testing.T) {
 	d := newDeviceEnv(t)
-	idpClock := newClock()
+	idpClock := testutil.NewClock()
 	d.idp.SetClock(idpClock.Now)
 	d.hook = func(n int, _ *DeviceCode) {
 		idpClock.Advance(5 * time.Second)

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"mailproxy/internal/cmdline"
 	"mailproxy/oauth/store"
 )
 
@@ -435,13 +436,14 @@ type AccountStatus struct {
 	LastError       string
 	Hint            string
 	NeedsSignIn     bool
+	Unsaved         bool // rotated tokens this process could not store yet
 }
 
 // Status returns what is known about username from its entry's metadata and,
 // when open, its live Source.
 func (m *Manager) Status(username string) (st AccountStatus) {
 	st = AccountStatus{Username: strings.ToLower(username)}
-	defer func() { st.Hint = strings.ReplaceAll(st.Hint, "<user>", username) }()
+	defer func() { st.Hint = cmdline.Expand(st.Hint, username) }()
 	if a := m.account(username); a != nil {
 		a.mu.Lock()
 		st.Flow = a.cfg.Flow
@@ -483,6 +485,7 @@ func (m *Manager) Status(username string) (st AccountStatus) {
 	st.Open = true
 	ss := src.State()
 	st.AccessExpiry = ss.Expiry
+	st.Unsaved = ss.Unsaved
 	if ss.LastRefresh.After(st.LastRefresh) {
 		st.LastRefresh = ss.LastRefresh
 	}

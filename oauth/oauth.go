@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -22,10 +23,15 @@ import (
 	"mailproxy/oauth/store"
 )
 
+// RequestTimeout bounds one request to an identity provider's token or
+// device code endpoint; login and check tell the person they may wait this
+// long.
+const RequestTimeout = 30 * time.Second
+
 // Timing. Entra access tokens live 60-90 minutes.
 const (
 	// tokenRequestTimeout bounds one request to the token endpoint.
-	tokenRequestTimeout = 30 * time.Second
+	tokenRequestTimeout = RequestTimeout
 	// refreshMargin is how much life a token must have left when its
 	// lifetime is unknown; otherwise a token is refreshed at half-life.
 	refreshMargin = 30 * time.Minute
@@ -62,9 +68,38 @@ type Provider struct {
 	TokenURL      string
 	DeviceAuthURL string
 	RedirectURL   string
-	Scopes        []string // delegated: IMAP/SMTP scopes, offline_access, openid...
+	Scopes        []string // delegated: IMAP/SMTP scopes, offline_access, openid... (and GraphScopes)
 	AppScopes     []string // client credentials: https://outlook.office365.com/.default
-	HTTPClient    *http.Client
+	// GraphScopes are the delegated Microsoft Graph scopes (send_via =
+	// "graph"). They are part of Scopes, so consent is asked at sign-in,
+	// and redeemed with the same refresh token by the account's Graph
+	// source; the Outlook refresh leaves them out, since one token request
+	// may name one resource only (AADSTS28000).
+	GraphScopes []string
+	// GraphAppScopes are the client credentials scopes for Graph:
+	// https://graph.microsoft.com/.default.
+	GraphAppScopes []string
+	// MinTokenLifetime: an access token is handed out only with at least
+	// this much life left (High Volume Email refuses tokens about 8
+	// minutes before they expire). 0: no minimum beyond the usual
+	// refresh at half-life.
+	MinTokenLifetime time.Duration
+	HTTPClient       *http.Client
+}
+
+// outlookScopes are the scopes of the refresh for the Outlook resource:
+// Scopes without GraphScopes.
+func (p *Provider) outlookScopes() []string {
+	if len(p.GraphScopes) == 0 {
+		return p.Scopes
+	}
+	out := make([]string, 0, len(p.Scopes))
+	for _, s := range p.Scopes {
+		if !slices.Contains(p.GraphScopes, s) {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // Config returns the x/oauth2 configuration for the delegated flows. Client
@@ -97,12 +132,12 @@ func (p *Provider) Context(ctx context.Context) context.Context {
 // (golang/oauth2#540); clientcredentials.Config sends the scopes and lets
 // EndpointParams override grant_type, so it serves for the refresh grant
 // too. When the response carries no refresh token, x/oauth2 keeps rt.
-func (p *Provider) refresh(ctx context.Context, rt string) (*oauth2.Token, error) {
+func (p *Provider) refresh(ctx context.Context, rt string, scopes []string) (*oauth2.Token, error) {
 	cc := &clientcredentials.Config{
 		ClientID:     p.ClientID,
 		ClientSecret: p.ClientSecret,
 		TokenURL:     p.TokenURL,
-		Scopes:       p.Scopes,
+		Scopes:       scopes,
 		EndpointParams: url.Values{
 			"grant_type":    {"refresh_token"},
 			"refresh_token": {rt},
@@ -112,13 +147,13 @@ func (p *Provider) refresh(ctx context.Context, rt string) (*oauth2.Token, error
 	return cc.Token(p.Context(ctx))
 }
 
-// appToken runs the client credentials grant.
-func (p *Provider) appToken(ctx context.Context) (*oauth2.Token, error) {
+// appToken runs the client credentials grant for scopes.
+func (p *Provider) appToken(ctx context.Context, scopes []string) (*oauth2.Token, error) {
 	cc := &clientcredentials.Config{
 		ClientID:     p.ClientID,
 		ClientSecret: p.ClientSecret,
 		TokenURL:     p.TokenURL,
-		Scopes:       p.AppScopes,
+		Scopes:       scopes,
 		AuthStyle:    oauth2.AuthStyleInParams,
 	}
 	return cc.Token(p.Context(ctx))

@@ -42,6 +42,13 @@ type Source struct {
 	logger  *slog.Logger
 
 	persistMu sync.Mutex // serializes persist calls, so an older set never overwrites a newer one
+	// redeemMu is held across every redemption of the refresh token,
+	// this source's and its Graph source's: each rotation kills the token
+	// the other would send.
+	redeemMu sync.Mutex
+	// parent is the source whose refresh token a Graph source redeems; nil
+	// for an account's own source.
+	parent *Source
 
 	mu          sync.Mutex // protects the fields below
 	provider    *Provider
@@ -54,6 +61,7 @@ type Source struct {
 	backoff     time.Duration // the last backoff, doubled on each failure
 	lastRefresh time.Time
 	warnedAt    time.Time
+	graph       *Source // the Graph source, once asked for
 }
 
 // refreshCall is one request to the token endpoint, shared by every caller
@@ -70,32 +78,77 @@ func NewSource(p *Provider, ts TokenSet, persist func(TokenSet) error, logger *s
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Source{
-		fetch:    refreshFetch,
+	s := &Source{
 		persist:  persist,
 		logger:   logger,
 		provider: p,
 		ts:       ts,
 	}
+	s.fetch = func(ctx context.Context, p *Provider, cur TokenSet) (TokenSet, error) {
+		return s.redeem(ctx, p, cur, p.outlookScopes(), false)
+	}
+	return s
 }
 
-func refreshFetch(ctx context.Context, p *Provider, cur TokenSet) (TokenSet, error) {
-	if cur.RefreshToken == "" {
+// redeem redeems the account's refresh token for scopes. It runs under
+// redeemMu and reads the refresh token there, so that it always sends the
+// latest one, and adopts the rotated one before letting the next
+// redemption in. cur carries what to keep (IDToken, Scopes).
+func (s *Source) redeem(ctx context.Context, p *Provider, cur TokenSet, scopes []string, persist bool) (TokenSet, error) {
+	s.redeemMu.Lock()
+	defer s.redeemMu.Unlock()
+	s.mu.Lock()
+	rt, gen := s.ts.RefreshToken, s.gen
+	s.mu.Unlock()
+	if rt == "" {
 		return TokenSet{}, &TokenError{Code: "missing_refresh_token", Err: errors.New("no refresh token stored")}
 	}
 	start := clockFrom(ctx)
-	tok, err := p.refresh(ctx, cur.RefreshToken)
+	tok, err := p.refresh(ctx, rt, scopes)
 	if err != nil {
 		return TokenSet{}, err
 	}
 	ts := TokenSetFrom(tok, start, cur.Scopes)
 	if ts.RefreshToken == "" {
-		ts.RefreshToken = cur.RefreshToken
+		ts.RefreshToken = rt
 	}
 	if ts.IDToken == "" {
 		ts.IDToken = cur.IDToken
 	}
+	if ts.RefreshToken != rt {
+		s.mu.Lock()
+		adopted := s.gen == gen
+		if adopted {
+			s.ts.RefreshToken = ts.RefreshToken
+			s.dirty = true
+		}
+		s.mu.Unlock()
+		if adopted && persist {
+			s.persistCurrent(true)
+		}
+	}
 	return ts, nil
+}
+
+// Graph returns the source of the account's Microsoft Graph access tokens
+// (the provider's GraphScopes), redeemed with this source's refresh token:
+// a rotated refresh token goes back here and is persisted before the next
+// redemption. It shares single flight, refresh ahead and backoff with
+// every caller of the Graph source; its failures are reported like this
+// source's. The same Graph source is returned every time.
+func (s *Source) Graph() *Source {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.graph == nil {
+		g := &Source{Now: s.Now, OnError: s.OnError, OnRefresh: s.OnRefresh, logger: s.logger.With("resource", "graph"), provider: s.provider, parent: s}
+		g.fetch = func(ctx context.Context, p *Provider, cur TokenSet) (TokenSet, error) {
+			ts, err := s.redeem(ctx, p, cur, p.GraphScopes, true)
+			ts.RefreshToken = "" // the parent keeps it
+			return ts, err
+		}
+		s.graph = g
+	}
+	return s.graph
 }
 
 // clockKey carries the source's clock to fetch functions, so that "obtained"
@@ -116,22 +169,42 @@ func (s *Source) now() time.Time {
 	return time.Now()
 }
 
-// needsRefresh reports whether ts should be refreshed before use.
-func needsRefresh(ts TokenSet, now time.Time) bool {
+// needsRefresh reports whether ts should be refreshed before use: at
+// half-life, or once it has less than minLife left (unless its whole life
+// is shorter: then a new one would not be better).
+func needsRefresh(ts TokenSet, now time.Time, minLife time.Duration) bool {
 	if ts.AccessToken == "" || ts.Expiry.IsZero() {
 		return true
 	}
 	left := ts.Expiry.Sub(now)
 	lifetime := ts.Expiry.Sub(ts.Obtained)
 	if ts.Obtained.IsZero() || lifetime <= 0 {
-		return left < refreshMargin
+		return left < max(refreshMargin, minLife)
+	}
+	if minLife > 0 && lifetime > minLife && left < minLife {
+		return true
 	}
 	return left < lifetime/2
 }
 
-// usable reports whether ts may still be handed out when a refresh failed.
-func usable(ts TokenSet, now time.Time) bool {
-	return ts.AccessToken != "" && ts.Expiry.Sub(now) > minUsable
+// usable reports whether ts may still be handed out when a refresh failed
+// or is slow.
+func usable(ts TokenSet, now time.Time, minLife time.Duration) bool {
+	return ts.AccessToken != "" && ts.Expiry.Sub(now) > max(minUsable, minLife)
+}
+
+// minLife is the provider's minimum token lifetime. s.mu must be held.
+func (s *Source) minLifeLocked() time.Duration {
+	if s.provider == nil {
+		return 0
+	}
+	return s.provider.MinTokenLifetime
+}
+
+func (s *Source) minLife() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.minLifeLocked()
 }
 
 // Token returns an access token with at least half of its life left,
@@ -144,7 +217,8 @@ func (s *Source) Token(ctx context.Context) (string, error) {
 	}
 	now := s.now()
 	ts := s.ts
-	if !needsRefresh(ts, now) {
+	minLife := s.minLifeLocked()
+	if !needsRefresh(ts, now, minLife) {
 		dirty := s.dirty
 		s.mu.Unlock()
 		if dirty {
@@ -155,7 +229,7 @@ func (s *Source) Token(ctx context.Context) (string, error) {
 	if now.Before(s.retryAt) {
 		err := s.lastErr
 		s.mu.Unlock()
-		if usable(ts, now) {
+		if usable(ts, now, minLife) {
 			s.warnServing(err)
 			return ts.AccessToken, nil
 		}
@@ -247,7 +321,13 @@ func (s *Source) run(ctx context.Context, c *refreshCall, p *Provider, cur Token
 	s.mu.Lock()
 	current := s.gen == gen
 	if current {
+		latest := s.ts.RefreshToken
 		s.ts = ts
+		if latest != cur.RefreshToken {
+			// Adopted during the redemption, perhaps rotated again by
+			// the Graph source since: the newest one stays.
+			s.ts.RefreshToken = latest
+		}
 		s.dirty = true
 		s.lastErr = nil
 		s.backoff = 0
@@ -291,9 +371,10 @@ func (s *Source) fail(te *TokenError, now time.Time, gen uint64) time.Duration {
 // wait waits for c. A failed refresh that is not forced still yields the
 // current token while it is usable.
 func (s *Source) wait(ctx context.Context, c *refreshCall, forced bool) (string, error) {
+	minLife := s.minLife()
 	var ahead <-chan time.Time
 	if !forced {
-		if ts, now := s.Tokens(), s.now(); ts.AccessToken != "" && ts.Expiry.Sub(now) > aheadUsable {
+		if ts, now := s.Tokens(), s.now(); ts.AccessToken != "" && ts.Expiry.Sub(now) > max(aheadUsable, minLife) {
 			t := time.NewTimer(aheadWait)
 			defer t.Stop()
 			ahead = t.C
@@ -309,7 +390,7 @@ func (s *Source) wait(ctx context.Context, c *refreshCall, forced bool) (string,
 			return c.ts.AccessToken, nil
 		}
 		if !forced && c.err.Temporary() {
-			if ts, now := s.Tokens(), s.now(); usable(ts, now) {
+			if ts, now := s.Tokens(), s.now(); usable(ts, now, minLife) {
 				s.warnServing(c.err)
 				return ts.AccessToken, nil
 			}
@@ -317,7 +398,7 @@ func (s *Source) wait(ctx context.Context, c *refreshCall, forced bool) (string,
 		return "", c.err
 	case <-ctx.Done():
 		if !forced {
-			if ts, now := s.Tokens(), s.now(); usable(ts, now) {
+			if ts, now := s.Tokens(), s.now(); usable(ts, now, minLife) {
 				s.warnServing(nil)
 				return ts.AccessToken, nil
 			}
@@ -411,20 +492,30 @@ func (s *Source) Tokens() TokenSet {
 // error state and backoff are reset.
 func (s *Source) SetTokens(ts TokenSet) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.ts = ts
 	s.gen++
 	s.dirty = false
 	s.lastErr = nil
 	s.backoff = 0
 	s.retryAt = time.Time{}
+	g := s.graph
+	s.mu.Unlock()
+	if g != nil {
+		// The new sign-in may have consented to other scopes: the
+		// Graph source starts over with it.
+		g.SetTokens(TokenSet{})
+	}
 }
 
 // SetProvider replaces the provider (config reload); the next refresh uses it.
 func (s *Source) SetProvider(p *Provider) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.provider = p
+	g := s.graph
+	s.mu.Unlock()
+	if g != nil {
+		g.SetProvider(p)
+	}
 }
 
 // SourceState describes a source for status pages. It holds no secret.
@@ -454,14 +545,29 @@ func NewAppSource(p *Provider, logger *slog.Logger) *AppSource {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &AppSource{Source{fetch: appFetch, logger: logger, provider: p}}
+	return &AppSource{Source: Source{fetch: appFetch(func(p *Provider) []string { return p.AppScopes }), logger: logger, provider: p}}
 }
 
-func appFetch(ctx context.Context, p *Provider, _ TokenSet) (TokenSet, error) {
-	start := clockFrom(ctx)
-	tok, err := p.appToken(ctx)
-	if err != nil {
-		return TokenSet{}, err
+func appFetch(scopes func(*Provider) []string) func(context.Context, *Provider, TokenSet) (TokenSet, error) {
+	return func(ctx context.Context, p *Provider, _ TokenSet) (TokenSet, error) {
+		start := clockFrom(ctx)
+		sc := scopes(p)
+		tok, err := p.appToken(ctx, sc)
+		if err != nil {
+			return TokenSet{}, err
+		}
+		return TokenSetFrom(tok, start, sc), nil
 	}
-	return TokenSetFrom(tok, start, p.AppScopes), nil
+}
+
+// Graph returns the app-only source of Microsoft Graph tokens
+// (p.GraphAppScopes, https://graph.microsoft.com/.default), made once.
+func (a *AppSource) Graph() *Source {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.graph == nil {
+		a.graph = &Source{Now: a.Now, OnError: a.OnError, OnRefresh: a.OnRefresh, logger: a.logger.With("resource", "graph"), provider: a.provider,
+			fetch: appFetch(func(p *Provider) []string { return p.GraphAppScopes })}
+	}
+	return a.graph
 }

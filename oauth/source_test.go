@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"mailproxy/internal/fake365"
+	"mailproxy/internal/testutil"
 )
 
 const (
@@ -25,29 +26,9 @@ var testScopes = []string{
 	"openid",
 }
 
-// clock is a settable clock shared by the IdP and our sources.
-type clock struct {
-	mu sync.Mutex // protects t
-	t  time.Time
-}
-
-func newClock() *clock { return &clock{t: time.Date(2025, 6, 1, 9, 0, 0, 0, time.UTC)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 type env struct {
 	idp   *fake365.IdP
-	clock *clock
+	clock *testutil.Clock
 	p     *Provider
 }
 
@@ -58,7 +39,7 @@ func newEnv(t testing.TB) *env {
 		t.Fatalf("NewIdP() = %v", err)
 	}
 	t.Cleanup(idp.Close)
-	c := newClock()
+	c := testutil.NewClock()
 	idp.SetClock(c.Now)
 	idp.AddClient(fake365.Client{ID: testClient, Secret: "s3cret", RedirectURIs: []string{"http://localhost/oauth2/callback"}})
 	idp.AddUser(testUser)

@@ -16,8 +16,9 @@ import (
 )
 
 const (
-	// relayBufSize is the size of the pooled copy buffers.
-	relayBufSize = 32 << 10
+	// relayBufSize is the size of the pooled copy buffers: the most one
+	// write to the destination carries.
+	relayBufSize = 64 << 10
 	// relayWaitSize is the size of each direction's own small buffer. An idle
 	// session waits in Read on it, so that it does not sit on a pooled
 	// buffer: 10,000 idle sessions must stay cheap.
@@ -359,6 +360,7 @@ func (h *relayHalf) flush(br *bufio.Reader) error {
 func (h *relayHalf) copy() error {
 	r := h.r
 	src, dst := r.conns[h.src], r.conns[h.dst]
+	srcUnder, dstUnder := underOf(src), underOf(dst)
 	for {
 		b := h.wait[:]
 		if h.big != nil {
@@ -378,6 +380,11 @@ func (h *relayHalf) copy() error {
 			}
 		}
 		n, rerr := src.Read(b)
+		gathered := false
+		if n > 0 && rerr == nil && srcUnder != nil {
+			b, n, rerr = h.gatherTLS(src, srcUnder, b, n)
+			gathered = true
+		}
 		if n > 0 {
 			if r.idle > 0 {
 				h.last.Store(int64(time.Since(r.start)))
@@ -390,7 +397,7 @@ func (h *relayHalf) copy() error {
 			if h.track || h.watch {
 				h.follow(b[:n])
 			}
-			w, werr := dst.Write(b[:n])
+			w, werr := h.write(dst, dstUnder, b[:n])
 			h.n += int64(w)
 			if werr == nil && w < n {
 				werr = io.ErrShortWrite
@@ -398,7 +405,11 @@ func (h *relayHalf) copy() error {
 			if werr != nil {
 				return &relayError{write: true, err: werr}
 			}
-			h.adapt(n)
+			if gathered {
+				h.adaptGathered(n)
+			} else {
+				h.adapt(n)
+			}
 		}
 		if rerr == io.EOF {
 			return nil
@@ -420,6 +431,81 @@ func (h *relayHalf) copy() error {
 			return &relayError{err: rerr}
 		}
 	}
+}
+
+// write writes b to dst; through a *tls.Conn over UnderTLS, the records
+// it makes go out in one system call.
+func (h *relayHalf) write(dst net.Conn, u *underConn, b []byte) (int, error) {
+	if u == nil {
+		return dst.Write(b)
+	}
+	u.holdWrites()
+	n, err := dst.Write(b)
+	if ferr := u.flush(); err == nil {
+		err = ferr
+	}
+	return n, err
+}
+
+// underOf returns the UnderTLS connection under c, or nil.
+func underOf(c net.Conn) *underConn {
+	tc, ok := c.(*tls.Conn)
+	if !ok {
+		return nil
+	}
+	u, _ := tc.NetConn().(*underConn)
+	return u
+}
+
+// gatherTLS goes on reading src, a *tls.Conn over u, without waiting,
+// after a Read brought n bytes into b: records crypto/tls has buffered,
+// then what the kernel holds. It moves to the pooled buffer once the wait
+// buffer is full, and stops when nothing more is at hand or the pooled
+// buffer has no room for another full record. A lone line thus goes out at
+// once, and a stream goes out in writes of 48 to 64 KiB.
+func (h *relayHalf) gatherTLS(src net.Conn, u *underConn, b []byte, n int) ([]byte, int, error) {
+	// A short read into the wait buffer that ends a line is a response
+	// that fit what crypto/tls had (it returns less than asked only when
+	// it has no more plaintext at hand): send it without the system call
+	// that would look for more. Streams fill the wait buffer and go on.
+	if h.big == nil && n < len(b) && b[n-1] == '\n' {
+		return b, n, nil
+	}
+	for {
+		if h.big == nil && n == len(b) {
+			h.big = relayBufs.Get().(*[relayBufSize]byte)
+			copy(h.big[:], b[:n])
+			b = h.big[:]
+		}
+		if h.big != nil && len(b)-n < tlsMaxRecord {
+			return b, n, nil
+		}
+		u.nonblock = true
+		m, err := src.Read(b[n:])
+		u.nonblock = false
+		n += m
+		if errors.Is(err, errWouldBlock) {
+			return b, n, nil
+		}
+		if err != nil || m == 0 {
+			return b, n, err
+		}
+	}
+}
+
+// adaptGathered picks the buffer for the next read after gatherTLS
+// brought n bytes: the pooled one while data keeps coming faster than it
+// is written (the gathering stopped for want of room), the wait buffer
+// otherwise.
+func (h *relayHalf) adaptGathered(n int) {
+	if h.big != nil && relayBufSize-n < tlsMaxRecord {
+		return
+	}
+	if h.big != nil {
+		relayBufs.Put(h.big)
+		h.big = nil
+	}
+	h.carry = 0
 }
 
 // armRead sets the read deadline of src before a read when the session is

@@ -54,6 +54,7 @@ type Query struct {
 	// Search matches a substring (case-insensitive) of the id, device,
 	// senders, state or any reply.
 	Search string
+	Queued bool // only messages still in the queue
 	Offset int
 	Limit  int // 0 = 50
 }
@@ -63,6 +64,9 @@ func (r *Record) matches(q Query) bool {
 		return false
 	}
 	if q.Mailbox != "" && !strings.EqualFold(q.Mailbox, r.Mailbox) {
+		return false
+	}
+	if q.Queued && r.Result != "" {
 		return false
 	}
 	if q.Search == "" {
@@ -83,10 +87,15 @@ func (r *Record) matches(q Query) bool {
 
 // records reads the journal within the retention into records.
 func (s *Spool) records() ([]*Record, error) {
-	since := s.o.Clock.Now().Add(-s.o.LogRetention)
+	return ReadLog(s.store, s.o.Clock.Now().Add(-s.o.LogRetention))
+}
+
+// ReadLog builds the delivery log records of the messages received at or
+// after since from a store's journal, oldest first.
+func ReadLog(st Store, since time.Time) ([]*Record, error) {
 	byID := map[string]*Record{}
 	var order []*Record
-	err := s.store.Events(since, func(ev Event) bool {
+	err := st.Events(since, func(ev Event) bool {
 		r := byID[ev.ID]
 		if r == nil {
 			if ev.Kind != EvReceived {
@@ -123,6 +132,13 @@ func (s *Spool) List(q Query) ([]*Record, int, error) {
 	if err != nil {
 		return nil, 0, err
 	}
+	out, total := Select(all, q)
+	return out, total, nil
+}
+
+// Select returns the records of all (oldest first) that match q, newest
+// first, and how many match in all.
+func Select(all []*Record, q Query) ([]*Record, int) {
 	if q.Limit <= 0 {
 		q.Limit = 50
 	}
@@ -137,7 +153,7 @@ func (s *Spool) List(q Query) ([]*Record, int, error) {
 		}
 		total++
 	}
-	return out, total, nil
+	return out, total
 }
 
 // Show returns one message's record.

@@ -197,7 +197,7 @@ func copyBuffered(dst io.Writer, src io.Reader) (int64, error) {
 			return n, nil
 		}
 		if rerr != nil {
-			return n, fmt.Errorf("spool put: read message: %w", rerr)
+			return n, fmt.Errorf("spool put: %w: %w", ErrSenderData, rerr)
 		}
 	}
 }

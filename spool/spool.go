@@ -140,4 +140,8 @@ var (
 	ErrNotFound = errors.New("spool: not found")
 	// ErrClosed: the spool is shut down; 421 4.3.2.
 	ErrClosed = errors.New("spool: closed")
+	// ErrSenderData: reading the message from the sender failed (its
+	// connection broke, or the SMTP server's reader refused it); nothing
+	// was queued.
+	ErrSenderData = errors.New("reading the message failed")
 )

@@ -4,26 +4,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"mailproxy/submit"
+	"mailproxy/upstream"
 )
 
 // Submitter is one upstream session that messages are submitted through:
-// the upstream SMTP client, or Graph. Errors the upstream answered are
-// *smtp.SMTPError with its code, enhanced code and text; any other error
-// is a network or local failure, and the session is then unusable.
-type Submitter interface {
-	Mail(from string, opts *smtp.MailOptions) error
-	Rcpt(to string, opts *smtp.RcptOptions) error
-	// Data sends the message and returns the upstream's reply text.
-	Data(r io.Reader) (reply string, err error)
-	Reset() error
-	Quit() error
-}
+// the upstream SMTP client, or Graph (submit.Submitter). Errors the
+// upstream answered are *smtp.SMTPError; any other error is a network or
+// local failure, after which the session is unusable.
+type Submitter = submit.Submitter
 
 // Opener opens an authenticated upstream session for an account.
 type Opener func(ctx context.Context, account string) (Submitter, error)
@@ -66,36 +61,9 @@ func classify(err error) (class, time.Duration) {
 	return classTemp, 0
 }
 
-// maxThrottleBackoff bounds a suggested backoff, whatever the text says.
-const maxThrottleBackoff = 15 * time.Minute
-
-// throttleDelay reads Exchange's "Request is throttled. Suggested Backoff
-// Time: N milliseconds". throttled reports whether text is a throttling
-// reply; d is the suggested time or 0.
-func throttleDelay(text string) (d time.Duration, throttled bool) {
-	lower := strings.ToLower(text)
-	if !strings.Contains(lower, "throttl") {
-		return 0, false
-	}
-	const marker = "suggested backoff time:"
-	i := strings.Index(lower, marker)
-	if i < 0 {
-		return 0, true
-	}
-	rest := strings.TrimLeft(lower[i+len(marker):], " ")
-	n := 0
-	for n < len(rest) && rest[n] >= '0' && rest[n] <= '9' {
-		n++
-	}
-	ms, err := strconv.ParseInt(rest[:n], 10, 64)
-	if err != nil || ms <= 0 {
-		return 0, true
-	}
-	if ms > int64(maxThrottleBackoff/time.Millisecond) {
-		return maxThrottleBackoff, true
-	}
-	return time.Duration(ms) * time.Millisecond, true
-}
+// throttleDelay reads Exchange's "Suggested Backoff Time" (one rule, in
+// upstream).
+var throttleDelay = upstream.ThrottleDelay
 
 // replyText renders an upstream error as the reply line it was, for the
 // delivery log and DSNs: "550 5.1.1 text". Other errors are named as such.

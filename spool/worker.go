@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 
@@ -186,9 +187,16 @@ func (w *worker) closeSession(quit bool) {
 	w.sess, w.sessAccount, w.sessUsed = nil, "", false
 }
 
-// drop ends a session after a failure: Quit is still called so that the
-// Submitter closes its connection, its error ignored.
-func (w *worker) drop() { w.closeSession(true) }
+// drop ends a session after a failure: closed at once when the Submitter
+// can be (io.Closer), else with Quit, its error ignored.
+func (w *worker) drop() {
+	if c, ok := w.sess.(io.Closer); ok {
+		c.Close()
+		w.closeSession(false)
+		return
+	}
+	w.closeSession(true)
+}
 
 // session returns an open session for account, reusing the current one
 // (RSET first when a transaction ran on it).

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"strings"
+
+	"mailproxy/relay"
 )
 
 // Dialer opens a network connection, like (*net.Dialer).DialContext. It is a
@@ -27,7 +29,9 @@ func DialTLS(ctx context.Context, dial Dialer, addr string, base *tls.Config) (*
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
-	conn := tls.Client(raw, tlsConfigFor(base, addr))
+	// UnderTLS lets the relay gather the upstream's TLS records (Dovecot
+	// writes 4 KiB ones) into large writes to the client.
+	conn := tls.Client(relay.UnderTLS(raw), tlsConfigFor(base, addr))
 	if err := conn.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("TLS handshake with %s: %w", addr, err)

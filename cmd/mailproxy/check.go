@@ -33,6 +33,11 @@ type checker struct {
 	total  int
 }
 
+// progress says on stderr what the next check waits for and how long.
+func (c *checker) progress(format string, args ...any) {
+	fmt.Fprintf(c.env.stderr, "... "+format+" (waiting up to %s)\n", append(args, checkTimeout)...)
+}
+
 func (c *checker) report(what string, detail string, err error) {
 	c.total++
 	if err != nil {
@@ -46,15 +51,28 @@ func (c *checker) report(what string, detail string, err error) {
 func runCheck(ctx context.Context, env *cmdEnv, args []string) error {
 	fs := newFlags(env, "check")
 	cfgPath := configFlag(env, fs)
+	account := fs.String("account", "", "sign in upstream for this account (its `username`) with its real tokens")
+	sendTo := fs.String("send-to", "", "with -account: send a short test message to this `address`")
+	pwStdin := fs.Bool("password-stdin", false, "with -account: read the account's local password from standard input")
 	fs.Usage = func() {
-		fmt.Fprintln(env.stderr, `usage: mailproxy check [-config FILE]
+		fmt.Fprintln(env.stderr, `usage: mailproxy check [-config FILE] [-account USER [-send-to ADDR] [-password-stdin]]
 
 Validates the config (exit 2 when it is wrong), then checks what can be
 checked without a user's sign-in: each provider's token endpoint answers and
 knows the app, client_credentials accounts get an app token, and each IMAP
 and SMTP server completes the TLS handshake (IMAP: implicit TLS; SMTP:
 STARTTLS, or implicit TLS on port 465) and offers XOAUTH2. One line per
-check; exits 1 when any failed.`)
+check; exits 1 when any failed.
+
+With -account USER it checks that account as the proxy would use it: gets
+its access token (asking for its local password; client_credentials
+accounts need none), signs in at the upstream IMAP server and opens the
+INBOX, signs in at the upstream SMTP server and tries MAIL FROM. Each
+failure prints the server's own answer, the cause and the fix, Exchange
+Online PowerShell included. -send-to ADDR also sends a short test message
+and prints the server's reply.
+
+Flags:`)
 		fs.PrintDefaults()
 	}
 	if err := parseFlags(fs, args); err != nil {
@@ -63,11 +81,36 @@ check; exits 1 when any failed.`)
 	if fs.NArg() > 0 {
 		return usagef("check takes no arguments")
 	}
-	cfg, err := loadConfig(*cfgPath)
+	if *account == "" && (*sendTo != "" || *pwStdin) {
+		return usagef("-send-to and -password-stdin need -account")
+	}
+	cfg, err := loadConfig(env, *cfgPath)
 	if err != nil {
 		return err
 	}
 	c := &checker{env: env}
+	if *account != "" {
+		acct := cfg.Account(*account)
+		if acct == nil {
+			return usagef("no account %q in %s", *account, *cfgPath)
+		}
+		password := func() (string, error) {
+			if *pwStdin || env.readPassword == nil {
+				line, err := bufio.NewReader(env.stdin).ReadString('\n')
+				line = strings.TrimRight(line, "\r\n")
+				if line == "" {
+					return "", fmt.Errorf("read the local password of %s from standard input: %v", acct.Username, err)
+				}
+				return line, nil
+			}
+			return env.readPassword("Local password of " + acct.Username + ": ")
+		}
+		checkOneAccount(ctx, c, cfg, acct, password, *sendTo)
+		if c.failed > 0 {
+			return fmt.Errorf("%d of %d checks failed", c.failed, c.total)
+		}
+		return nil
+	}
 	c.report("config "+*cfgPath, fmt.Sprintf("valid (%d providers, %d accounts)", len(cfg.Providers), len(cfg.Accounts)), nil)
 	// check does not create the store: created by root, serve could not
 	// use it.

@@ -7,6 +7,7 @@ import (
 
 	"mailproxy/config"
 	"mailproxy/daemon"
+	"mailproxy/internal/cmdline"
 	"mailproxy/oauth"
 	"mailproxy/oauth/store"
 )
@@ -23,7 +24,9 @@ func configFlag(env *cmdEnv, fs *flag.FlagSet) *string {
 }
 
 // loadConfig loads and validates the config; its errors exit with status 2.
-func loadConfig(path string) (*config.Config, error) {
+// The hints this process prints name the file (package cmdline).
+func loadConfig(env *cmdEnv, path string) (*config.Config, error) {
+	cmdline.Set(cmdline.Invocation{Config: path, DefaultConfig: defaultConfigPath(env)})
 	cfg, err := config.Load(path)
 	if err != nil {
 		return nil, usageError{err}

@@ -2,16 +2,18 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"mailproxy/config"
 	"mailproxy/daemon"
+	"mailproxy/internal/cmdline"
 	"mailproxy/internal/fake365"
 	"mailproxy/oauth"
 	"mailproxy/oauth/store"
@@ -32,12 +34,16 @@ const (
 type demoOptions struct {
 	imap, smtp, admin string // listen addresses
 	stateDir          string // "" = a temporary directory removed at the end
-	logOut            io.Writer
+	// logOut receives the daemon's log; nil means the file
+	// <state dir>/mailproxy.log, so that the banner stays on the screen.
+	logOut io.Writer
 }
 
 // demo is a running demo: the fakes and the daemon in front of them.
 type demo struct {
 	d        *daemon.Daemon
+	cfgFile  string // the config the demo wrote
+	logFile  string // where the log goes; "" when logOut was given
 	idp      *fake365.IdP
 	imapUp   *fake365.IMAPUpstream
 	smtpUp   *fake365.SMTPUpstream
@@ -53,23 +59,55 @@ func (dm *demo) close(ctx context.Context) {
 	}
 }
 
+const demoHelp = `usage: mailproxy demo [-imap ADDR] [-smtp ADDR] [-admin ADDR] [-log FILE]
+
+Runs mailproxy against a fake Microsoft 365 that lives in this process: a
+fake Entra ID, Exchange Online IMAP and SMTP, and two accounts, one signed
+in and one waiting for a sign-in on the admin page. Nothing leaves this
+machine and no Microsoft account is needed. Everything (config, tokens,
+log) is in a temporary directory that is removed when the demo stops
+(Ctrl-C).
+
+Mail clients connect to the IMAP and SMTP addresses it prints; mail sent
+through its SMTP port arrives in the INBOX. If a port is taken (8025 is
+also MailHog's and Mailpit's), choose others, or 127.0.0.1:0 for any free
+port.
+`
+
 func runDemo(ctx context.Context, env *cmdEnv, args []string) error {
 	fs := newFlags(env, "demo")
 	var o demoOptions
 	fs.StringVar(&o.imap, "imap", "127.0.0.1:1143", "IMAP listen `address`")
 	fs.StringVar(&o.smtp, "smtp", "127.0.0.1:1587", "SMTP listen `address`")
-	fs.StringVar(&o.admin, "admin", "127.0.0.1:8025", "admin page listen `address`")
+	fs.StringVar(&o.admin, "admin", "127.0.0.1:8025", "admin page listen `address` (\"\" = no admin page)")
+	logTo := fs.String("log", "", "log `file`; \"-\" = standard error (default: mailproxy.log in the demo's directory)")
+	fs.Usage = func() {
+		fmt.Fprint(env.stderr, demoHelp+"\nFlags:\n")
+		fs.PrintDefaults()
+	}
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return usagef("demo takes no arguments")
 	}
-	o.logOut = env.stderr
+	switch *logTo {
+	case "":
+	case "-":
+		o.logOut = env.stderr
+	default:
+		f, err := os.OpenFile(*logTo, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return usagef("-log: %v", err)
+		}
+		defer f.Close()
+		o.logOut = f
+	}
 	dm, err := startDemo(o)
 	if err != nil {
 		return err
 	}
+	cmdline.Set(cmdline.Invocation{Config: dm.cfgFile, DefaultConfig: defaultConfigPath(env)})
 	printDemoBanner(env.stdout, dm)
 	<-ctx.Done()
 	fmt.Fprintln(env.stdout, "\nStopping the demo.")
@@ -79,37 +117,48 @@ func runDemo(ctx context.Context, env *cmdEnv, args []string) error {
 	return nil
 }
 
-func startDemo(o demoOptions) (dm *demo, err error) {
-	dm = &demo{}
-	defer func() {
-		if err != nil {
-			dm.close(context.Background())
+func startDemo(o demoOptions) (*demo, error) {
+	dm := &demo{}
+	if err := dm.start(o); err != nil {
+		dm.close(context.Background())
+		var le *daemon.ListenError
+		if errors.As(err, &le) && errors.Is(err, syscall.EADDRINUSE) {
+			flag := map[string]string{"imap": "-imap", "smtp": "-smtp", "admin": "-admin"}[le.Listener]
+			return nil, fmt.Errorf("%s (the demo's %s address) is in use by another program: choose another with %s, or any free port with %s 127.0.0.1:0",
+				le.Addr, strings.ToUpper(le.Listener), flag, flag)
 		}
-	}()
+		return nil, err
+	}
+	return dm, nil
+}
+
+// start builds the demo into dm; on error, dm.close releases what was
+// built.
+func (dm *demo) start(o demoOptions) (err error) {
 	dir := o.stateDir
 	if dir == "" {
 		dir, err = os.MkdirTemp("", "mailproxy-demo-")
 		if err != nil {
-			return nil, err
+			return err
 		}
 		dm.cleanups = append(dm.cleanups, func() { os.RemoveAll(dir) })
 	}
 
 	ca, err := fake365.NewCA()
 	if err != nil {
-		return nil, fmt.Errorf("demo CA: %w", err)
+		return fmt.Errorf("demo CA: %w", err)
 	}
 	caFile := filepath.Join(dir, "fake365-ca.pem")
 	if err := os.WriteFile(caFile, ca.CertPEM, 0o600); err != nil {
-		return nil, err
+		return err
 	}
 	serverTLS, err := ca.ServerTLS()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	dm.idp, err = fake365.NewIdP()
 	if err != nil {
-		return nil, fmt.Errorf("demo identity provider: %w", err)
+		return fmt.Errorf("demo identity provider: %w", err)
 	}
 	dm.cleanups = append(dm.cleanups, dm.idp.Close)
 	dm.idp.AddClient(fake365.Client{ID: demoClientID, RedirectURIs: []string{"http://localhost/oauth2/callback"}})
@@ -117,19 +166,19 @@ func startDemo(o demoOptions) (dm *demo, err error) {
 
 	dm.imapUp, err = fake365.NewIMAPUpstream(dm.idp, serverTLS)
 	if err != nil {
-		return nil, fmt.Errorf("demo IMAP server: %w", err)
+		return fmt.Errorf("demo IMAP server: %w", err)
 	}
 	dm.cleanups = append(dm.cleanups, func() { dm.imapUp.Close() })
 	dm.smtpUp, err = fake365.NewSMTPUpstream(dm.idp, serverTLS, false)
 	if err != nil {
-		return nil, fmt.Errorf("demo SMTP server: %w", err)
+		return fmt.Errorf("demo SMTP server: %w", err)
 	}
 	dm.cleanups = append(dm.cleanups, func() { dm.smtpUp.Close() })
 	for _, mb := range []string{demoUser, demoPending} {
 		dm.imapUp.AddMailbox(mb)
 		for i, msg := range demoMessages(mb) {
 			if err := dm.imapUp.Append(mb, "INBOX", msg); err != nil {
-				return nil, fmt.Errorf("seed message %d: %w", i, err)
+				return fmt.Errorf("seed message %d: %w", i, err)
 			}
 		}
 	}
@@ -184,17 +233,28 @@ username = %q
 `, filepath.Join(dir, "state"), o.imap, o.smtp, o.admin, demoProvider, demoClientID,
 		authURL, tokenURL, deviceURL, dm.imapUp.Addr, dm.smtpUp.Addr, caFile, demoUser, demoPending)
 	cfgFile := filepath.Join(dir, "mailproxy.toml")
+	dm.cfgFile = cfgFile
 	if err := os.WriteFile(cfgFile, []byte(cfgText), 0o600); err != nil {
-		return nil, err
+		return err
 	}
 	cfg, err := config.Load(cfgFile)
 	if err != nil {
-		return nil, fmt.Errorf("demo config: %w", err)
+		return fmt.Errorf("demo config: %w", err)
 	}
-	logger := newLogger(cfg, o.logOut, false)
+	logOut := o.logOut
+	if logOut == nil {
+		dm.logFile = filepath.Join(dir, "mailproxy.log")
+		f, err := os.OpenFile(dm.logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return err
+		}
+		dm.cleanups = append(dm.cleanups, func() { f.Close() })
+		logOut = f
+	}
+	logger := newLogger(cfg, logOut, false)
 	d, err := daemon.New(cfg, logger)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	dm.d = d
 
@@ -206,12 +266,12 @@ username = %q
 	err = d.Manager().Seal(demoUser, demoPassword, oauth.TokenSet{RefreshToken: rt, Scopes: scopes},
 		store.Meta{Identity: demoUser, Flow: config.FlowAuthCode, Created: now, RefreshObtained: now})
 	if err != nil {
-		return nil, fmt.Errorf("sign in the demo account: %w", err)
+		return fmt.Errorf("sign in the demo account: %w", err)
 	}
 	if err := d.Start(); err != nil {
-		return nil, err
+		return err
 	}
-	return dm, nil
+	return nil
 }
 
 func demoMessages(to string) [][]byte {
@@ -237,12 +297,6 @@ func demoMessages(to string) [][]byte {
 func printDemoBanner(w io.Writer, dm *demo) {
 	imapAddr := dm.d.Addr("imap").String()
 	smtpAddr := dm.d.Addr("smtp").String()
-	if a := dm.d.Addr("admin"); a != nil {
-		// localhost, not 127.0.0.1: the sign-in returns to the redirect
-		// address registered for the app, and cookies follow the host name.
-		_, port, _ := net.SplitHostPort(a.String())
-		fmt.Fprintf(w, "\nAdmin page: http://localhost:%s/  (%s is signed in; sign %s in from there)\n", port, demoUser, demoPending)
-	}
 	fmt.Fprintf(w, `
 mailproxy demo is running against a fake Microsoft 365 (in this process; nothing leaves this machine).
 
@@ -250,23 +304,37 @@ mailproxy demo is running against a fake Microsoft 365 (in this process; nothing
   SMTP     %s   (AUTH PLAIN or LOGIN)
   username %s
   password %s
-
+`, imapAddr, smtpAddr, demoUser, demoPassword)
+	if u := dm.d.AdminURL(); u != "" {
+		// localhost, not 127.0.0.1: the sign-in returns to the redirect
+		// address registered for the app, and cookies follow the host name.
+		// The link carries the page's access token.
+		fmt.Fprintf(w, "  admin    %s\n           (%s is signed in; sign %s in from there)\n", u, demoUser, demoPending)
+	}
+	fmt.Fprintf(w, "  config   %s\n", dm.cfgFile)
+	if dm.logFile != "" {
+		fmt.Fprintf(w, "  log      %s   (tail -f it to watch)\n", dm.logFile)
+	}
+	fmt.Fprintf(w, `
 List the INBOX and read the first message:
   curl -s imap://%s/ -u %s:%s -X 'EXAMINE INBOX'
   curl -s "imap://%s/INBOX/;UID=1" -u %s:%s
 
-Send a message and read it back:
+Send a message and read it back (UID=* is the newest message):
   printf 'Subject: hello\r\n\r\nsent through mailproxy\r\n' > /tmp/msg.eml
   curl -s smtp://%s --mail-from %s --mail-rcpt %s --upload-file /tmp/msg.eml -u %s:%s
-  curl -s "imap://%s/INBOX/;UID=%d" -u %s:%s
+  curl -s "imap://%s/INBOX/;UID=*" -u %s:%s
+
+Other commands take the demo's config:
+  %s
 
 Any IMAP client works too (Thunderbird: server %s, no encryption, normal password).
 The account %s is configured but not signed in, so its logins are refused with a hint.
-Press Ctrl-C to stop.
-`, imapAddr, smtpAddr, demoUser, demoPassword,
-		imapAddr, demoUser, demoPassword,
+Everything above is removed when the demo stops. Press Ctrl-C to stop.
+`, imapAddr, demoUser, demoPassword,
 		imapAddr, demoUser, demoPassword,
 		smtpAddr, demoUser, demoUser, demoUser, demoPassword,
-		imapAddr, demoSeedPerUser+1, demoUser, demoPassword,
+		imapAddr, demoUser, demoPassword,
+		cmdline.Command("status"),
 		imapAddr, demoPending)
 }

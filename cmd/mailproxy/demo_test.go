@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -14,13 +16,16 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+
+	"mailproxy/internal/cmdline"
+	"mailproxy/internal/testutil"
 )
 
 // startTestDemo runs the demo in-process on ports the kernel picks.
 func startTestDemo(t *testing.T) *demo {
 	t.Helper()
-	var logs bytes.Buffer
-	dm, err := startDemo(demoOptions{imap: "127.0.0.1:0", smtp: "127.0.0.1:0", admin: "", stateDir: t.TempDir(), logOut: &lockedWriter{w: &logs}})
+	var logs testutil.Buffer
+	dm, err := startDemo(demoOptions{imap: "127.0.0.1:0", smtp: "127.0.0.1:0", admin: "", stateDir: t.TempDir(), logOut: &logs})
 	if err != nil {
 		t.Fatalf("startDemo() = %v", err)
 	}
@@ -96,7 +101,7 @@ func TestDemoPendingAccountNeedsSignIn(t *testing.T) {
 	}
 	defer c.Close()
 	err = c.Login(demoPending, "anything").Wait()
-	if err == nil || !strings.Contains(err.Error(), "mailproxy login "+demoPending) {
+	if err == nil || !strings.Contains(err.Error(), cmdline.Login(demoPending)) {
 		t.Errorf("Login(%s) = %v, want a refusal naming `mailproxy login`", demoPending, err)
 	}
 }
@@ -125,14 +130,31 @@ func TestDemoAdminPage(t *testing.T) {
 	}
 	t.Cleanup(func() { dm.close(context.Background()) })
 	base := "http://" + dm.d.Addr("admin").String()
+	// Without the access token the page shows nothing.
 	resp, err := http.Get(base + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("GET / without the token = %d, want 401", resp.StatusCode)
+	}
+	// The banner's link opens it.
+	var banner strings.Builder
+	printDemoBanner(&banner, dm)
+	link := dm.d.AdminURL()
+	if !strings.Contains(link, "?token=") || !strings.Contains(banner.String(), link) {
+		t.Fatalf("banner %q does not hold the admin link with its token %q", banner.String(), link)
+	}
+	jar, _ := cookiejar.New(nil)
+	resp, err = (&http.Client{Jar: jar}).Get(link)
 	if err != nil {
 		t.Fatal(err)
 	}
 	page, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET / = %d", resp.StatusCode)
+	if resp.StatusCode != http.StatusOK || strings.Contains(resp.Request.URL.String(), "token") {
+		t.Fatalf("GET %s = %d at %s, want 200 without the token in the address", link, resp.StatusCode, resp.Request.URL)
 	}
 	for _, want := range []string{demoUser, demoPending, "signed in", "needs sign-in"} {
 		if !strings.Contains(string(page), want) {
@@ -146,5 +168,63 @@ func TestDemoAdminPage(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("GET /healthz = %d, want 200", resp.StatusCode)
+	}
+}
+
+func TestDemoPortTaken(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp) // where the demo makes its directory
+	for _, flag := range []string{"-imap", "-smtp", "-admin"} {
+		taken, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		args := map[string]string{"-imap": "127.0.0.1:0", "-smtp": "127.0.0.1:0", "-admin": "127.0.0.1:0"}
+		args[flag] = taken.Addr().String()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		code, stdout, stderr := runDocCommand(ctx, []string{"demo", "-imap", args["-imap"], "-smtp", args["-smtp"], "-admin", args["-admin"]}, "")
+		cancel()
+		taken.Close()
+		if code != exitFailure {
+			t.Errorf("demo with %s on a taken port: exit %d, want %d; stderr %q", flag, code, exitFailure, stderr)
+		}
+		lines := strings.Split(strings.TrimSpace(stderr), "\n")
+		if len(lines) != 1 || !strings.Contains(stderr, taken.Addr().String()) || !strings.Contains(stderr, flag+" ") || !strings.Contains(stderr, "in use") {
+			t.Errorf("demo with %s on a taken port: stderr = %q, want one line naming %s, the flag and \"in use\"", flag, stderr, taken.Addr())
+		}
+		if stdout != "" {
+			t.Errorf("demo with %s on a taken port printed %q, want no banner", flag, stdout)
+		}
+		if left, _ := os.ReadDir(tmp); len(left) != 0 {
+			t.Errorf("demo with %s on a taken port left %v in the temporary directory", flag, left)
+		}
+	}
+}
+
+func TestDemoBanner(t *testing.T) {
+	dm, err := startDemo(demoOptions{imap: "127.0.0.1:0", smtp: "127.0.0.1:0", admin: "127.0.0.1:0", stateDir: t.TempDir()})
+	if err != nil {
+		t.Fatalf("startDemo() = %v", err)
+	}
+	t.Cleanup(func() { dm.close(context.Background()) })
+	var b bytes.Buffer
+	printDemoBanner(&b, dm)
+	banner := b.String()
+	// The heading comes first, then the addresses; the config and the log
+	// file are named; the log goes to the file, not under the banner.
+	if i, j := strings.Index(banner, "mailproxy demo is running"), strings.Index(banner, "admin    http://localhost:"); i < 0 || j < i {
+		t.Errorf("banner = %q, want the heading before the admin page line", banner)
+	}
+	for _, want := range []string{"config   " + dm.cfgFile, "log      " + dm.logFile, "UID=*"} {
+		if !strings.Contains(banner, want) {
+			t.Errorf("banner lacks %q:\n%s", want, banner)
+		}
+	}
+	if strings.Contains(banner, "UID=4") {
+		t.Errorf("banner hard-codes UID=4:\n%s", banner)
+	}
+	log, err := os.ReadFile(dm.logFile)
+	if err != nil || !strings.Contains(string(log), "listening") {
+		t.Errorf("demo log file = %q, %v; want the daemon's start lines", log, err)
 	}
 }

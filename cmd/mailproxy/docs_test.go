@@ -13,7 +13,6 @@ package main
 //     source.
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -24,7 +23,6 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -32,6 +30,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"mailproxy/config"
+	"mailproxy/internal/testutil"
 )
 
 // repoRoot is the repository root seen from this package's directory,
@@ -307,29 +306,10 @@ func withFlag(args []string, name, value string) []string {
 	return slices.Insert(out, 1, "-"+name, value)
 }
 
-// syncBuffer is a buffer that goroutines a command leaves behind may still
-// write to while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex // protects b
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // runDocCommand runs mailproxy in-process like main would, without a
 // terminal and without a browser.
 func runDocCommand(ctx context.Context, args []string, stdin string) (code int, stdout, stderr string) {
-	var out, errb syncBuffer
+	var out, errb testutil.Buffer
 	env := &cmdEnv{
 		stdin:   strings.NewReader(stdin),
 		stdout:  &out,
@@ -346,7 +326,7 @@ func runDocCommand(ctx context.Context, args []string, stdin string) (code int, 
 func startDocsDemo(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	dm, err := startDemo(demoOptions{imap: "127.0.0.1:0", smtp: "127.0.0.1:0", admin: "", stateDir: dir, logOut: &syncBuffer{}})
+	dm, err := startDemo(demoOptions{imap: "127.0.0.1:0", smtp: "127.0.0.1:0", admin: "", stateDir: dir, logOut: &testutil.Buffer{}})
 	if err != nil {
 		t.Fatalf("startDemo() = %v", err)
 	}
@@ -430,7 +410,7 @@ func TestDocsCommandLines(t *testing.T) {
 				}
 				return ""
 			}
-		case "serve", "login", "logout", "reload", "healthcheck":
+		case "serve", "login", "logout", "queue", "reload", "healthcheck":
 			// Interactive or long-running: with a config that does not
 			// exist they stop right after parsing the command line, so an
 			// unknown flag, a flag after an argument or a wrong number of
@@ -794,7 +774,7 @@ func replyFragments(reply string) []string {
 func sourceText(t *testing.T) string {
 	t.Helper()
 	var b strings.Builder
-	for _, dir := range []string{"auth", "front", "upstream", "relay"} {
+	for _, dir := range []string{"auth", "front", "upstream", "relay", "smtpclient", "submit", "graph"} {
 		err := filepath.WalkDir(filepath.Join(repoRoot, dir), func(path string, d fs.DirEntry, err error) error {
 			if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
 				return err

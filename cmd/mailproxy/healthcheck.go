@@ -29,7 +29,7 @@ func runHealthcheck(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	target, tlsOn := *url, false
 	if target == "" {
-		cfg, err := loadConfig(*cfgPath)
+		cfg, err := loadConfig(env, *cfgPath)
 		if err != nil {
 			return err
 		}

@@ -21,11 +21,11 @@ const (
 	logMaxBackups = 5
 )
 
-// openLog returns where the daemon's log goes: log.file, rotated by size,
+// openLogOutput returns where the daemon's log goes: log.file, rotated by size,
 // when it is set, else w. The file is opened once here so that a path
 // mailproxy cannot write is an error at start, not a silent loss later.
 // close flushes and closes the file.
-func openLog(cfg *config.Config, w io.Writer) (out io.Writer, close func() error, err error) {
+func openLogOutput(cfg *config.Config, w io.Writer) (out io.Writer, close func() error, err error) {
 	if cfg.Log.File == "" {
 		return w, func() error { return nil }, nil
 	}
@@ -51,7 +51,7 @@ func openLog(cfg *config.Config, w io.Writer) (out io.Writer, close func() error
 // set, with warnings and errors copied to sys (the Windows Event Log when
 // running as a service; nil elsewhere).
 func daemonLogger(cfg *config.Config, w io.Writer, debug bool, sys eventSink) (*slog.Logger, func() error, error) {
-	out, closeLog, err := openLog(cfg, w)
+	out, closeLog, err := openLogOutput(cfg, w)
 	if err != nil {
 		return nil, nil, err
 	}

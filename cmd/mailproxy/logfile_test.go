@@ -45,14 +45,14 @@ func TestLogFile(t *testing.T) {
 
 func TestLogFileRotates(t *testing.T) {
 	cfg := &config.Config{Log: config.Log{File: filepath.Join(t.TempDir(), "m.log")}}
-	w, closeLog, err := openLog(cfg, nil)
+	w, closeLog, err := openLogOutput(cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer closeLog()
 	lj, ok := w.(*lumberjack.Logger)
 	if !ok {
-		t.Fatalf("openLog(log.file) = %T, want a rotating *lumberjack.Logger", w)
+		t.Fatalf("openLogOutput(log.file) = %T, want a rotating *lumberjack.Logger", w)
 	}
 	if lj.MaxSize != logMaxSizeMB || lj.MaxBackups != logMaxBackups || lj.Filename != cfg.Log.File {
 		t.Errorf("rotation = %d MB x %d in %s, want %d MB x %d in %s", lj.MaxSize, lj.MaxBackups, lj.Filename, logMaxSizeMB, logMaxBackups, cfg.Log.File)
@@ -66,8 +66,8 @@ func TestLogFileUnwritable(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := &config.Config{Log: config.Log{File: filepath.Join(blocker, "mailproxy.log")}}
-	if _, _, err := openLog(cfg, nil); err == nil || !strings.Contains(err.Error(), "log.file") {
-		t.Errorf("openLog(%s) = %v, want an error naming log.file", cfg.Log.File, err)
+	if _, _, err := openLogOutput(cfg, nil); err == nil || !strings.Contains(err.Error(), "log.file") {
+		t.Errorf("openLogOutput(%s) = %v, want an error naming log.file", cfg.Log.File, err)
 	}
 }
 

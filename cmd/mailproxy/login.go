@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os/exec"
 	"runtime"
 	"strings"
@@ -15,6 +16,7 @@ import (
 
 	"mailproxy/config"
 	"mailproxy/daemon"
+	"mailproxy/internal/cmdline"
 	"mailproxy/oauth"
 	"mailproxy/oauth/store"
 )
@@ -88,7 +90,7 @@ func runLogin(ctx context.Context, env *cmdEnv, args []string) error {
 		method = m.name
 	}
 
-	cfg, err := loadConfig(*cfgPath)
+	cfg, err := loadConfig(env, *cfgPath)
 	if err != nil {
 		return err
 	}
@@ -147,6 +149,22 @@ func runLogin(ctx context.Context, env *cmdEnv, args []string) error {
 	sctx, cancel := context.WithTimeout(ctx, signInTimeout)
 	defer cancel()
 	ts, identity, err := signIn(sctx, &e, in, method, acct, p)
+	if method == methodDevice {
+		// Tenants block the device flow (Conditional Access) or let it
+		// give no refresh token (Security Defaults): the browser flow is
+		// offered at once, not after another try.
+		why := deviceRefused(err)
+		if err == nil && ts.RefreshToken == "" {
+			why = "the device code sign-in gave no refresh token (Security Defaults tenants do this), so it would end when the access token expires in about an hour"
+		}
+		if why != "" && p.AuthURL != "" {
+			fmt.Fprintf(env.stdout, "\nThe device code sign-in did not work: %s.\n", why)
+			fmt.Fprintf(env.stdout, "Signing in with the browser instead (copy the address into a browser on any machine; on this machine, %s opens one).\n\n",
+				cmdline.Command("login", "-browser", acct.Username))
+			method = methodManual
+			ts, identity, err = signIn(sctx, &e, in, method, acct, p)
+		}
+	}
 	if err != nil {
 		return withHint(fmt.Errorf("sign in %s: %w", acct.Username, err))
 	}
@@ -208,6 +226,7 @@ func signIn(ctx context.Context, env *cmdEnv, in *bufio.Reader, method string, a
 	switch method {
 	case methodDevice:
 		f := &oauth.DeviceFlow{Provider: p, Wait: deviceWait}
+		fmt.Fprintf(out, "Asking %s for a device code (waiting up to %s)...\n", hostOf(p.DeviceAuthURL), oauth.RequestTimeout)
 		dc, err := f.Start(ctx)
 		if err != nil {
 			return oauth.TokenSet{}, "", err
@@ -232,6 +251,7 @@ func signIn(ctx context.Context, env *cmdEnv, in *bufio.Reader, method string, a
 		if err != nil {
 			return oauth.TokenSet{}, "", err
 		}
+		fmt.Fprintf(out, "Redeeming the sign-in at %s (waiting up to %s)...\n", hostOf(p.TokenURL), oauth.RequestTimeout)
 		return a.Exchange(ctx, q)
 
 	default:
@@ -241,6 +261,7 @@ func signIn(ctx context.Context, env *cmdEnv, in *bufio.Reader, method string, a
 		}
 		f := &oauth.BrowserFlow{Provider: p, LoginHint: hint, Open: open, Out: out, Options: opts}
 		fmt.Fprintln(out, "If your browser runs on another machine, stop this (Ctrl-C) and use -manual or -device instead.")
+		fmt.Fprintf(out, "Waiting up to %s for the browser to come back; then the sign-in is redeemed at %s.\n", signInTimeout, hostOf(p.TokenURL))
 		return f.Run(ctx)
 	}
 }
@@ -296,6 +317,7 @@ func openBrowser(env *cmdEnv, u string) error {
 func loginApp(ctx context.Context, env *cmdEnv, acct *config.Account, p *oauth.Provider) error {
 	fmt.Fprintf(env.stdout, "%s uses flow client_credentials (an app-only token): it needs no sign-in and no stored tokens.\n", acct.Username)
 	src := oauth.NewAppSource(p, discardLogger())
+	fmt.Fprintf(env.stdout, "Asking %s for an app token (waiting up to %s)...\n", hostOf(p.TokenURL), oauth.RequestTimeout)
 	if _, err := src.Token(ctx); err != nil {
 		return withHint(fmt.Errorf("get an app token for %s from provider %s: %w", acct.Username, acct.Provider.Name, err))
 	}
@@ -318,7 +340,39 @@ func hintOf(err error) string {
 	case "expired_token", "authorization_declined", "bad_verification_code":
 		return ""
 	}
+	if te.Temporary() {
+		// The daemon's hint speaks of keeping the current access token;
+		// a command has none to keep.
+		return "the identity provider did not answer or failed: check DNS, the firewall and HTTP proxy settings towards it (login.microsoftonline.com for Microsoft 365), then try again"
+	}
 	return te.Hint()
+}
+
+// deviceRefused says in plain words why the identity provider refused the
+// device flow itself (not the person's answer), or "" when it did not.
+func deviceRefused(err error) string {
+	var te *oauth.TokenError
+	if !errors.As(err, &te) {
+		return ""
+	}
+	switch te.AADSTS {
+	case 53003, 53000, 53001, 53002, 50097, 530003:
+		return fmt.Sprintf("a Conditional Access policy blocks it (AADSTS%d; Microsoft's managed policy \"Block device code flow\" switches itself on in tenants that have not used the flow)", te.AADSTS)
+	case 7000218:
+		return "the app registration does not allow public client flows (AADSTS7000218; Entra ID > App registrations > Authentication > Allow public client flows)"
+	}
+	if te.Code == "unauthorized_client" {
+		return "the app registration may not use the device flow (unauthorized_client)"
+	}
+	return ""
+}
+
+// hostOf is the host of an endpoint address, for progress lines.
+func hostOf(u string) string {
+	if p, err := url.Parse(u); err == nil && p.Host != "" {
+		return p.Host
+	}
+	return u
 }
 
 // withHint appends what to do about a token error to err's text.
@@ -342,7 +396,7 @@ func runLogout(_ context.Context, env *cmdEnv, args []string) error {
 	if fs.NArg() != 1 {
 		return usagef("logout needs exactly one USER (an account's username)")
 	}
-	cfg, err := loadConfig(*cfgPath)
+	cfg, err := loadConfig(env, *cfgPath)
 	if err != nil {
 		return err
 	}

@@ -24,6 +24,7 @@ import (
 	"mailproxy/config"
 	"mailproxy/daemon"
 	"mailproxy/internal/fake365"
+	"mailproxy/internal/testutil"
 	"mailproxy/oauth/store"
 	"mailproxy/upstream"
 )
@@ -201,11 +202,11 @@ func (e *cliEnv) openedCount() int {
 // output.
 func (e *cliEnv) runCmd(t *testing.T, stdin io.Reader, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
-	var out, errb bytes.Buffer
+	var out, errb testutil.Buffer
 	env := &cmdEnv{
 		stdin:   stdin,
-		stdout:  &lockedWriter{w: &out},
-		stderr:  &lockedWriter{w: &errb},
+		stdout:  &out,
+		stderr:  &errb,
 		getenv:  func(string) string { return "" },
 		openURL: e.open,
 	}
@@ -369,10 +370,17 @@ func (w *manualStdout) String() string {
 // browser ends on, after edit.
 func (e *cliEnv) loginManual(t *testing.T, user string, edit func(*url.URL)) (int, string, string) {
 	t.Helper()
+	return e.loginPasteBack(t, user, "-manual", edit)
+}
+
+// loginPasteBack is loginManual with another sign-in flag: the paste-back
+// sign-in must come, for -device as a fallback.
+func (e *cliEnv) loginPasteBack(t *testing.T, user, flag string, edit func(*url.URL)) (int, string, string) {
+	t.Helper()
 	pr, pw := io.Pipe()
 	stdout := &manualStdout{urls: make(chan string, 1)}
-	var errb bytes.Buffer
-	env := &cmdEnv{stdin: pr, stdout: stdout, stderr: &lockedWriter{w: &errb}, getenv: func(string) string { return "" },
+	var errb testutil.Buffer
+	env := &cmdEnv{stdin: pr, stdout: stdout, stderr: &errb, getenv: func(string) string { return "" },
 		openURL: func(string) error { return errors.New("-manual must not open a browser") }}
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
@@ -404,7 +412,7 @@ func (e *cliEnv) loginManual(t *testing.T, user string, edit func(*url.URL)) (in
 		}
 		fmt.Fprintln(pw, back.String())
 	}()
-	code := run(ctx, env, []string{"login", "-config", e.cfgPath, "-manual", "-password-stdin", user})
+	code := run(ctx, env, []string{"login", "-config", e.cfgPath, flag, "-password-stdin", user})
 	cancel()
 	<-done
 	return code, stdout.String(), errb.String()
@@ -700,5 +708,79 @@ provider = "google"
 	// gmail preset does not ask for: login warns.
 	if !strings.Contains(out, "no refresh token") {
 		t.Errorf("login output = %q, want a warning about the missing refresh token", out)
+	}
+}
+
+// A tenant that blocks the device flow (Conditional Access, AADSTS53003)
+// gets the paste-back browser sign-in at once, in the same command.
+func TestLoginDeviceBlockedOffersBrowser(t *testing.T) {
+	e := newCLIEnv(t)
+	e.idp.BlockDeviceFlow(true)
+	e.idp.SignInAs(cliDevice)
+	setDeviceWait(t, func(n int, _ time.Duration) {
+		if n == 1 {
+			if err := e.idp.ApproveDevice(e.idp.LastUserCode(), cliDevice); err != nil {
+				t.Errorf("ApproveDevice() = %v", err)
+			}
+		}
+	})
+	code, out, errOut := e.loginPasteBack(t, cliDevice, "-device", nil)
+	if code != exitOK {
+		t.Fatalf("login -device in a tenant that blocks it = exit %d, want 0 after the browser fallback\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	for _, want := range []string{"Asking " + strings.TrimPrefix(e.idp.URL, "http://") + " for a device code (waiting up to 30s)",
+		"Conditional Access", "AADSTS53003", "Signing in with the browser instead", "login -config " + e.cfgPath + " -browser " + cliDevice, "Signed in as " + cliDevice} {
+		if !strings.Contains(out, want) {
+			t.Errorf("login output lacks %q:\n%s", want, out)
+		}
+	}
+	if m := e.meta(t, cliDevice); m.Flow != config.FlowAuthCode {
+		t.Errorf("stored flow = %q, want authcode (the flow that worked)", m.Flow)
+	}
+	e.imapLogin(t, cliDevice, cliPassword)
+}
+
+// A device sign-in without a refresh token (Security Defaults) is said so
+// plainly and replaced by a browser sign-in that has one.
+func TestLoginDeviceWithoutRefreshTokenOffersBrowser(t *testing.T) {
+	e := newCLIEnv(t)
+	e.idp.DeviceWithoutRefreshToken(true)
+	e.idp.SignInAs(cliDevice)
+	setDeviceWait(t, func(n int, _ time.Duration) {
+		if n == 1 {
+			if err := e.idp.ApproveDevice(e.idp.LastUserCode(), cliDevice); err != nil {
+				t.Errorf("ApproveDevice() = %v", err)
+			}
+		}
+	})
+	code, out, errOut := e.loginPasteBack(t, cliDevice, "-device", nil)
+	if code != exitOK || !strings.Contains(out, "gave no refresh token") || !strings.Contains(out, "Signing in with the browser instead") {
+		t.Fatalf("login -device without a refresh token = exit %d, want 0 with the fallback said\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	if got := e.idp.Stats().AuthCodes; got != 1 {
+		t.Errorf("IdP redeemed %d authorization codes, want 1 (the fallback)", got)
+	}
+	if strings.Contains(out, "Warning: the identity provider sent no refresh token") {
+		t.Errorf("the stored sign-in has no refresh token:\n%s", out)
+	}
+}
+
+// While the identity provider does not answer, login says where it waits
+// and for how long, and its hint does not speak of a current access token.
+func TestLoginDeadIdPSaysWhatItWaitsFor(t *testing.T) {
+	e := newCLIEnv(t)
+	e.idp.Close() // nothing answers at its address any more
+	code, out, errOut := e.login(t, cliDevice)
+	if code != exitFailure {
+		t.Fatalf("login against a failing IdP = exit %d, want 1", code)
+	}
+	if !strings.Contains(out, "for a device code (waiting up to 30s)") {
+		t.Errorf("login output = %q, want what it is waiting for and how long", out)
+	}
+	if !strings.Contains(errOut, "device code endpoint") || strings.Contains(errOut, "token endpoint") {
+		t.Errorf("login error = %q, want it to name the device code endpoint, not the token endpoint", errOut)
+	}
+	if strings.Contains(errOut, "current access token") {
+		t.Errorf("login error = %q speaks of a current access token a first sign-in does not have", errOut)
 	}
 }

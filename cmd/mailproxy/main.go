@@ -22,12 +22,16 @@ Usage:
   mailproxy login   [-config FILE] [-device|-browser|-manual] [-password-stdin] USER
   mailproxy logout  [-config FILE] USER
   mailproxy status  [-config FILE]
-  mailproxy check   [-config FILE]
+  mailproxy check   [-config FILE] [-account USER [-send-to ADDR]]
+  mailproxy queue   [-config FILE] list|show ID|retry ID|delete ID|pause MAILBOX|resume MAILBOX
+  mailproxy admin-url [-config FILE]          the admin page's link with its access token
   mailproxy reload  [-config FILE]            ask the running daemon to reload its config
   mailproxy service install|uninstall|start|stop [-config FILE]   (Windows)
   mailproxy healthcheck [-config FILE] [-url URL]   exit 0 when /healthz says ok
   mailproxy hash-password                     print an Argon2id hash for password_hash
-  mailproxy version
+  mailproxy version | --version
+
+Run "mailproxy COMMAND -h" for what a command does and its flags.
 
 Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad config.
 `
@@ -111,17 +115,13 @@ func commands() []command {
 		{"logout", runLogout},
 		{"status", runStatus},
 		{"check", runCheck},
+		{"admin-url", runAdminURL},
 		{"hash-password", runHashPassword},
+		{"queue", runQueue},
 		{"reload", runReload},
 		{"service", runService},
 		{"healthcheck", runHealthcheck},
-		{"version", func(_ context.Context, env *cmdEnv, args []string) error {
-			if len(args) > 0 {
-				return usagef("version takes no arguments")
-			}
-			printVersion(env.stdout)
-			return nil
-		}},
+		{"version", runVersion},
 	}
 }
 
@@ -134,6 +134,8 @@ func run(ctx context.Context, env *cmdEnv, args []string) int {
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(env.stdout, usage)
 		return exitOK
+	case "--version", "-version":
+		args = append([]string{"version"}, args[1:]...)
 	}
 	for _, c := range commands() {
 		if c.name != args[0] {

@@ -109,7 +109,7 @@ func runReload(_ context.Context, env *cmdEnv, args []string) error {
 	if flags.NArg() > 0 {
 		return usagef("reload takes no arguments")
 	}
-	cfg, err := loadConfig(*cfgPath)
+	cfg, err := loadConfig(env, *cfgPath)
 	if err != nil {
 		return err
 	}

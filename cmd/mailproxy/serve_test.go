@@ -3,7 +3,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -20,6 +19,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"mailproxy/daemon"
+	"mailproxy/internal/testutil"
 	"mailproxy/oauth"
 	"mailproxy/oauth/store"
 )
@@ -35,7 +35,7 @@ type serveHarness struct {
 	reloadReq chan struct{}
 	cancel    context.CancelFunc
 	done      chan error
-	logs      *lockedWriter
+	logs      *testutil.Buffer
 }
 
 func startServe(t *testing.T) *serveHarness {
@@ -58,7 +58,7 @@ func startServeWith(t *testing.T, edit func(string) string) *serveHarness {
 	dm.d = nil
 	t.Cleanup(func() { dm.close(context.Background()) })
 
-	h := &serveHarness{dm: dm, cfgFile: filepath.Join(dir, "mailproxy.toml"), reloads: make(chan error, 1), reloadReq: make(chan struct{}), done: make(chan error, 1), logs: &lockedWriter{w: new(bytes.Buffer)}}
+	h := &serveHarness{dm: dm, cfgFile: filepath.Join(dir, "mailproxy.toml"), reloads: make(chan error, 1), reloadReq: make(chan struct{}), done: make(chan error, 1), logs: new(testutil.Buffer)}
 	b, err := os.ReadFile(h.cfgFile)
 	if err != nil {
 		t.Fatal(err)
@@ -75,7 +75,7 @@ func startServeWith(t *testing.T, edit func(string) string) *serveHarness {
 	h.cancel = cancel
 	env := &cmdEnv{
 		stdin:      strings.NewReader(""),
-		stdout:     &lockedWriter{w: new(bytes.Buffer)},
+		stdout:     new(testutil.Buffer),
 		stderr:     h.logs,
 		getenv:     func(string) string { return "" },
 		serving:    func(d *daemon.Daemon) { ready <- d },
@@ -282,5 +282,19 @@ func TestServeAdminRebind(t *testing.T) {
 	if c, err := net.Dial("tcp", oldAddr.String()); err == nil {
 		c.Close()
 		t.Errorf("old admin address %s still accepts connections after the reload", oldAddr)
+	}
+}
+
+func TestServeLogsStart(t *testing.T) {
+	h := startServe(t)
+	logs := h.logs.String()
+	ver, _ := buildVersion()
+	for _, want := range []string{
+		`msg="mailproxy started"`, "version=" + ver, "config=" + h.cfgFile, "accounts=2",
+		"imap=" + h.d.Addr("imap").String(), "smtp=" + h.d.Addr("smtp").String(),
+	} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("serve's log lacks %q:\n%s", want, logs)
+		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"mailproxy/config"
+	"mailproxy/internal/cmdline"
 	"mailproxy/oauth"
 )
 
@@ -49,7 +50,7 @@ need attention (the "!" lines say so).`)
 	if fs.NArg() > 0 {
 		return usagef("status takes no arguments")
 	}
-	cfg, err := loadConfig(*cfgPath)
+	cfg, err := loadConfig(env, *cfgPath)
 	if err != nil {
 		return err
 	}
@@ -112,7 +113,7 @@ func printStatus(env *cmdEnv, cfg *config.Config, status func(username string) o
 		switch {
 		case !s.SignedIn:
 			mark, state = "!", stateNotSignedIn
-			alerts = append(alerts, fmt.Sprintf("! %s is not signed in: run mailproxy login %s", a.Username, a.Username))
+			alerts = append(alerts, fmt.Sprintf("! %s is not signed in: run %s", a.Username, cmdline.Login(a.Username)))
 		case s.NeedsSignIn:
 			mark, state = "!", stateNeedsSignIn
 			alerts = append(alerts, fmt.Sprintf("! %s needs a new sign-in: %s", a.Username, orDash(s.Hint)))
@@ -140,8 +141,8 @@ func printStatus(env *cmdEnv, cfg *config.Config, status func(username string) o
 				age = fmt.Sprintf("%d days", int(d/(24*time.Hour)))
 				if d > refreshTokenLifetime-refreshTokenWarn && !s.NeedsSignIn {
 					mark = "!"
-					alerts = append(alerts, fmt.Sprintf("! %s: the refresh token is %s old and ends after %d days without use: log in once through the proxy, which refreshes it, or run mailproxy login %s",
-						a.Username, age, int(refreshTokenLifetime/(24*time.Hour)), a.Username))
+					alerts = append(alerts, fmt.Sprintf("! %s: the refresh token is %s old and ends after %d days without use: log in once through the proxy, which refreshes it, or run %s",
+						a.Username, age, int(refreshTokenLifetime/(24*time.Hour)), cmdline.Login(a.Username)))
 				}
 			}
 			if !s.LastRefresh.IsZero() {

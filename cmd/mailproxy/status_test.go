@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"mailproxy/config"
+	"mailproxy/internal/cmdline"
 	"mailproxy/oauth"
 	"mailproxy/oauth/store"
 )
@@ -100,7 +101,7 @@ func TestStatus(t *testing.T) {
 	if !strings.HasPrefix(never, "!") || !strings.Contains(never, "not signed in") {
 		t.Errorf("status line %q, want ! and not signed in", never)
 	}
-	if !strings.HasPrefix(out, "! ") || !strings.Contains(out, "\n! "+cliNever+" is not signed in: run mailproxy login "+cliNever+"\n") {
+	if !strings.HasPrefix(out, "! ") || !strings.Contains(out, "\n! "+cliNever+" is not signed in: run "+cmdline.Login(cliNever)+"\n") {
 		t.Errorf("status does not start with alerts, among them one for %s:\n%s", cliNever, out)
 	}
 	if scanner := accountStatusLine(t, out, "scanner"); !strings.Contains(scanner, "app-only") {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"runtime"
@@ -50,4 +51,24 @@ func buildVersion() (ver, rev string) {
 func printVersion(w io.Writer) {
 	ver, rev := buildVersion()
 	fmt.Fprintf(w, "mailproxy %s (commit %s, %s, %s/%s)\n", ver, rev, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+func runVersion(_ context.Context, env *cmdEnv, args []string) error {
+	fs := newFlags(env, "version")
+	fs.Usage = func() {
+		fmt.Fprint(env.stderr, `usage: mailproxy version   (or mailproxy --version)
+
+Prints the version, the commit it was built from, the Go version and the
+platform, on one line. Release builds set the version at link time; other
+builds take it from the module and VCS information Go embeds.
+`)
+	}
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usagef("version takes no arguments")
+	}
+	printVersion(env.stdout)
+	return nil
 }

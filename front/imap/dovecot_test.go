@@ -2,7 +2,6 @@ package imap
 
 import (
 	"bytes"
-	"log/slog"
 	"testing"
 	"time"
 
@@ -12,6 +11,7 @@ import (
 	"mailproxy/auth"
 	"mailproxy/internal/dovecot"
 	"mailproxy/internal/fake365"
+	"mailproxy/internal/testutil"
 	"mailproxy/oauth"
 	"mailproxy/upstream"
 )
@@ -24,7 +24,7 @@ func newDovecotEnv(t *testing.T) (*env, *dovecot.Server) {
 	if err := dovecot.Available(); err != nil {
 		t.Skipf("real-server test skipped: %v", err)
 	}
-	e := &env{t: t, tokens: make(map[string]*oauth.Source), upClosed: make(chan struct{}, 1000)}
+	e := &env{t: t, logs: testutil.NewLogSink(t, ""), tokens: make(map[string]*oauth.Source), upClosed: make(chan struct{}, 1000)}
 	var err error
 	if e.ca, err = fake365.NewCA(); err != nil {
 		t.Fatalf("NewCA() = %v", err)
@@ -43,7 +43,7 @@ func newDovecotEnv(t *testing.T) (*env, *dovecot.Server) {
 	e.auth.set(alice, alicePass, &auth.Grant{Username: alice, Mailbox: alice, Identity: alice, Tokens: ts, Upstream: e.upstream})
 	e.srv = &Server{
 		Auth:   e.auth,
-		Logger: slog.New(slog.NewTextHandler(testWriter{t, &e.logs}, &slog.HandlerOptions{Level: slog.LevelInfo})),
+		Logger: e.logs.Logger(),
 		Dial:   e.dial,
 	}
 	e.addr = e.serve(nil)

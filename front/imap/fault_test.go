@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 
 	"mailproxy/auth"
 	"mailproxy/internal/fake365"
+	"mailproxy/internal/testutil"
 	"mailproxy/oauth"
 )
 
@@ -67,14 +67,6 @@ func (r *persistRecorder) count() int {
 	return len(r.sets)
 }
 
-// skewClock is a clock ahead of real time by a settable offset: the token
-// source thinks time has passed while the IdP and the upstream, on real
-// time, still accept the token.
-type skewClock struct{ off atomic.Int64 }
-
-func (c *skewClock) Now() time.Time      { return time.Now().Add(time.Duration(c.off.Load())) }
-func (c *skewClock) set(d time.Duration) { c.off.Store(int64(d)) }
-
 func (r *persistRecorder) last() oauth.TokenSet {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -90,7 +82,7 @@ func (e *env) tokenURL() string {
 
 // addSourceAccount adds an account whose tokens come from an oauth.Source
 // with clock and a persist func that records.
-func (e *env) addSourceAccount(username, password string, clock *skewClock, rec *persistRecorder) *oauth.Source {
+func (e *env) addSourceAccount(username, password string, clock *testutil.Clock, rec *persistRecorder) *oauth.Source {
 	e.t.Helper()
 	e.idp.AddUser(username)
 	e.up.AddMailbox(username)
@@ -122,9 +114,9 @@ func TestFaultIdentityProvider(t *testing.T) {
 				base := runtime.NumGoroutine()
 				const timeout = time.Second
 				e := newEnv(t, withServer(func(s *Server) { s.UpstreamTimeout = timeout }))
-				var clock skewClock
+				clock := testutil.NewWallClock()
 				var rec persistRecorder
-				src := e.addSourceAccount(gina, ginaPass, &clock, &rec)
+				src := e.addSourceAccount(gina, ginaPass, clock, &rec)
 				if err := loginOnce(e.addr, gina, ginaPass); err != nil { // the first token
 					t.Fatalf("login with the IdP up: %v", err)
 				}
@@ -136,9 +128,9 @@ func TestFaultIdentityProvider(t *testing.T) {
 				f := tc.failure
 				e.idp.SetFailure(&f)
 				if needRefresh {
-					clock.set(2 * time.Hour) // the access token has expired
+					clock.Set(2 * time.Hour) // the access token has expired
 				} else {
-					clock.set(40 * time.Minute) // due for refresh, 20 minutes left
+					clock.Set(40 * time.Minute) // due for refresh, 20 minutes left
 				}
 				c := greet(t, e.addr)
 				start := time.Now()

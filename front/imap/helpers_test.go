@@ -2,13 +2,11 @@ package imap
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"strconv"
@@ -20,6 +18,7 @@ import (
 
 	"mailproxy/auth"
 	"mailproxy/internal/fake365"
+	"mailproxy/internal/testutil"
 	"mailproxy/oauth"
 	"mailproxy/upstream"
 )
@@ -48,10 +47,10 @@ type env struct {
 	addr     string // plain listener
 	tokens   map[string]*oauth.Source
 
-	dials    atomic.Int64  // upstream connections the proxy opened
-	upRead   atomic.Int64  // bytes the proxy read from upstream connections
-	upClosed chan struct{} // a value for every upstream connection the proxy closed
-	logs     logBuffer     // everything the server logged
+	dials    atomic.Int64      // upstream connections the proxy opened
+	upRead   atomic.Int64      // bytes the proxy read from upstream connections
+	upClosed chan struct{}     // a value for every upstream connection the proxy closed
+	logs     *testutil.LogSink // everything the server logged
 }
 
 type envOption func(*env)
@@ -61,7 +60,7 @@ func withServer(f func(*Server)) envOption { return func(e *env) { f(e.srv) } }
 
 func newEnv(t *testing.T, opts ...envOption) *env {
 	t.Helper()
-	e := &env{t: t, tokens: make(map[string]*oauth.Source), upClosed: make(chan struct{}, 1000)}
+	e := &env{t: t, logs: testutil.NewLogSink(t, ""), tokens: make(map[string]*oauth.Source), upClosed: make(chan struct{}, 1000)}
 	var err error
 	if e.ca, err = fake365.NewCA(); err != nil {
 		t.Fatalf("NewCA() = %v", err)
@@ -87,7 +86,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 
 	e.srv = &Server{
 		Auth:   e.auth,
-		Logger: slog.New(slog.NewTextHandler(testWriter{t, &e.logs}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logger: e.logs.Logger(),
 		Dial:   e.dial,
 	}
 	for _, o := range opts {
@@ -175,32 +174,6 @@ func (c *countingConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	c.n.Add(int64(n))
 	return n, err
-}
-
-// testWriter sends log lines to t.Log and buf.
-type testWriter struct {
-	t   *testing.T
-	buf *logBuffer
-}
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(b), "\n"))
-	w.buf.mu.Lock()
-	w.buf.b.Write(b)
-	w.buf.mu.Unlock()
-	return len(b), nil
-}
-
-type logBuffer struct {
-	mu sync.Mutex // protects b
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // testAuth is an Authenticator with fixed passwords.

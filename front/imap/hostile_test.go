@@ -14,6 +14,7 @@ import (
 
 	"mailproxy/front"
 	"mailproxy/internal/fake365"
+	"mailproxy/internal/testutil"
 )
 
 // Raw-socket tests of hostile input. Each step sends bytes and expects
@@ -157,7 +158,7 @@ func TestCommandsBeforeGreeting(t *testing.T) {
 // dialMany opens n connections to addr and returns them.
 func dialMany(t *testing.T, addr string, n int) []net.Conn {
 	t.Helper()
-	if lim := fileLimit(); lim != 0 && lim < uint64(2*n+200) {
+	if lim := testutil.FileLimit(); lim != 0 && lim < uint64(2*n+200) {
 		t.Skipf("open file limit %d is too low for %d connections", lim, n)
 	}
 	conns := make([]net.Conn, 0, n)

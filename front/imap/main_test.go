@@ -1,6 +1,7 @@
 package imap
 
 import (
+	"mailproxy/internal/testutil"
 	"os"
 	"testing"
 )
@@ -8,6 +9,6 @@ import (
 func TestMain(m *testing.M) {
 	// The hostile-input tests open 1000 connections at once, two file
 	// descriptors each in this process.
-	raiseFileLimit(4096)
+	testutil.RaiseFileLimit(4096)
 	os.Exit(m.Run())
 }

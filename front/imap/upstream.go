@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"mailproxy/auth"
+	"mailproxy/front"
 	"mailproxy/upstream"
 	"net"
 	"slices"
@@ -56,16 +57,23 @@ func (c *session) openUpstream(deadline time.Time, tag string, g *auth.Grant, lo
 	for attempt := 1; ; attempt++ {
 		res, refusal := c.tryUpstream(ctx, tag, g, tok)
 		if refusal == "" {
+			if res.err != nil {
+				front.ObserveUpstream(c.s.metrics, g.Username, "imap", res.err)
+			} else {
+				front.ObserveUpstream(c.s.metrics, g.Username, "imap", nil)
+			}
 			return res
 		}
 		log.Warn("imap upstream refused the access token", "attempt", attempt, "reply", refusal)
 		if attempt == 2 {
 			c.s.metrics.UpstreamAuthFailed("imap")
-			return upstreamResult{err: &auth.AuthError{
+			res := upstreamResult{err: &auth.AuthError{
 				Kind: auth.AuthFailed,
 				Msg:  fmt.Sprintf("upstream refused the access token for %s; the account may need a new sign-in", g.Username),
 				Err:  fmt.Errorf("%w: %s", errUpstreamRefused, refusal),
 			}}
+			front.ObserveUpstream(c.s.metrics, g.Username, "imap", res.err)
+			return res
 		}
 		if tok, err = g.Tokens.Refresh(ctx, tok); err != nil {
 			return upstreamResult{err: auth.TokenAuthError(g.Username, err)}

@@ -10,13 +10,13 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-smtp"
 
 	"mailproxy/internal/fake365"
+	"mailproxy/internal/testutil"
 	"mailproxy/oauth"
 )
 
@@ -62,14 +62,6 @@ func (r *persistRecorder) count() int {
 	return len(r.sets)
 }
 
-// skewClock runs ahead of real time by a settable offset: the token source
-// thinks time has passed while the IdP and the upstream still accept the
-// token.
-type skewClock struct{ off atomic.Int64 }
-
-func (c *skewClock) Now() time.Time      { return time.Now().Add(time.Duration(c.off.Load())) }
-func (c *skewClock) set(d time.Duration) { c.off.Store(int64(d)) }
-
 // The identity provider fails (HTTP 500) or hangs. While the access token is
 // still valid, mail goes out with it; once a refresh is needed the client
 // gets 454 4.7.0 saying why, within the upstream timeout, and the stored
@@ -87,7 +79,7 @@ func TestFaultIdentityProvider(t *testing.T) {
 				base := runtime.NumGoroutine()
 				const timeout = time.Second
 				var (
-					clock skewClock
+					clock = testutil.NewWallClock()
 					rec   persistRecorder
 					src   *oauth.Source
 				)
@@ -111,9 +103,9 @@ func TestFaultIdentityProvider(t *testing.T) {
 				f := tc.failure
 				e.idp.SetFailure(&f)
 				if needRefresh {
-					clock.set(2 * time.Hour)
+					clock.Set(2 * time.Hour)
 				} else {
-					clock.set(40 * time.Minute)
+					clock.Set(40 * time.Minute)
 				}
 				c = e.login()
 				start := time.Now()

@@ -2,7 +2,6 @@ package smtp
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/base64"
@@ -22,6 +21,7 @@ import (
 
 	"mailproxy/auth"
 	"mailproxy/internal/fake365"
+	"mailproxy/internal/testutil"
 	"mailproxy/upstream"
 )
 
@@ -60,7 +60,7 @@ type env struct {
 	srv      *Server
 	accounts *auth.Accounts
 	addr     string // the proxy's plain listener
-	logs     *logSink
+	logs     *testutil.LogSink
 }
 
 type envOpts struct {
@@ -80,7 +80,7 @@ type envOpts struct {
 
 func newEnv(t *testing.T, o envOpts) *env {
 	t.Helper()
-	e := &env{t: t, logs: newLogSink()}
+	e := &env{t: t, logs: testutil.NewLogSink(nil, "smtp connection end")}
 	var err error
 	if e.ca, err = fake365.NewCA(); err != nil {
 		t.Fatalf("NewCA() = %v", err)
@@ -340,73 +340,11 @@ func (e *signInError) Unwrap() error     { return e.err }
 func (e *signInError) NeedsSignIn() bool { return true }
 func (e *signInError) Hint() string      { return "AADSTS70008: sign in again with mailproxy login" }
 
-// logSink is a slog handler writing text to a buffer; it signals every
-// "smtp connection end" line.
-type logSink struct {
-	mu   sync.Mutex // protects buf
-	buf  bytes.Buffer
-	h    slog.Handler
-	ends chan string // conn ids
-}
-
-func newLogSink() *logSink {
-	s := &logSink{ends: make(chan string, 1000)}
-	s.h = slog.NewTextHandler(lockedWriter{s}, &slog.HandlerOptions{Level: slog.LevelDebug})
-	return s
-}
-
-type lockedWriter struct{ s *logSink }
-
-func (w lockedWriter) Write(p []byte) (int, error) {
-	w.s.mu.Lock()
-	defer w.s.mu.Unlock()
-	return w.s.buf.Write(p)
-}
-
-func (s *logSink) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
-}
-
-func (s *logSink) Enabled(context.Context, slog.Level) bool { return true }
-func (s *logSink) Handle(ctx context.Context, r slog.Record) error {
-	err := s.h.Handle(ctx, r)
-	if r.Message == "smtp connection end" {
-		s.ends <- r.Message
-	}
-	return err
-}
-func (s *logSink) WithAttrs(as []slog.Attr) slog.Handler {
-	return &subHandler{s, s.h.WithAttrs(as)}
-}
-func (s *logSink) WithGroup(name string) slog.Handler { return &subHandler{s, s.h.WithGroup(name)} }
-
-type subHandler struct {
-	s *logSink
-	h slog.Handler
-}
-
-func (h *subHandler) Enabled(context.Context, slog.Level) bool { return true }
-func (h *subHandler) Handle(ctx context.Context, r slog.Record) error {
-	err := h.h.Handle(ctx, r)
-	if r.Message == "smtp connection end" {
-		h.s.ends <- r.Message
-	}
-	return err
-}
-func (h *subHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	return &subHandler{h.s, h.h.WithAttrs(as)}
-}
-func (h *subHandler) WithGroup(name string) slog.Handler {
-	return &subHandler{h.s, h.h.WithGroup(name)}
-}
-
 // waitEnd waits for the end line of one proxy connection.
 func (e *env) waitEnd() {
 	e.t.Helper()
 	select {
-	case <-e.logs.ends:
+	case <-e.logs.Seen():
 	case <-time.After(testWait):
 		e.t.Fatalf("no connection end line after %v; log:\n%s", testWait, e.logs.String())
 	}

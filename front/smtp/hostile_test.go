@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"mailproxy/front"
+	"mailproxy/internal/testutil"
 	"net"
 	"runtime"
 	"strings"
@@ -141,7 +142,7 @@ func TestCommandsBeforeGreeting(t *testing.T) {
 // dialMany opens n connections to addr.
 func dialMany(t *testing.T, addr string, n int) []net.Conn {
 	t.Helper()
-	if lim := fileLimit(); lim != 0 && lim < uint64(2*n+200) {
+	if lim := testutil.FileLimit(); lim != 0 && lim < uint64(2*n+200) {
 		t.Skipf("open file limit %d is too low for %d connections", lim, n)
 	}
 	conns := make([]net.Conn, 0, n)

@@ -1,16 +1,16 @@
 // Package smtp owns the SMTP front of the proxy: a go-smtp server that takes
 // local AUTH PLAIN / AUTH LOGIN logins, and for each client session one
-// connection to the provider's SMTP server (our own small client,
-// upstream_client.go), authenticated with XOAUTH2 and opened at the first
+// upstream session (a submit.Submitter, by default smtpclient's client to
+// the provider's server, authenticated with XOAUTH2) opened at the first
 // MAIL. Envelopes and their options are passed on command by command,
-// message data streams through (read past go-smtp where it can be,
-// rawdata.go), and the upstream's replies reach the client with their own
-// codes. Server.Trace gives a protocol trace without credentials
-// (trace.go).
+// message data streams through go-smtp's DATA reader, and the upstream's
+// replies reach the client with their own codes. go-smtp serves every
+// listener itself; listener wraps each for accept backoff and the
+// connection's start and end lines. Server.Trace gives a protocol trace
+// without credentials, written by the session methods (trace.go).
 package smtp
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -30,6 +30,7 @@ import (
 	"mailproxy/auth"
 	"mailproxy/front"
 	"mailproxy/internal/wait"
+	"mailproxy/submit"
 	"mailproxy/upstream"
 )
 
@@ -42,11 +43,7 @@ const (
 	defaultMaxMessageBytes = 35 << 20         // what Exchange Online accepts
 	defaultDomain          = "localhost"
 
-	upstreamCommandTimeout = 2 * time.Minute  // reply to MAIL, RCPT, DATA, RSET on an open upstream
-	upstreamSubmitTimeout  = 10 * time.Minute // reply after the final dot
-	upstreamWriteTimeout   = time.Minute      // each write of message data
-	upstreamQuitTimeout    = 5 * time.Second  // polite QUIT when the client leaves
-	shutdownNoticeTimeout  = time.Second      // writing "421 shutting down" to an idle client
+	shutdownNoticeTimeout = time.Second // writing "421 shutting down" to an idle client
 
 	// maxLineLength bounds command lines and, because go-smtp applies the
 	// same limit inside DATA, message lines too: generous enough for the
@@ -94,22 +91,25 @@ type Server struct {
 	// arguments, every line sent after a 334, the XOAUTH2 response; message
 	// data shows as its size. nil: no trace.
 	Trace *slog.Logger
+	// Opener, when set, gives the upstream session opener of a login
+	// (Graph, the spool, tests); nil: smtpclient to g.Upstream.SMTPAddr.
+	Opener func(g *auth.Grant) submit.Opener
+	// Intake, when set, sends device mail (and that of accounts with
+	// spool = true) through the spool; nil: everything goes straight
+	// upstream.
+	Intake Intake
 
 	metrics front.Metrics     // never nil once started
 	backoff *upstream.Backoff // identities the upstream throttled; tests may set it before Serve
 
-	mu       sync.Mutex // protects the fields below
-	started  bool
-	closing  bool // Close or Shutdown was called
-	plain    *smtp.Server
-	implicit *smtp.Server
-	plainL   *pipeListener
-	implL    *pipeListener
-	lns      map[net.Listener]struct{}
-	conns    map[*conn]struct{}
-	traced   map[*smtp.Server]struct{} // the go-smtp servers of traced connections
-	baseCtx  context.Context
-	cancel   context.CancelFunc
+	mu      sync.Mutex // protects the fields below
+	started bool
+	closing bool                      // Close or Shutdown was called
+	servers map[*smtp.Server]struct{} // one per served listener
+	lns     map[net.Listener]struct{}
+	conns   map[*conn]struct{}
+	baseCtx context.Context
+	cancel  context.CancelFunc
 
 	hardClose atomic.Bool // Close was called: cut upstreams instead of QUIT
 }
@@ -174,10 +174,7 @@ func (s *Server) newSMTP(tlsConfig *tls.Config) *smtp.Server {
 	return gs
 }
 
-// start creates the two go-smtp servers on first use: one for plain
-// listeners (STARTTLS when TLSConfig is set) and one for implicit TLS. Our
-// own accept loop hands each connection to one of them, so that every
-// connection can be wrapped for its start and end log lines.
+// start sets up what every listener shares, on first use.
 func (s *Server) start() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -195,19 +192,15 @@ func (s *Server) start() error {
 	s.baseCtx, s.cancel = context.WithCancel(context.Background())
 	s.lns = make(map[net.Listener]struct{})
 	s.conns = make(map[*conn]struct{})
-	s.traced = make(map[*smtp.Server]struct{})
-	s.plain = s.newSMTP(s.TLSConfig)
-	s.implicit = s.newSMTP(nil)
-	s.plainL = newPipeListener()
-	s.implL = newPipeListener()
-	go s.plain.Serve(s.plainL)
-	go s.implicit.Serve(s.implL)
+	s.servers = make(map[*smtp.Server]struct{})
 	return nil
 }
 
-// Serve accepts connections on ln until Close or Shutdown, and returns
-// ErrServerClosed then; like net/http it always closes ln. Connections that
-// are *tls.Conn are implicit TLS.
+// Serve serves ln with a go-smtp server of its own until Close or
+// Shutdown, and returns ErrServerClosed then; like net/http it always
+// closes ln. A listener serves one kind of connection: the first one
+// accepted tells whether it is implicit TLS (a *tls.Conn, from
+// tls.NewListener), and so whether STARTTLS is offered.
 func (s *Server) Serve(ln net.Listener) error {
 	defer ln.Close()
 	if s.Auth == nil {
@@ -221,73 +214,88 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 		return ErrServerClosed
 	}
-	s.lns[ln] = struct{}{}
+	l := &listener{Listener: ln, s: s}
+	s.lns[l] = struct{}{}
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
-		delete(s.lns, ln)
+		delete(s.lns, l)
 		s.mu.Unlock()
 	}()
 
-	var backoff wait.Backoff
-	for {
-		nc, err := ln.Accept()
-		if err != nil {
-			if s.isClosing() {
-				return ErrServerClosed
-			}
-			var te interface{ Temporary() bool }
-			if errors.As(err, &te) && te.Temporary() {
-				d := backoff.Next()
-				s.logger().Warn("smtp accept failed; retrying", "err", err, "in", d)
-				wait.Sleep(s.baseCtx, d) // Close cuts it short
-				continue
-			}
-			return fmt.Errorf("smtp accept: %w", err)
+	first, err := l.Accept()
+	if err != nil {
+		if s.isClosing() {
+			return ErrServerClosed
 		}
-		backoff.Reset()
-		c := s.track(nc)
-		if s.Trace != nil {
-			s.serveTraced(c)
-			continue
-		}
-		pl := s.plainL
-		if c.implicitTLS {
-			pl = s.implL
-		}
-		if !pl.hand(c) {
-			c.Close()
-		}
+		return err
 	}
-}
-
-// serveTraced serves c with a go-smtp server of its own, whose Debug
-// writer traces c: go-smtp has one Debug writer per server.
-func (s *Server) serveTraced(c *conn) {
 	tlsConfig := s.TLSConfig
-	if c.implicitTLS {
+	if first.(*conn).implicitTLS {
 		tlsConfig = nil
 	}
 	gs := s.newSMTP(tlsConfig)
-	gs.Debug = newFrontTrace(c)
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
-		c.Close()
-		return
+		first.Close()
+		return ErrServerClosed
 	}
-	s.traced[gs] = struct{}{}
+	s.servers[gs] = struct{}{}
 	s.mu.Unlock()
-	c.mu.Lock()
-	c.gs = gs
-	c.mu.Unlock()
-	pl := newPipeListener()
-	go gs.Serve(pl) // returns once pl is closed, leaving c to its handler
-	handed := pl.hand(c)
-	pl.Close()
-	if !handed || s.isClosing() {
-		// Close may have run before go-smtp took c.
-		c.Close()
+	l.first = first
+	err = gs.Serve(l)
+	if s.isClosing() {
+		return ErrServerClosed
+	}
+	return err
+}
+
+// listener is what go-smtp accepts from: it retries temporary accept
+// errors with a backoff (go-smtp would sleep uncancellably), and wraps
+// every connection for its id, log lines and counters.
+type listener struct {
+	net.Listener
+	s     *Server
+	first net.Conn // accepted by Serve before go-smtp started; handed out first
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Close closes the listener once: Close and Shutdown close it, and so does
+// go-smtp. One the owner closed already is not an error.
+func (l *listener) Close() error {
+	l.closeOnce.Do(func() {
+		if err := l.Listener.Close(); !errors.Is(err, net.ErrClosed) {
+			l.closeErr = err
+		}
+	})
+	return l.closeErr
+}
+
+func (l *listener) Accept() (net.Conn, error) {
+	if c := l.first; c != nil {
+		l.first = nil
+		return c, nil
+	}
+	var backoff wait.Backoff
+	for {
+		nc, err := l.Listener.Accept()
+		if err == nil {
+			return l.s.track(nc), nil
+		}
+		if l.s.isClosing() {
+			return nil, net.ErrClosed
+		}
+		var te interface{ Temporary() bool }
+		if errors.As(err, &te) && te.Temporary() {
+			d := backoff.Next()
+			l.s.logger().Warn("smtp accept failed; retrying", "err", err, "in", d)
+			wait.Sleep(l.s.baseCtx, d) // Close cuts it short
+			continue
+		}
+		return nil, fmt.Errorf("smtp accept: %w", err)
 	}
 }
 
@@ -298,7 +306,8 @@ func (s *Server) isClosing() bool {
 }
 
 // closeListeners marks the server closing and closes every listener; it
-// returns the go-smtp servers to stop, nil if Close or Shutdown already ran.
+// returns the go-smtp servers to stop, nil if Close or Shutdown already ran
+// or nothing was ever served.
 func (s *Server) closeListeners() (servers []*smtp.Server, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -314,12 +323,8 @@ func (s *Server) closeListeners() (servers []*smtp.Server, err error) {
 	if !s.started {
 		return nil, err
 	}
-	// go-smtp closes its listeners too, but only those its Serve has
-	// registered already.
-	s.plainL.Close()
-	s.implL.Close()
-	servers = []*smtp.Server{s.plain, s.implicit}
-	for gs := range s.traced {
+	servers = make([]*smtp.Server, 0, len(s.servers))
+	for gs := range s.servers {
 		servers = append(servers, gs)
 	}
 	return servers, err
@@ -400,15 +405,15 @@ type backend struct{ s *Server }
 func (b backend) NewSession(sc *smtp.Conn) (smtp.Session, error) {
 	c := connOf(sc.Conn())
 	if c == nil {
-		// Cannot happen: every connection comes from our accept loop.
+		// Cannot happen: every connection comes from our listener.
 		return nil, &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "internal error"}
 	}
-	if _, ok := sc.Conn().(*tls.Conn); ok {
-		// After STARTTLS our conn is under go-smtp's TLS: no bypass, and
-		// no use cutting ciphertext at line ends.
-		c.lineMode = false
+	if _, ok := sc.Conn().(*tls.Conn); ok && !c.implicitTLS {
+		c.note(dirClientIn, "STARTTLS")
+		c.note(dirClientIn, "<TLS handshake done>")
 	}
-	sess := &session{srv: b.s, c: c, nc: sc.Conn(), log: c.log}
+	c.note(dirClientIn, "EHLO "+sc.Hostname())
+	sess := newSession(b.s, c, sc.Conn())
 	c.setSession(sess)
 	return sess, nil
 }
@@ -428,48 +433,6 @@ func (e errorLog) log(msg string) {
 	e.l.Debug("smtp server", "detail", msg)
 }
 
-// pipeListener feeds connections from our accept loop to a go-smtp server.
-type pipeListener struct {
-	ch     chan net.Conn
-	done   chan struct{}
-	closed sync.Once
-}
-
-func newPipeListener() *pipeListener {
-	return &pipeListener{ch: make(chan net.Conn), done: make(chan struct{})}
-}
-
-// hand passes c to the go-smtp server; false if the listener is closed.
-func (l *pipeListener) hand(c net.Conn) bool {
-	select {
-	case l.ch <- c:
-		return true
-	case <-l.done:
-		return false
-	}
-}
-
-func (l *pipeListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ch:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *pipeListener) Close() error {
-	l.closed.Do(func() { close(l.done) })
-	return nil
-}
-
-func (l *pipeListener) Addr() net.Addr { return pipeAddr{} }
-
-type pipeAddr struct{}
-
-func (pipeAddr) Network() string { return "pipe" }
-func (pipeAddr) String() string  { return "smtp-front" }
-
 // conn wraps every client connection: it owns the connection's id, its
 // logger, the counters of the end line, and notices the close.
 type conn struct {
@@ -483,15 +446,6 @@ type conn struct {
 
 	messages atomic.Int64
 	bytes    atomic.Int64
-	writes   atomic.Uint64 // successful writes, counted when tracing (see frontTrace)
-
-	// The read side, used only by the connection's goroutine (go-smtp's
-	// reads, and Session.Data that it calls); see rawdata.go.
-	lineMode bool   // hand go-smtp at most one line per Read, for the DATA bypass
-	lineEnd  bool   // the last Read handed go-smtp the end of a line
-	pending  []byte // read from the socket, not yet handed to go-smtp
-	laterErr error  // came with pending: returned once, when pending is read
-	readErr  error  // set by readFail: returned by every read once pending is read
 
 	mu       sync.Mutex // protects the fields below
 	sess     *session   // the current go-smtp session, nil before EHLO and right after STARTTLS
@@ -500,7 +454,6 @@ type conn struct {
 	account  string
 	upstream string
 	outcome  string
-	gs       *smtp.Server // the go-smtp server of a traced connection
 
 	closeOnce sync.Once
 	closeErr  error
@@ -518,10 +471,6 @@ func (s *Server) track(nc net.Conn) *conn {
 	c.log = s.logger().With("proto", "smtp", "conn", c.id, "remote", nc.RemoteAddr().String())
 	if s.Trace != nil {
 		c.trace = s.Trace.With("proto", "smtp", "conn", c.id)
-	} else {
-		// With a trace, go-smtp's Debug must see the message data, so
-		// there is no bypass.
-		c.lineMode = true
 	}
 	if implicitTLS {
 		// go-smtp does not see the *tls.Conn (it is wrapped), so the
@@ -583,93 +532,15 @@ func (c *conn) setOutcome(o string) {
 	c.mu.Unlock()
 }
 
-// Read hands go-smtp what the client sent: first what the DATA bypass or
-// an earlier Read put aside, then the socket. In line mode a Read returns
-// no more than one line, so that go-smtp never holds the start of a
-// message in its buffer when it calls Session.Data.
-func (c *conn) Read(p []byte) (int, error) {
-	var n int
-	var err error
-	if len(c.pending) > 0 {
-		n = copy(p, c.pending)
-		if c.lineMode {
-			if i := bytes.IndexByte(p[:n], '\n'); i >= 0 {
-				n = i + 1
-			}
-		}
-		c.pending = c.pending[n:]
-		if len(c.pending) == 0 {
-			c.pending = nil
-		}
-	} else if err = c.stashedErr(); err != nil {
-		return 0, err
-	} else {
-		n, err = c.Conn.Read(p)
-		if c.lineMode && n > 0 {
-			if i := bytes.IndexByte(p[:n], '\n'); i >= 0 && i+1 < n {
-				c.pending = append([]byte(nil), p[i+1:n]...)
-				n = i + 1
-				c.laterErr, err = err, nil
-			}
-		}
-	}
-	c.lineEnd = n > 0 && p[n-1] == '\n'
-	return n, err
-}
-
-// readRaw reads for the DATA bypass what go-smtp has not read.
-func (c *conn) readRaw(p []byte) (int, error) {
-	if len(c.pending) > 0 {
-		n := copy(p, c.pending)
-		c.pending = c.pending[n:]
-		if len(c.pending) == 0 {
-			c.pending = nil
-		}
-		return n, nil
-	}
-	if err := c.stashedErr(); err != nil {
-		return 0, err
-	}
-	return c.Conn.Read(p)
-}
-
-func (c *conn) stashedErr() error {
-	if err := c.laterErr; err != nil {
-		c.laterErr = nil
-		return err
-	}
-	return c.readErr
-}
-
-// unread puts b back in front of what go-smtp reads next.
-func (c *conn) unread(b []byte) {
-	c.pending = append(b, c.pending...)
-}
-
-// readFail makes every read of go-smtp fail with err once what is put
-// aside has been read.
-func (c *conn) readFail(err error) { c.readErr = err }
-
-func (c *conn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
-	if c.trace != nil && err == nil {
-		c.writes.Add(1)
-	}
-	return n, err
-}
-
 func (c *conn) Close() error {
 	c.closeOnce.Do(func() {
 		c.closeErr = c.Conn.Close()
 		c.mu.Lock()
-		account, upstream, outcome, counted, gs := c.account, c.upstream, c.outcome, c.counted, c.gs
+		account, upstream, outcome, counted := c.account, c.upstream, c.outcome, c.counted
 		c.counted, c.ended = "", true
 		c.mu.Unlock()
 		c.srv.mu.Lock()
 		delete(c.srv.conns, c)
-		if gs != nil {
-			delete(c.srv.traced, gs)
-		}
 		c.srv.mu.Unlock()
 		if counted != "" {
 			c.srv.metrics.Session(counted, -1)

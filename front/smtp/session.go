@@ -3,11 +3,15 @@ package smtp
 import (
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"mailproxy/auth"
 	"mailproxy/front"
+	"mailproxy/smtpclient"
+	"mailproxy/submit"
 	"mailproxy/upstream"
 	"net"
 	"net/netip"
@@ -41,8 +45,6 @@ var (
 		Message: "Connection to the upstream mail server was lost; nothing was sent, try again"}
 	errNoTransaction = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2},
 		Message: "Connection to the upstream mail server was lost; start the message again"}
-	errNoUTF8 = &smtp.SMTPError{Code: 555, EnhancedCode: smtp.EnhancedCode{5, 6, 7},
-		Message: "Upstream mail server does not support SMTPUTF8"}
 	errDataAborted = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
 		Message: "Message data incomplete; nothing was sent"}
 	errDataTimeout = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2},
@@ -61,21 +63,33 @@ type session struct {
 	srv *Server
 	c   *conn
 	nc  net.Conn // what go-smtp reads and writes: c, or TLS over it
+	// ctx bounds every upstream step of the session; Logout cancels it,
+	// which cuts an upstream being opened.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	// mu is held by each session method for its whole run, upstream I/O
 	// included. Reset and Logout only TryLock it: go-smtp may call them from
 	// another goroutine while Data runs (Server.Close; BDAT then RSET).
-	mu    sync.Mutex
-	log   *slog.Logger // gains the account at AUTH (under mu; no method runs then)
-	grant *auth.Grant  // protected by mu; nil until AUTH succeeds
-	up    *upClient    // protected by mu; opened at the first MAIL
-	inTx  bool         // protected by mu: the upstream accepted MAIL, the message is not finished
+	mu     sync.Mutex
+	log    *slog.Logger     // gains the account at AUTH (under mu; no method runs then)
+	grant  *auth.Grant      // protected by mu; nil until AUTH succeeds
+	up     submit.Submitter // protected by mu; opened at the first MAIL
+	upUsed bool             // protected by mu: a transaction ran on up; it may have gone stale while idle
+	inTx   bool             // protected by mu: the upstream accepted MAIL, the message is not finished
+	anon   bool             // protected by mu: a [[device]] sending without AUTH; up is its spool session
 
-	// abortMu lets Logout cut the upstream socket while a method holding
-	// mu is blocked on it.
+	// abortMu lets Logout cut the upstream while a method holding mu is
+	// blocked on it.
 	abortMu sync.Mutex
-	raw     net.Conn // protected by abortMu: the current upstream socket
-	closed  bool     // protected by abortMu: no new upstream connection
+	cur     submit.Submitter // protected by abortMu: up, for Logout
+	closed  bool             // protected by abortMu: no new upstream session
+}
+
+func newSession(srv *Server, c *conn, nc net.Conn) *session {
+	s := &session{srv: srv, c: c, nc: nc, log: c.log}
+	s.ctx, s.cancel = context.WithCancel(srv.baseCtx)
+	return s
 }
 
 func (s *session) markClosed() {
@@ -90,16 +104,23 @@ func (s *session) isClosed() bool {
 	return s.closed
 }
 
-// setRaw registers a freshly dialed upstream socket so that Logout can cut
-// it; it fails when the session is already closed.
-func (s *session) setRaw(raw net.Conn) error {
+// setUp makes up the session's upstream, so that Logout can cut it; it
+// fails when the session is already closed.
+func (s *session) setUp(up submit.Submitter) error {
 	s.abortMu.Lock()
 	defer s.abortMu.Unlock()
 	if s.closed {
 		return errors.New("session closed")
 	}
-	s.raw = raw
+	s.up, s.cur, s.upUsed = up, up, false
 	return nil
+}
+
+// closeUp drops up without a word, when it has a way to.
+func closeUp(up submit.Submitter) {
+	if c, ok := up.(io.Closer); ok {
+		c.Close()
+	}
 }
 
 // AuthMechanisms is what EHLO advertises: nothing to a client that must
@@ -124,6 +145,22 @@ func (s *session) plaintextOK() bool {
 }
 
 func (s *session) Auth(mech string) (sasl.Server, error) {
+	srv, err := s.auth(mech)
+	if err != nil {
+		if mech == sasl.Plain || mech == sasl.Login {
+			s.traceIn("AUTH " + mech)
+		} else {
+			// A client that sent its password as the mechanism is not
+			// unheard of.
+			s.traceIn("AUTH " + redacted)
+		}
+		s.traceReply(err)
+		return nil, err
+	}
+	return &safeSASL{Server: srv, s: s, mech: mech}, nil
+}
+
+func (s *session) auth(mech string) (sasl.Server, error) {
 	if !s.plaintextOK() {
 		s.log.Info("smtp login refused: password without TLS from an address not in allow_plaintext_from")
 		s.srv.metrics.Login("smtp", false)
@@ -135,7 +172,7 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	}
 	switch mech {
 	case sasl.Plain:
-		return safeSASL{sasl.NewPlainServer(func(identity, username, password string) error {
+		return sasl.NewPlainServer(func(identity, username, password string) error {
 			if identity != "" && !strings.EqualFold(identity, username) {
 				s.log.Info("smtp login refused: authorization identity differs", "user", username)
 				s.srv.metrics.Login("smtp", false)
@@ -143,25 +180,47 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 				return errBadCredentials
 			}
 			return s.authenticate(username, password)
-		})}, nil
+		}), nil
 	case sasl.Login:
-		return safeSASL{front.NewLoginServer(s.authenticate)}, nil
+		return front.NewLoginServer(s.authenticate), nil
 	}
 	return nil, smtp.ErrAuthUnknownMechanism
 }
 
 // safeSASL makes sure only *smtp.SMTPError reaches go-smtp from a SASL
-// exchange.
-type safeSASL struct{ sasl.Server }
+// exchange, and traces it with every response redacted.
+type safeSASL struct {
+	sasl.Server
+	s       *session
+	mech    string
+	started bool
+}
 
-func (m safeSASL) Next(response []byte) ([]byte, bool, error) {
+func (m *safeSASL) Next(response []byte) ([]byte, bool, error) {
+	switch {
+	case m.started:
+		m.s.traceIn(redacted)
+	case response != nil:
+		m.s.traceIn("AUTH " + m.mech + " " + redacted)
+	default:
+		m.s.traceIn("AUTH " + m.mech)
+	}
+	m.started = true
 	challenge, done, err := m.Server.Next(response)
 	if err != nil {
 		var se *smtp.SMTPError
-		if errors.As(err, &se) {
-			return nil, false, se
+		if !errors.As(err, &se) {
+			se = errAuthMalformed
 		}
-		return nil, false, errAuthMalformed
+		m.s.traceReply(se)
+		return nil, false, se
+	}
+	switch {
+	case done:
+		// go-smtp's own text.
+		m.s.traceOut("235 2.0.0 Authentication succeeded")
+	default:
+		m.s.traceOut("334 " + base64.StdEncoding.EncodeToString(challenge))
 	}
 	return challenge, done, nil
 }
@@ -195,7 +254,7 @@ func (s *session) authenticate(username, password string) error {
 			s.log.Warn("smtp login: temporary failure", "user", username, "err", err)
 			s.c.setOutcome("auth unavailable")
 		}
-		return &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: oneLine(ae.Msg)}
+		return &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: submit.OneLine(ae.Msg)}
 	}
 	if d := s.srv.backoff.Remaining(g.Identity); d > 0 {
 		s.log.Warn("smtp login refused: the upstream throttled this mailbox", "user", username, "identity", g.Identity, "retry_in", d.Round(time.Second))
@@ -245,10 +304,12 @@ func remoteAddr(nc net.Conn) netip.Addr {
 
 // Mail starts a transaction upstream, opening the upstream connection on
 // the session's first MAIL and reusing it afterwards.
-func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+func (s *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.grant == nil {
+	s.traceIn(mailLine(from, opts))
+	defer func() { s.traceReply(err) }()
+	if s.grant == nil && !s.anonymous() {
 		return errAuthRequired
 	}
 	if s.isClosed() {
@@ -264,14 +325,14 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 			if err != nil {
 				return err
 			}
-			s.up = up
+			if err := s.setUp(up); err != nil {
+				closeUp(up)
+				return errShuttingDown
+			}
 		}
-		if opts != nil && opts.UTF8 && !s.up.has("SMTPUTF8") {
-			return errNoUTF8
-		}
-		reused := s.up.used
-		s.up.used = true
-		err := s.up.mail(from, opts)
+		reused := s.upUsed
+		s.upUsed = true
+		err := s.up.Mail(from, opts)
 		if err == nil {
 			s.inTx = true
 			return nil
@@ -288,64 +349,53 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	}
 }
 
-func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) (err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.grant == nil {
+	s.traceIn(rcptLine(to, opts))
+	defer func() { s.traceReply(err) }()
+	if !s.authorized() {
 		return errAuthRequired
 	}
 	if s.up == nil || !s.inTx {
 		return errNoTransaction
 	}
-	if err := s.up.rcpt(to, opts); err != nil {
+	if err := s.up.Rcpt(to, opts); err != nil {
 		return s.upstreamReply("RCPT", err)
 	}
 	return nil
 }
 
-// Data streams the message to the upstream. The client hears 250 (with
+// Data streams the message to the upstream, the same way for DATA and
+// BDAT, plain, STARTTLS and implicit TLS: go-smtp's reader gives the
+// message undotted, the Submitter sends it on. The client hears 250 (with
 // the upstream's text) only after the upstream said 250. If the client's
 // data breaks off, the upstream connection is dropped before the final
 // dot, so nothing truncated is delivered.
-func (s *session) Data(r io.Reader) error {
+func (s *session) Data(r io.Reader) (err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var raw *rawData
-	if s.bypass(r) {
-		raw = newRawData(s.c, s.srv.maxMessageBytes())
-		// Whatever happens, leave the connection just after the end line.
-		defer raw.finish()
+	if _, bdat := r.(*io.PipeReader); bdat {
+		s.traceIn("BDAT")
+	} else {
+		s.traceIn("DATA")
 	}
-	if s.grant == nil {
+	defer func() { s.traceReply(err) }()
+	if !s.authorized() {
 		return errAuthRequired
 	}
 	if s.up == nil || !s.inTx {
 		return errNoTransaction
 	}
 	s.inTx = false // from here on the upstream transaction ends, one way or another
-	up := s.up
 	accepted := false
 	defer func() { s.srv.metrics.Message(accepted) }()
-	ds, err := up.startData()
-	if err != nil {
-		reply := s.upstreamReply("DATA", err)
-		if s.up != nil {
-			// MAIL and RCPT still stand upstream.
-			s.inTx = true
-			s.resetUpstream()
-		}
-		return reply
-	}
-	defer ds.release()
-	var n int64
-	var rerr, werr error
-	if raw != nil {
-		n, rerr, werr = raw.copyTo(ds)
-	} else {
-		n, rerr, werr = ds.copyFrom(r)
-	}
+	cr := &countingReader{r: r}
+	text, err := s.up.Data(cr)
+	n := cr.n
+	s.traceIn(fmt.Sprintf("DATA: %d bytes", n))
 	s.srv.metrics.Relayed("smtp", n, 0)
-	if rerr != nil {
+	if rerr := cr.err; rerr != nil {
 		s.dropUpstream()
 		s.log.Info("client's message data broke off; upstream transaction dropped", "err", rerr, "bytes", n)
 		var ne net.Error
@@ -363,29 +413,19 @@ func (s *session) Data(r io.Reader) error {
 		s.c.setOutcome("client aborted DATA")
 		return errDataAborted
 	}
-	if werr != nil {
-		s.dropUpstream()
-		s.log.Warn("upstream connection broke during DATA", "err", werr, "bytes", n)
-		s.c.setOutcome("upstream lost in DATA")
-		return errUpstreamLost
-	}
-	rep, err := ds.finish()
-	if err == nil && rep.code/100 != 2 {
-		err = rep.err()
-	}
 	if err != nil {
-		return s.upstreamReply("end of DATA", err)
+		return s.upstreamReply("DATA", err)
 	}
 	accepted = true
 	s.c.messages.Add(1)
 	s.c.bytes.Add(n)
 	s.c.setOutcome("")
-	s.log.Debug("message relayed", "bytes", n, "bypass", raw != nil, "reply", oneLine(rep.text()))
-	ec, text := parseStatus(rep.text())
+	s.log.Debug("message relayed", "bytes", n, "reply", submit.OneLine(text))
+	ec, text := submit.ParseStatus(text)
 	if ec == smtp.EnhancedCodeNotSet {
 		ec = smtp.EnhancedCode{2, 0, 0}
 	}
-	if text = oneLine(text); text == "" {
+	if text = submit.OneLine(text); text == "" {
 		text = "OK"
 	}
 	// go-smtp sends an *SMTPError's code as it is, 250 included: this is
@@ -393,15 +433,21 @@ func (s *session) Data(r io.Reader) error {
 	return &smtp.SMTPError{Code: 250, EnhancedCode: ec, Message: text}
 }
 
-// bypass says whether Data may read the message itself (rawdata.go): r is
-// go-smtp's DATA reader (BDAT hands over a pipe), our conn is the
-// connection go-smtp reads (no STARTTLS), and go-smtp's buffer ended
-// with the DATA line.
-func (s *session) bypass(r io.Reader) bool {
-	if _, ok := r.(*io.PipeReader); ok {
-		return false
+// countingReader counts what the client's message gave, and keeps its
+// error apart from the upstream's.
+type countingReader struct {
+	r   io.Reader
+	n   int64
+	err error // the first error but io.EOF
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	if err != nil && err != io.EOF && c.err == nil {
+		c.err = err
 	}
-	return s.nc == net.Conn(s.c) && s.c.lineMode && s.c.lineEnd
+	return n, err
 }
 
 // Reset ends an open transaction upstream too. go-smtp also calls it after
@@ -424,7 +470,7 @@ func (s *session) resetUpstream() {
 	if s.up == nil {
 		return
 	}
-	if err := s.up.reset(); err != nil {
+	if err := s.up.Reset(); err != nil {
 		s.log.Info("upstream RSET failed; dropping the connection", "err", err)
 		s.dropUpstream()
 	}
@@ -436,10 +482,11 @@ func (s *session) Logout() error {
 	if !s.mu.TryLock() {
 		s.abortMu.Lock()
 		s.closed = true
-		if s.raw != nil {
-			s.raw.Close()
+		if s.cur != nil {
+			closeUp(s.cur)
 		}
 		s.abortMu.Unlock()
+		s.cancel()
 		return nil
 	}
 	defer s.mu.Unlock()
@@ -447,12 +494,13 @@ func (s *session) Logout() error {
 	s.inTx = false
 	if s.up != nil {
 		if s.srv.hardClose.Load() {
-			s.up.abort()
+			closeUp(s.up)
 		} else {
-			s.up.quit()
+			s.up.Quit()
 		}
-		s.up = nil
+		s.forgetUp()
 	}
+	s.cancel()
 	s.c.clearSession(s)
 	return nil
 }
@@ -461,9 +509,16 @@ func (s *session) Logout() error {
 func (s *session) dropUpstream() {
 	s.inTx = false
 	if s.up != nil {
-		s.up.abort()
-		s.up = nil
+		closeUp(s.up)
+		s.forgetUp()
 	}
+}
+
+// forgetUp clears up and cur; the caller holds mu.
+func (s *session) forgetUp() {
+	s.abortMu.Lock()
+	s.up, s.cur = nil, nil
+	s.abortMu.Unlock()
 }
 
 // upstreamReply turns an upstream command's error into the client's reply:
@@ -477,7 +532,7 @@ func (s *session) upstreamReply(cmd string, err error) error {
 		s.dropUpstream()
 		return errUpstreamLost
 	}
-	s.log.Info("upstream refused", "cmd", cmd, "reply", replyText(se))
+	s.log.Info("upstream refused", "cmd", cmd, "reply", smtpclient.ReplyText(se))
 	s.c.setOutcome("upstream refused " + cmd)
 	s.noteThrottle(se)
 	if se.Code == 421 {

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"mailproxy/auth"
+	"mailproxy/front"
+	"mailproxy/smtpclient"
+	"mailproxy/submit"
 	"mailproxy/upstream"
 	"net"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -19,11 +21,18 @@ import (
 // token, dial, TLS, EHLO and AUTH XOAUTH2. A refused token is refreshed
 // once and tried on a fresh connection. The error is a reply for the
 // client; the cause is logged here.
-func (s *session) connect() (*upClient, error) {
-	ctx, cancel := context.WithTimeout(s.srv.baseCtx, s.srv.upstreamTimeout())
+func (s *session) connect() (submit.Submitter, error) {
+	if sub := s.spoolFor(); sub != nil {
+		// Spooled: no token and no upstream needed now.
+		return sub, nil
+	}
+	if s.grant == nil { // a device no longer listed (reload)
+		return nil, errAuthRequired
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, s.srv.upstreamTimeout())
 	defer cancel()
 	g := s.grant
-	if g.Upstream == nil || g.Upstream.SMTPAddr == "" || g.Tokens == nil {
+	if (s.srv.Opener == nil && (g.Upstream == nil || g.Upstream.SMTPAddr == "")) || g.Tokens == nil {
 		s.log.Error("account has no upstream SMTP server or token source")
 		s.c.setOutcome("no upstream")
 		return nil, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 5},
@@ -44,129 +53,57 @@ func (s *session) connect() (*upClient, error) {
 	if err != nil {
 		return nil, s.tokenFailure("get access token", err)
 	}
-	up, err := s.openAuthed(ctx, tok)
+	open := s.opener()
+	up, err := open(ctx, g.Identity, tok)
 	if se := (*smtp.SMTPError)(nil); errors.As(err, &se) && tokenRefused(se) {
 		s.log.Info("upstream refused the access token; refreshing it once",
-			"identity", g.Identity, "reply", replyText(se))
+			"identity", g.Identity, "reply", smtpclient.ReplyText(se))
 		tok, err = g.Tokens.Refresh(ctx, tok)
 		if err != nil {
 			return nil, s.tokenFailure("refresh refused access token", err)
 		}
-		up, err = s.openAuthed(ctx, tok)
+		up, err = open(ctx, g.Identity, tok)
 		if errors.As(err, &se) && tokenRefused(se) {
 			s.log.Warn("upstream refused the refreshed access token; the account needs a new sign-in",
-				"identity", g.Identity, "reply", replyText(se))
+				"identity", g.Identity, "reply", smtpclient.ReplyText(se))
 			s.srv.metrics.UpstreamAuthFailed("smtp")
+			front.ObserveUpstream(s.srv.metrics, g.Username, "smtp", fmt.Errorf("upstream refused the refreshed access token: %s", smtpclient.ReplyText(se)))
 			s.c.setOutcome("upstream refused token")
 			return nil, &smtp.SMTPError{
 				Code:         454,
 				EnhancedCode: smtp.EnhancedCode{4, 7, 0},
-				Message: oneLine(fmt.Sprintf("upstream refused the access token for %s; "+
+				Message: submit.OneLine(fmt.Sprintf("upstream refused the access token for %s; "+
 					"the account needs attention (sign in again)", g.Username)),
 			}
 		}
 	}
+	front.ObserveUpstream(s.srv.metrics, g.Username, "smtp", err)
 	if err != nil {
 		return nil, s.connectFailure(ctx, err)
 	}
-	up.timeout = upstreamCommandTimeout
 	return up, nil
 }
 
-// openAuthed dials and authenticates with tok. Some servers refuse an AUTH
-// line as long as an Entra token makes it (~2 KB); then the token is sent
-// after the 334 prompt instead, on a new connection if the server hung up.
-func (s *session) openAuthed(ctx context.Context, tok string) (*upClient, error) {
-	resp := upstream.XOAuth2(s.grant.Identity, tok)
-	up, err := s.dial(ctx)
-	if err != nil {
-		return nil, err
+// opener gives the upstream session opener of the session's grant:
+// Server.Opener's, else smtpclient to the grant's SMTP server.
+func (s *session) opener() submit.Opener {
+	if s.srv.Opener != nil {
+		return s.srv.Opener(s.grant)
 	}
-	err = s.auth(ctx, up, resp, true)
-	if se := (*smtp.SMTPError)(nil); errors.As(err, &se) && (se.Code == 500 || se.Code == 501) {
-		s.log.Debug("upstream refused the AUTH line with the token; sending it after the 334 prompt",
-			"reply", replyText(se))
-		err = s.auth(ctx, up, resp, false)
-		if err != nil && !errors.As(err, &se) {
-			up.abort()
-			if up, err = s.dial(ctx); err != nil {
-				return nil, err
-			}
-			err = s.auth(ctx, up, resp, false)
-		}
-	}
-	if err != nil {
-		up.abort()
-		return nil, err
-	}
-	return up, nil
-}
-
-// auth runs AUTH XOAUTH2 under ctx.
-func (s *session) auth(ctx context.Context, up *upClient, resp []byte, ir bool) error {
-	stop := context.AfterFunc(ctx, func() { up.raw.Close() })
-	err := up.authXOAuth2(resp, ir)
-	if !stop() {
-		return fmt.Errorf("upstream AUTH: %w", context.Cause(ctx))
-	}
-	if err != nil {
-		var se *smtp.SMTPError
-		if errors.As(err, &se) {
-			return se
-		}
-		return fmt.Errorf("upstream AUTH: %w", err)
-	}
-	return nil
-}
-
-// dial connects to the upstream (implicit TLS on port 465, else
-// STARTTLS, certificates checked against the configured roots), reads the
-// greeting and says EHLO. Everything runs under ctx.
-func (s *session) dial(ctx context.Context) (*upClient, error) {
 	addr := s.grant.Upstream.SMTPAddr
-	_, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil, fmt.Errorf("upstream address %q: %w", addr, err)
-	}
 	cfg := s.grant.Upstream.TLSFor(addr)
 	// Full-size TLS records from the first message on: small first
 	// records help a browser render early, not a mail submission.
 	cfg.DynamicRecordSizingDisabled = true
-	var conn, raw net.Conn
-	starttls := cfg
-	if port == "465" {
-		tc, err := upstream.DialTLS(ctx, s.srv.Dial, addr, cfg)
-		if err != nil {
-			return nil, fmt.Errorf("upstream: %w", err)
-		}
-		conn, raw, starttls = tc, tc.NetConn(), nil
-	} else {
-		dial := s.srv.Dial
-		if dial == nil {
-			var d net.Dialer
-			dial = d.DialContext
-		}
-		if raw, err = dial(ctx, "tcp", addr); err != nil {
-			return nil, fmt.Errorf("dial upstream %s: %w", addr, err)
-		}
-		conn = raw
-	}
-	if err := s.setRaw(raw); err != nil {
-		raw.Close()
-		return nil, err
-	}
-	up := newUpstream(conn, raw, s.c.trace)
-	up.timeout = s.srv.upstreamTimeout()
-	stop := context.AfterFunc(ctx, func() { raw.Close() })
-	err = up.hello(ctx, s.srv.domain(), starttls)
-	if !stop() {
-		return nil, fmt.Errorf("upstream %s: %w", addr, context.Cause(ctx))
-	}
-	if err != nil {
-		raw.Close()
-		return nil, fmt.Errorf("upstream %s: %w", addr, err)
-	}
-	return up, nil
+	return smtpclient.Opener(smtpclient.Options{
+		Addr:    addr,
+		TLS:     cfg,
+		Dial:    s.srv.Dial,
+		Domain:  s.srv.domain(),
+		Timeout: s.srv.upstreamTimeout(),
+		Trace:   s.c.trace,
+		Log:     s.log,
+	})
 }
 
 // tokenFailure turns an error of the token source into the client's reply.
@@ -178,7 +115,7 @@ func (s *session) tokenFailure(op string, err error) error {
 	} else {
 		s.c.setOutcome("token unavailable")
 	}
-	return &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: oneLine(ae.Msg)}
+	return &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: submit.OneLine(ae.Msg)}
 }
 
 const authDisabledText = "SMTP AUTH is disabled for this mailbox or tenant; an admin must enable " +
@@ -196,11 +133,11 @@ func (s *session) connectFailure(ctx context.Context, err error) error {
 	var se *smtp.SMTPError
 	switch {
 	case errors.As(err, &se) && se.Code == 535 && se.EnhancedCode == smtp.EnhancedCode{5, 7, 139}:
-		s.log.Warn(authDisabledText, "identity", s.grant.Identity, "reply", replyText(se))
+		s.log.Warn(authDisabledText, "identity", s.grant.Identity, "reply", smtpclient.ReplyText(se))
 		s.c.setOutcome("smtp auth disabled")
 		return &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 139}, Message: authDisabledText}
 	case errors.As(err, &se):
-		s.log.Warn("upstream refused the connection or login", "reply", replyText(se))
+		s.log.Warn("upstream refused the connection or login", "reply", smtpclient.ReplyText(se))
 		s.c.setOutcome("upstream refused login")
 		s.noteThrottle(se)
 		return passReply(se)
@@ -227,7 +164,7 @@ func (s *session) noteThrottle(se *smtp.SMTPError) {
 		return
 	}
 	s.srv.backoff.Set(s.grant.Identity, d)
-	s.log.Warn("upstream throttles this mailbox; new logins wait", "identity", s.grant.Identity, "backoff", d, "reply", replyText(se))
+	s.log.Warn("upstream throttles this mailbox; new logins wait", "identity", s.grant.Identity, "backoff", d, "reply", smtpclient.ReplyText(se))
 }
 
 // throttleDelay says whether an upstream reply is a throttling one, and
@@ -273,47 +210,9 @@ func tokenRefused(se *smtp.SMTPError) bool {
 // passReply copies an upstream reply for the client: its own code, enhanced
 // code and text, on one line.
 func passReply(se *smtp.SMTPError) *smtp.SMTPError {
-	return &smtp.SMTPError{Code: se.Code, EnhancedCode: se.EnhancedCode, Message: truncate(oneLine(se.Message), maxReplyText)}
+	return &smtp.SMTPError{Code: se.Code, EnhancedCode: se.EnhancedCode, Message: submit.Truncate(submit.OneLine(se.Message), maxReplyText)}
 }
 
 // maxReplyText bounds the upstream text passed on in one reply line (RFC
 // 5321 allows 512 bytes per line; an upstream may send many lines).
 const maxReplyText = 1000
-
-// replyText renders an upstream reply for the log.
-func replyText(se *smtp.SMTPError) string {
-	s := strconv.Itoa(se.Code)
-	if se.EnhancedCode != smtp.EnhancedCodeNotSet && se.EnhancedCode != smtp.NoEnhancedCode {
-		s += fmt.Sprintf(" %d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
-	}
-	return s + " " + oneLine(se.Message)
-}
-
-// oneLine joins a multi-line reply text and drops control characters.
-func oneLine(s string) string {
-	return strings.TrimSpace(strings.Map(func(r rune) rune {
-		if r < ' ' || r == 0x7f {
-			return ' '
-		}
-		return r
-	}, s))
-}
-
-// parseStatus splits an upstream reply text like "2.0.0 OK <id> Queued"
-// into its enhanced code and the rest.
-func parseStatus(text string) (smtp.EnhancedCode, string) {
-	code, rest, _ := strings.Cut(text, " ")
-	parts := strings.Split(code, ".")
-	if len(parts) != 3 {
-		return smtp.EnhancedCodeNotSet, text
-	}
-	var ec smtp.EnhancedCode
-	for i, p := range parts {
-		n, err := strconv.Atoi(p)
-		if err != nil || n < 0 || n > 999 {
-			return smtp.EnhancedCodeNotSet, text
-		}
-		ec[i] = n
-	}
-	return ec, rest
-}

@@ -103,6 +103,9 @@ func (s *imapSession) Rename(oldName, newName string, options *imap.RenameOption
 }
 
 func (s *imapSession) List(w *imapserver.ListWriter, ref string, patterns []string, options *imap.ListOptions) error {
+	if s.notConnected() {
+		return errNotConnected
+	}
 	if len(patterns) == 0 || options.SelectSubscribed || options.ReturnStatus != nil {
 		return s.UserSession.List(w, ref, patterns, options)
 	}

@@ -67,6 +67,7 @@ type Graph struct {
 	requests    int
 	digestOnly  bool
 	nextID      int
+	deliver     func(*GraphSent)
 	puts        int          // upload ranges received
 	failPut     map[int]int  // by put number: answer this status without storing
 	losePut     map[int]bool // by put number: store, then answer 500 (a lost answer)
@@ -240,6 +241,14 @@ func (g *Graph) DigestOnly(on bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.digestOnly = on
+}
+
+// SetDeliver sets a function called with each message Graph accepted (the
+// demo drops them into the fake IMAP server's mailboxes); nil: none.
+func (g *Graph) SetDeliver(f func(*GraphSent)) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.deliver = f
 }
 
 // Sent returns the messages sent so far.
@@ -465,6 +474,15 @@ func (g *Graph) record(s *GraphSent, data []byte) {
 		s.MIME = data
 	}
 	g.sent = append(g.sent, s)
+	g.deliverLocked(s)
+}
+
+// deliverLocked hands s to the deliver hook in its own goroutine, so that
+// the hook may call back into g.
+func (g *Graph) deliverLocked(s *GraphSent) {
+	if f := g.deliver; f != nil {
+		go f(s)
+	}
 }
 
 func (g *Graph) sendMail(c *graphCall) (int, any, *graphErr) {
@@ -650,6 +668,7 @@ func (g *Graph) sendDraft(c *graphCall) (int, any, *graphErr) {
 		MIMESize: d.size, MIMEDigest: d.digest, MIME: d.mime}
 	g.mu.Lock()
 	g.sent = append(g.sent, s)
+	g.deliverLocked(s)
 	g.mu.Unlock()
 	return http.StatusAccepted, nil, nil
 }
@@ -890,4 +909,72 @@ func parseContentRange(s string) (start, end, total int, err error) {
 		return 0, 0, 0, errors.New("Content-Range must be bytes START-END/TOTAL")
 	}
 	return start, end, total, nil
+}
+
+// Message returns the message as its recipients would get it: the MIME,
+// with To and Cc written from the recipient lists, Bcc removed, and the
+// attachments added through the API appended as parts. nil when
+// DigestOnly kept no bytes.
+func (s *GraphSent) Message() []byte {
+	if s.MIME == nil {
+		return nil
+	}
+	m, err := mail.ReadMessage(bytes.NewReader(s.MIME))
+	if err != nil {
+		return s.MIME
+	}
+	var out bytes.Buffer
+	skip := map[string]bool{"To": true, "Cc": true, "Bcc": true}
+	if len(s.Attachments) > 0 {
+		skip["Content-Type"], skip["Content-Transfer-Encoding"], skip["Mime-Version"] = true, true, true
+	}
+	for k, vs := range m.Header {
+		if skip[k] {
+			continue
+		}
+		for _, v := range vs {
+			fmt.Fprintf(&out, "%s: %s\r\n", k, v)
+		}
+	}
+	for _, h := range []struct {
+		key   string
+		addrs []string
+	}{{"To", s.To}, {"Cc", s.Cc}} {
+		if len(h.addrs) > 0 {
+			fmt.Fprintf(&out, "%s: %s\r\n", h.key, strings.Join(h.addrs, ", "))
+		}
+	}
+	if len(s.Attachments) == 0 {
+		out.WriteString("\r\n")
+		io.Copy(&out, m.Body)
+		return out.Bytes()
+	}
+	const boundary = "fake365-graph-assembled"
+	fmt.Fprintf(&out, "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=%q\r\n\r\n--%s\r\n", boundary, boundary)
+	for _, k := range []string{"Content-Type", "Content-Transfer-Encoding"} {
+		if v := m.Header.Get(k); v != "" {
+			fmt.Fprintf(&out, "%s: %s\r\n", k, v)
+		}
+	}
+	out.WriteString("\r\n")
+	io.Copy(&out, m.Body)
+	for _, a := range s.Attachments {
+		disp := "attachment"
+		if a.IsInline {
+			disp = "inline"
+		}
+		fmt.Fprintf(&out, "\r\n--%s\r\nContent-Type: %s\r\nContent-Disposition: %s; filename=%q\r\nContent-Transfer-Encoding: base64\r\n", boundary, a.ContentType, disp, a.Name)
+		if a.ContentID != "" {
+			fmt.Fprintf(&out, "Content-ID: <%s>\r\n", a.ContentID)
+		}
+		out.WriteString("\r\n")
+		enc := base64.StdEncoding.EncodeToString(a.Data)
+		for len(enc) > 76 {
+			out.WriteString(enc[:76] + "\r\n")
+			enc = enc[76:]
+		}
+		out.WriteString(enc + "\r\n")
+	}
+	fmt.Fprintf(&out, "--%s--\r\n", boundary)
+	return out.Bytes()
 }

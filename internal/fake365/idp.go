@@ -141,24 +141,26 @@ type IdP struct {
 	served   chan struct{} // closed when Serve returns
 	close    sync.Once
 
-	mu             sync.Mutex          // protects every field below
-	appRoles       map[string][]string // by audience: the app registration's granted application permissions
-	now            func() time.Time
-	tokenLifetime  time.Duration
-	deviceInterval time.Duration
-	forceSlowDown  int
-	failure        *Failure
-	signInAs       string
-	clients        map[string]Client
-	users          map[string]*idpUser    // by lower-cased username
-	codes          map[string]*idpCode    // authorization codes, redeemed ones kept until expiry
-	devices        map[string]*idpDevice  // by device_code
-	userCodes      map[string]*idpDevice  // by user_code
-	refresh        map[string]*idpRefresh // live refresh tokens
-	access         map[string]idpAccess   // issued access tokens
-	accessPruneAt  int
-	lastUserCode   string
-	stats          IdPStats
+	mu              sync.Mutex          // protects every field below
+	appRoles        map[string][]string // by audience: the app registration's granted application permissions
+	now             func() time.Time
+	tokenLifetime   time.Duration
+	deviceInterval  time.Duration
+	forceSlowDown   int
+	deviceBlocked   bool // BlockDeviceFlow
+	deviceNoRefresh bool // DeviceWithoutRefreshToken
+	failure         *Failure
+	signInAs        string
+	clients         map[string]Client
+	users           map[string]*idpUser    // by lower-cased username
+	codes           map[string]*idpCode    // authorization codes, redeemed ones kept until expiry
+	devices         map[string]*idpDevice  // by device_code
+	userCodes       map[string]*idpDevice  // by user_code
+	refresh         map[string]*idpRefresh // live refresh tokens
+	access          map[string]idpAccess   // issued access tokens
+	accessPruneAt   int
+	lastUserCode    string
+	stats           IdPStats
 }
 
 type idpUser struct {
@@ -852,6 +854,11 @@ func (p *IdP) deviceGrantLocked(client Client, form url.Values) (*idpTokenRespon
 			"OAuth 2.0 device flow error. Polling too frequently; increase the interval by 5 seconds.")
 	}
 	switch {
+	case p.deviceBlocked:
+		delete(p.devices, d.deviceCode)
+		delete(p.userCodes, d.userCode)
+		return nil, idpErr(http.StatusBadRequest, "invalid_grant", 53003,
+			"Access has been blocked by Conditional Access policies. The access policy does not allow token issuance.")
 	case d.declined:
 		return nil, idpErr(http.StatusBadRequest, "authorization_declined", 70000,
 			"The end user denied the authorization request.")
@@ -862,7 +869,7 @@ func (p *IdP) deviceGrantLocked(client Client, form url.Values) (*idpTokenRespon
 	delete(p.devices, d.deviceCode)
 	delete(p.userCodes, d.userCode)
 	p.stats.DeviceCodes++
-	return p.issueLocked(client.ID, d.user, d.scopes, d.scopes, "", idpHasScope(d.scopes, "offline_access")), nil
+	return p.issueLocked(client.ID, d.user, d.scopes, d.scopes, "", idpHasScope(d.scopes, "offline_access") && !p.deviceNoRefresh), nil
 }
 
 func (p *IdP) clientCredentialsGrantLocked(client Client, form url.Values) (*idpTokenResponse, *idpError) {

@@ -57,6 +57,8 @@ type IMAPUpstream struct {
 	mailboxes map[string]*imapmemserver.User // key: lower-case address
 	delegates map[string]map[string]struct{} // lower-case mailbox -> lower-case delegate
 	folders   map[string]map[string]struct{} // lower-case mailbox -> folder names (folders.go)
+	// Exchange's setup failures by lower-case mailbox (exchange_errors.go).
+	refuseApps, notConnected map[string]bool
 }
 
 // NewIMAPUpstream starts a fake IMAP server on 127.0.0.1:0 that checks tokens
@@ -71,13 +73,15 @@ func NewIMAPUpstream(v TokenValidator, tlsCfg *tls.Config) (*IMAPUpstream, error
 		return nil, fmt.Errorf("fake365: IMAP upstream listen: %w", err)
 	}
 	u := &IMAPUpstream{
-		Addr:      raw.Addr().String(),
-		validator: v,
-		ln:        newTrackingListener(raw),
-		serveDone: make(chan struct{}),
-		mailboxes: make(map[string]*imapmemserver.User),
-		delegates: make(map[string]map[string]struct{}),
-		folders:   make(map[string]map[string]struct{}),
+		Addr:         raw.Addr().String(),
+		validator:    v,
+		ln:           newTrackingListener(raw),
+		serveDone:    make(chan struct{}),
+		mailboxes:    make(map[string]*imapmemserver.User),
+		delegates:    make(map[string]map[string]struct{}),
+		folders:      make(map[string]map[string]struct{}),
+		refuseApps:   make(map[string]bool),
+		notConnected: make(map[string]bool),
 	}
 	var ln net.Listener = u.ln
 	if tlsCfg != nil {
@@ -240,6 +244,9 @@ func (u *IMAPUpstream) authorize(mailbox, token string) (*imapmemserver.User, ti
 		return nil, time.Time{}, false
 	}
 	if !mayAct(subject, mailbox, u.delegates[key]) {
+		return nil, time.Time{}, false
+	}
+	if strings.HasPrefix(subject, "app:") && u.refuseApps[key] {
 		return nil, time.Time{}, false
 	}
 	return user, expiry, true

@@ -95,6 +95,7 @@ type SMTPUpstream struct {
 	mu          sync.Mutex // protects everything below
 	delegates   map[string]map[string]struct{}
 	failAt      map[string]*smtp.SMTPError
+	faults      smtpFaults // smtp_faults.go
 	messages    []Message
 	deliver     func(Message)
 	maxAuthLine int
@@ -244,10 +245,13 @@ func (u *SMTPUpstream) Logins() int { return int(u.logins.Load()) }
 // AuthFailures returns the number of AUTH attempts answered with 535.
 func (u *SMTPUpstream) AuthFailures() int { return int(u.failures.Load()) }
 
-func (u *SMTPUpstream) stageError(stage string) *smtp.SMTPError {
+func (u *SMTPUpstream) stageError(stage string, arg ...string) *smtp.SMTPError {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	return u.failAt[stage]
+	if e := u.failAt[stage]; e != nil {
+		return e
+	}
+	return u.faultAt(stage, strings.Join(arg, ""))
 }
 
 // authorize checks an XOAUTH2 user= and token: the token's own address, a
@@ -325,7 +329,7 @@ func (s *smtpSession) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if s.authUser == "" {
 		return errSMTPAuthRequired
 	}
-	if e := s.up.stageError("RCPT"); e != nil {
+	if e := s.up.stageError("RCPT", to); e != nil {
 		return e
 	}
 	s.rcpts = append(s.rcpts, Rcpt{Addr: to, Opts: cloneRcptOptions(opts)})

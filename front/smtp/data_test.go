@@ -6,45 +6,40 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mailproxy/submit"
 	"net"
 	"strings"
 	"sync"
 	"testing"
 )
 
-// End-to-end tests of the DATA bypass (rawdata.go): the same client bytes
-// give the same replies and the same delivered messages with the bypass
-// and with go-smtp's reader (which a Trace turns on).
+// End-to-end tests of the one DATA path (go-smtp's reader, the
+// Submitter): the same client bytes give the same replies and the same
+// delivered messages with the protocol trace off and on.
 
-// readerPath makes the proxy read message data through go-smtp's reader.
-func readerPath(s *Server) { s.Trace = slog.New(slog.DiscardHandler) }
+// traced turns the protocol trace on.
+func traced(s *Server) { s.Trace = slog.New(slog.DiscardHandler) }
 
-// paths runs f with the bypass and with go-smtp's reader.
-func paths(t *testing.T, o envOpts, f func(t *testing.T, e *env, bypass bool)) {
+// paths runs f with the trace off and on.
+func paths(t *testing.T, o envOpts, f func(t *testing.T, e *env, traced bool)) {
 	t.Helper()
-	for _, bypass := range []bool{true, false} {
-		name := "bypass"
-		if !bypass {
-			name = "go-smtp-reader"
+	for _, on := range []bool{false, true} {
+		name := "untraced"
+		if on {
+			name = "traced"
 		}
 		t.Run(name, func(t *testing.T) {
 			o := o
-			if !bypass {
+			if on {
 				next := o.server
 				o.server = func(s *Server) {
-					readerPath(s)
+					traced(s)
 					if next != nil {
 						next(s)
 					}
 				}
 			}
-			e := newEnv(t, o)
-			f(t, e, bypass)
-			logs := e.logs.String()
-			if strings.Contains(logs, "message relayed") &&
-				(strings.Contains(logs, fmt.Sprintf("bypass=%v", !bypass)) || !strings.Contains(logs, fmt.Sprintf("bypass=%v", bypass))) {
-				t.Errorf("messages were not all read with bypass=%v:\n%s", bypass, logs)
-			}
+			f(t, newEnv(t, o), on)
 		})
 	}
 }
@@ -86,18 +81,18 @@ var trickyMessages = []string{
 	strings.Repeat("0123456789abcdef", 1<<11) + "\n" + strings.Repeat("q", 60000) + "\r\n.\r\n",
 }
 
-func TestBypassMatchesReader(t *testing.T) {
+func TestDataTracedMatchesUntraced(t *testing.T) {
 	t.Parallel()
 	got := map[bool][][]byte{}
 	replies := map[bool][]string{}
 	var mu sync.Mutex
-	paths(t, envOpts{}, func(t *testing.T, e *env, bypass bool) {
+	paths(t, envOpts{}, func(t *testing.T, e *env, on bool) {
 		r := e.session()
 		var reps []string
 		for _, m := range trickyMessages {
 			rep := r.sendRaw([]byte(m))
 			if !strings.HasPrefix(rep, "250 2.0.0 OK <") {
-				t.Fatalf("reply to message %q = %q, want 250 with the queue id", truncate(m, 60), rep)
+				t.Fatalf("reply to message %q = %q, want 250 with the queue id", submit.Truncate(m, 60), rep)
 			}
 			reps = append(reps, rep[:14])
 		}
@@ -107,7 +102,7 @@ func TestBypassMatchesReader(t *testing.T) {
 			data = append(data, m.Data)
 		}
 		mu.Lock()
-		got[bypass], replies[bypass] = data, reps
+		got[on], replies[on] = data, reps
 		mu.Unlock()
 	})
 	for i := range trickyMessages {
@@ -115,17 +110,17 @@ func TestBypassMatchesReader(t *testing.T) {
 			break
 		}
 		if !bytes.Equal(got[true][i], got[false][i]) {
-			t.Errorf("message %q delivered as %q with the bypass, %q with go-smtp's reader",
-				truncate(trickyMessages[i], 60), truncate(string(got[true][i]), 200), truncate(string(got[false][i]), 200))
+			t.Errorf("message %q delivered as %q untraced, %q traced",
+				submit.Truncate(trickyMessages[i], 60), submit.Truncate(string(got[false][i]), 200), submit.Truncate(string(got[true][i]), 200))
 		}
 	}
 }
 
 // A client that sends everything at once, two transactions and QUIT, gets
 // every reply in order and both messages delivered.
-func TestBypassPipelined(t *testing.T) {
+func TestDataPipelined(t *testing.T) {
 	t.Parallel()
-	paths(t, envOpts{}, func(t *testing.T, e *env, bypass bool) {
+	paths(t, envOpts{}, func(t *testing.T, e *env, on bool) {
 		r := e.session()
 		msg1 := "Subject: one\r\n\r\n.dot\r\nend\r\n"
 		msg2 := "Subject: two\r\n\r\n" + strings.Repeat("line\r\n", 10000)
@@ -141,7 +136,7 @@ func TestBypassPipelined(t *testing.T) {
 		}
 		msgs := e.messages(2)
 		if string(msgs[0].Data) != msg1 || string(msgs[1].Data) != msg2 {
-			t.Errorf("upstream Data = %q, %q, want %q, %q", truncate(string(msgs[0].Data), 100), truncate(string(msgs[1].Data), 100), msg1, truncate(msg2, 100))
+			t.Errorf("upstream Data = %q, %q, want %q, %q", submit.Truncate(string(msgs[0].Data), 100), submit.Truncate(string(msgs[1].Data), 100), msg1, submit.Truncate(msg2, 100))
 		}
 	})
 }
@@ -150,7 +145,7 @@ func TestBypassPipelined(t *testing.T) {
 // closed, as go-smtp's line limit does; nothing is delivered.
 func TestDataLineTooLong(t *testing.T) {
 	t.Parallel()
-	paths(t, envOpts{}, func(t *testing.T, e *env, bypass bool) {
+	paths(t, envOpts{}, func(t *testing.T, e *env, on bool) {
 		r := e.session()
 		r.mustCmd("MAIL FROM:<alice@contoso.com>", "250 ")
 		r.mustCmd("RCPT TO:<bob@example.com>", "250 ")
@@ -169,7 +164,7 @@ func TestDataLineTooLong(t *testing.T) {
 // size is refused (go-smtp's reader stops there); the session goes on.
 func TestMessageSizeLimit(t *testing.T) {
 	t.Parallel()
-	paths(t, envOpts{maxMessageBytes: 1000}, func(t *testing.T, e *env, bypass bool) {
+	paths(t, envOpts{maxMessageBytes: 1000}, func(t *testing.T, e *env, on bool) {
 		r := e.session()
 		decoded := func(n int) string { // n bytes, some lines starting with a dot
 			s := strings.Repeat(".dot-line\r\n", 10)
@@ -272,7 +267,7 @@ func (m *miniUpstream) received() (conns int, data [][]byte) {
 func TestUpstreamRefusesDataCommand(t *testing.T) {
 	t.Parallel()
 	m := &miniUpstream{dataReply: "554 5.7.1 Message refused by policy"}
-	paths(t, envOpts{upstreamScript: m.serve}, func(t *testing.T, e *env, bypass bool) {
+	paths(t, envOpts{upstreamScript: m.serve}, func(t *testing.T, e *env, on bool) {
 		r := e.session()
 		msg := "Subject: refused\r\n\r\n" + strings.Repeat("some text\r\n", 20000) + ".\r\n"
 		if rep := r.sendRaw([]byte(msg + "NOOP\r\n")); rep != "554 5.7.1 Message refused by policy" {
@@ -289,13 +284,13 @@ func TestUpstreamRefusesDataCommand(t *testing.T) {
 // message goes out on a new connection.
 func TestUpstreamGoneInData(t *testing.T) {
 	t.Parallel()
-	for _, bypass := range []bool{true, false} {
-		t.Run(fmt.Sprint("bypass=", bypass), func(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		t.Run(fmt.Sprint("traced=", on), func(t *testing.T) {
 			t.Parallel()
 			m := &miniUpstream{dieInData: 1}
 			o := envOpts{upstreamScript: m.serve}
-			if !bypass {
-				o.server = readerPath
+			if on {
+				o.server = traced
 			}
 			e := newEnv(t, o)
 			r := e.session()

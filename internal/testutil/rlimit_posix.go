@@ -1,13 +1,13 @@
 //go:build linux || darwin
 
-package smtp
+package testutil
 
 import "syscall"
 
-// raiseFileLimit raises the soft limit on open files to want, or to the
+// RaiseFileLimit raises the soft limit on open files to want, or to the
 // hard limit if that is lower. Go raises it on its own since 1.19, but not
 // past a hard limit a CI container may set low.
-func raiseFileLimit(want uint64) {
+func RaiseFileLimit(want uint64) {
 	var rl syscall.Rlimit
 	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl) != nil || rl.Cur >= want {
 		return
@@ -16,8 +16,8 @@ func raiseFileLimit(want uint64) {
 	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl)
 }
 
-// fileLimit returns the soft limit on open files, 0 if unknown.
-func fileLimit() uint64 {
+// FileLimit returns the soft limit on open files, 0 if unknown.
+func FileLimit() uint64 {
 	var rl syscall.Rlimit
 	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl) != nil {
 		return 0
