@@ -21,6 +21,17 @@ func runHealthcheck(ctx context.Context, env *cmdEnv, args []string) error {
 	fs := newFlags(env, "healthcheck")
 	cfgPath := configFlag(env, fs)
 	url := fs.String("url", "", "check this `URL` instead of the config's admin.listen, e.g. http://127.0.0.1:8025/healthz")
+	fs.Usage = func() {
+		fmt.Fprint(env.stderr, `usage: mailproxy healthcheck [-config FILE] [-url URL]
+
+Asks the running daemon's /healthz (on admin.listen, or URL) and exits 0
+when it answers 200, 1 otherwise. It is the container image's HEALTHCHECK,
+for an image that has no curl.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

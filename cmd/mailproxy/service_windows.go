@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -155,6 +156,10 @@ func (w eventWriter) Write(p []byte) (int, error) {
 
 // runService is `mailproxy service install|uninstall|start|stop`.
 func runService(_ context.Context, env *cmdEnv, args []string) error {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+		fmt.Fprintln(env.stderr, serviceHelp)
+		return flag.ErrHelp
+	}
 	if len(args) == 0 {
 		return usagef("service needs one of install, uninstall, start, stop")
 	}
