@@ -104,6 +104,10 @@ type Options struct {
 	// in on (config.Config.AllowedHosts); it is called per request, so a
 	// reload shows at once. nil means none besides those.
 	AllowedHosts func() []string
+	// Blocks returns the lockout's active blocks and ClearBlock ends one
+	// (auth.Lockout.Blocks, Clear); nil: the page shows none.
+	Blocks     func() []LoginBlock
+	ClearBlock func(user, addr string) bool
 	// Metrics are the counters the fronts report to; nil makes new ones.
 	Metrics *Metrics
 	// Listeners returns the state of the proxy listeners for /healthz; nil
@@ -111,8 +115,11 @@ type Options struct {
 	Listeners func() []Listener
 	// Spool is the device relay's spool for the Spool page, its alerts
 	// and /metrics; nil means there is none.
-	Spool  SpoolView
-	Logger *slog.Logger
+	Spool SpoolView
+	// KeepAliveGaps returns the accounts whose tokens the daemon cannot
+	// refresh on its own (oauth.Manager.KeepAliveGaps); nil: none shown.
+	KeepAliveGaps func() []string
+	Logger        *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -201,6 +208,8 @@ func New(opts Options) (*Server, error) {
 	mux.HandleFunc("POST /signout", s.handleSignOut)
 	mux.HandleFunc("GET /healthz", s.handleHealth)
 	mux.HandleFunc("GET /metrics", s.handleMetrics)
+	mux.HandleFunc("GET /lockout", s.handleLockout)
+	mux.HandleFunc("POST /lockout/clear", s.handleLockoutClear)
 	mux.HandleFunc("GET /spool", s.handleSpool)
 	mux.HandleFunc("POST /spool/resume", s.handleSpoolResume)
 	s.mux = mux
@@ -264,6 +273,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
 	}
 	if !s.guard(w, r) {
+		return
+	}
+	if s.unknownPath(r) {
+		s.renderError(w, r, http.StatusNotFound, "Page not found", "There is no page at this address. The accounts are on the start page.")
 		return
 	}
 	s.mux.ServeHTTP(w, r)
@@ -399,4 +412,20 @@ func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
 		writeSpoolMetrics(&b, s.opts.Spool.Status(), now)
 		io.WriteString(w, b.String())
 	}
+}
+
+// unknownPath reports whether no route has r's path for any method: the
+// mux's plain-text 404 is replaced by the page's own, its 405 kept.
+func (s *Server) unknownPath(r *http.Request) bool {
+	if _, pattern := s.mux.Handler(r); pattern != "" {
+		return false
+	}
+	for _, m := range []string{http.MethodGet, http.MethodPost} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := s.mux.Handler(probe); pattern != "" {
+			return false
+		}
+	}
+	return true
 }

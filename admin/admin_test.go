@@ -808,3 +808,17 @@ func TestHealthzDegraded(t *testing.T) {
 		t.Errorf("GET /healthz with unsaved tokens = %s %q, want degraded saying so", status, reasons)
 	}
 }
+
+// An unknown address gets the page's own 404, and every page links to
+// /metrics and /healthz.
+func TestNotFoundIsStyled(t *testing.T) {
+	e := newEnv(t)
+	b := e.browser()
+	r := b.get("/no/such/page")
+	if r.code != http.StatusNotFound || !strings.Contains(r.body, "<h2>Page not found</h2>") || !strings.Contains(r.header.Get("Content-Type"), "text/html") {
+		t.Errorf("GET /no/such/page = %d %q, want the styled 404", r.code, r.body)
+	}
+	if r := b.get("/"); !strings.Contains(r.body, `<a href="/metrics">Metrics</a>`) {
+		t.Errorf("the start page does not link to /metrics")
+	}
+}

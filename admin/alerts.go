@@ -37,6 +37,9 @@ const (
 	// AlertMailboxPaused: the upstream refused a mailbox (5.2.25x, 5.7.60,
 	// 5.7.139, 535) and its spool stopped until an admin resumes it.
 	AlertMailboxPaused
+	// AlertLoginBlocked: the lockout refuses a username (or every
+	// username) from an address until the block ends or is cleared.
+	AlertLoginBlocked
 )
 
 func (k AlertKind) String() string {
@@ -47,6 +50,8 @@ func (k AlertKind) String() string {
 		return "refresh-token-expiring"
 	case AlertMailboxPaused:
 		return "mailbox-paused"
+	case AlertLoginBlocked:
+		return "login-blocked"
 	}
 	return fmt.Sprintf("AlertKind(%d)", int(k))
 }

@@ -97,7 +97,7 @@ func TestBrowserSignIn(t *testing.T) {
 	// IMAP front.
 	accounts := auth.NewAccounts([]auth.AccountSpec{{
 		Username: alice,
-		Upstream: &upstream.Upstream{IMAPAddr: up.Addr, TLS: ca.ClientTLS()},
+		Upstream: &upstream.Upstream{Addr: map[string]string{"imap": up.Addr}, TLS: ca.ClientTLS()},
 	}}, auth.VaultOf(mgr.Open))
 	front := &imapfront.Server{Auth: accounts, Logger: logger.With("proto", "imap")}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

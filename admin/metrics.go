@@ -16,10 +16,6 @@ import (
 
 var _ front.Metrics = (*Metrics)(nil)
 
-// Protocols whose series exist from the start, at zero, so that a dashboard
-// sees them before the first connection.
-var knownProtos = []string{"imap", "smtp"}
-
 // Metrics counts what the fronts report (front.Metrics) and token refreshes,
 // for /metrics and the account table. Every method is safe for concurrent
 // use and costs a map lookup under a read lock and an atomic add.
@@ -47,13 +43,15 @@ type accountCounters struct {
 	up map[string]UpstreamState // by protocol (health.go)
 }
 
-// NewMetrics returns empty counters.
-func NewMetrics() *Metrics {
+// NewMetrics returns empty counters. The series of protos (the daemon's
+// fronts) exist from the start, at zero, so that a dashboard sees them
+// before the first connection.
+func NewMetrics(protos ...string) *Metrics {
 	m := &Metrics{
 		protos:   make(map[string]*protoCounters),
 		accounts: make(map[string]*accountCounters),
 	}
-	for _, p := range knownProtos {
+	for _, p := range protos {
 		m.protos[p] = &protoCounters{}
 	}
 	return m

@@ -64,7 +64,12 @@ type deviceData struct {
 	Expires                                time.Time
 }
 
-type failedData struct{ Account, Error, Hint string }
+type failedData struct {
+	Account, Error, Hint string
+	// Browser, when set, explains why the device flow cannot work and
+	// offers the browser sign-in at once (needs the page's CSRF).
+	Browser string
+}
 
 type signOutData struct{ Account string }
 
@@ -150,6 +155,7 @@ func (s *Server) handleIndex(w http.ResponseWriter, r *http.Request) {
 		d.Rows = append(d.Rows, rw)
 	}
 	d.Alerts = append(Alerts(statuses, now), s.spoolAlerts()...)
+	d.Alerts = append(d.Alerts, s.lockoutAlerts()...)
 	pg := page{Title: "Accounts", CSRF: s.csrf(sess), Data: d}
 	for o := range targets {
 		pg.formTargets = append(pg.formTargets, o)
@@ -263,6 +269,8 @@ button, .button { white-space: nowrap; font: inherit; padding: .35em .8em; borde
 button.secondary, .button.secondary { background: transparent; color: var(--accent); }
 button.danger { background: var(--bad); border-color: var(--bad); }
 form.stack { max-width: 26em; }
+footer { margin: 2em 0 1em; }
+code { font: .95em ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: var(--card); padding: 0 .25em; border-radius: 4px; }
 form.stack label { display: block; margin: .7em 0 .2em; font-weight: 600; }
 input[type=password] { font: inherit; width: 100%; padding: .45em; border: 1px solid var(--line); border-radius: 6px; background: var(--bg); color: var(--fg); }
 form.stack button { margin-top: 1em; }
@@ -286,6 +294,7 @@ form.stack button { margin-top: 1em; }
 <h2>{{.Title}}</h2>
 {{template "content" .}}
 </main>
+<footer><small class="muted"><a href="/metrics">Metrics</a> · <a href="/healthz">Health</a></small></footer>
 </body>
 </html>
 `
@@ -353,7 +362,9 @@ var pageHTML = map[string]string{
 
 	"failed": `{{define "content"}}{{with .Data}}
 <p class="banner bad" role="alert">The sign-in of {{.Account}} did not complete: {{.Error}}</p>
-{{if .Hint}}<p>{{code .Hint}}</p>{{end}}
+{{if .Browser}}<p>The sign-in with a code cannot work here: {{.Browser}}. Sign in with the browser instead:</p>
+<form method="post" action="/signin"><input type="hidden" name="csrf" value="{{$.CSRF}}"><input type="hidden" name="account" value="{{.Account}}"><input type="hidden" name="method" value="authcode"><button type="submit" aria-label="Sign in {{.Account}} with the browser">Sign in with the browser</button></form>
+{{else if .Hint}}<p>{{code .Hint}}</p>{{end}}
 <p><a href="/">Back to the accounts</a></p>
 {{end}}{{end}}`,
 

@@ -232,6 +232,19 @@ func (s *Server) renderSignInFailed(w http.ResponseWriter, r *http.Request, acco
 	s.render(w, r, code, "failed", page{Title: "Sign-in failed", Data: failedData{Account: account, Error: err.Error(), Hint: hint}})
 }
 
+// renderDeviceFailed is renderSignInFailed for the device flow: when the
+// identity provider refused the flow itself (Conditional Access, no
+// refresh token), the page says so and offers the browser sign-in.
+func (s *Server) renderDeviceFailed(w http.ResponseWriter, r *http.Request, sess *session, account string, err error) {
+	why := oauth.DeviceRefused(err)
+	if why == "" || !s.canSignIn() {
+		s.renderSignInFailed(w, r, account, err)
+		return
+	}
+	s.render(w, r, http.StatusOK, "failed", page{Title: "Sign-in failed", CSRF: s.csrf(sess),
+		Data: failedData{Account: account, Error: err.Error(), Browser: why}})
+}
+
 // addPending keeps a token set for the password form and returns its id.
 func (s *Server) addPending(session, account, flow string, ts oauth.TokenSet, identity string) string {
 	now := s.now()
@@ -339,7 +352,7 @@ func (s *Server) startDevice(w http.ResponseWriter, r *http.Request, sess *sessi
 	cancel()
 	if err != nil {
 		s.log.Warn("admin: device sign-in could not start", "account", a.Username, "err", err)
-		s.renderSignInFailed(w, r, a.Username, err)
+		s.renderDeviceFailed(w, r, sess, a.Username, err)
 		return
 	}
 	now := s.now()
@@ -375,6 +388,9 @@ func (s *Server) startDevice(w http.ResponseWriter, r *http.Request, sess *sessi
 		defer s.wg.Done()
 		defer pcancel()
 		ts, identity, err := flow.Poll(pctx, dc)
+		if err == nil && ts.RefreshToken == "" {
+			err = oauth.ErrNoRefreshToken
+		}
 		var pid string
 		if err == nil {
 			pid = s.addPending(d.session, d.account, flowDevice, ts, identity)
@@ -426,7 +442,7 @@ func (s *Server) handleDevicePage(w http.ResponseWriter, r *http.Request) {
 			Expires: d.code.Expiry,
 		}})
 	case err != nil:
-		s.renderSignInFailed(w, r, d.account, err)
+		s.renderDeviceFailed(w, r, sess, d.account, err)
 	default:
 		s.mu.Lock()
 		_, waiting := s.pending[pid]

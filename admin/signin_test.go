@@ -327,3 +327,37 @@ func TestCloseEndsDevicePolls(t *testing.T) {
 	e.srv.Close() // returns only when the poll goroutine is gone
 	e.waitDevice()
 }
+
+// A tenant that blocks the device flow, or a device sign-in without a
+// refresh token: the page says so plainly and offers the browser sign-in
+// right there.
+func TestDeviceRefusedOffersBrowser(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		setup func(e *env)
+		want  string
+	}{
+		{"conditional access", func(e *env) { e.idp.BlockDeviceFlow(true) }, "Conditional Access"},
+		{"no refresh token", func(e *env) { e.idp.DeviceWithoutRefreshToken(true) }, "gave no refresh token"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			tc.setup(e)
+			b := e.browser()
+			r := b.post("/signin", url.Values{"account": {bob}, "csrf": {b.csrf()}, "method": {"device"}})
+			devicePage := r.header.Get("Location")
+			if err := e.idp.ApproveDevice(e.idp.LastUserCode(), bob); err != nil {
+				t.Fatalf("ApproveDevice() = %v", err)
+			}
+			e.waitDevice()
+			r = b.get(devicePage)
+			if !strings.Contains(r.body, tc.want) || !strings.Contains(r.body, `aria-label="Sign in `+bob+` with the browser"`) ||
+				!strings.Contains(r.body, `name="method" value="authcode"`) {
+				t.Errorf("device page after the refusal = %d, want %q and a browser sign-in button:\n%s", r.code, tc.want, r.body)
+			}
+			if n := len(e.be.sealCalls()); n != 0 {
+				t.Errorf("Seal calls = %d, want 0: a sign-in without a refresh token is not stored", n)
+			}
+		})
+	}
+}

@@ -25,12 +25,15 @@ const spoolPageSize = 50
 
 type spoolData struct {
 	Flash            string
+	NotKeptAlive     []keepAliveGap
 	Mailboxes        []spoolMailbox
 	Records          []spoolRecord
 	Account, Search  string
 	Total, From, To  int
 	PrevURL, NextURL string
 }
+
+type keepAliveGap struct{ Username, RefreshAge string }
 
 type spoolMailbox struct {
 	Mailbox, Oldest, OldestAt     string
@@ -101,6 +104,15 @@ func (s *Server) handleSpool(w http.ResponseWriter, r *http.Request) {
 			m.PausedSince, m.PausedAt = age(now.Sub(p.Since)), stamp(p.Since)
 		}
 		d.Mailboxes = append(d.Mailboxes, m)
+	}
+	if s.opts.KeepAliveGaps != nil {
+		for _, u := range s.opts.KeepAliveGaps() {
+			g := keepAliveGap{Username: u, RefreshAge: "none (not signed in)"}
+			if st := s.opts.Status(u); st.SignedIn && !st.RefreshObtained.IsZero() {
+				g.RefreshAge = age(now.Sub(st.RefreshObtained)) + " old"
+			}
+			d.NotKeptAlive = append(d.NotKeptAlive, g)
+		}
 	}
 	recs, total, err := s.opts.Spool.List(spool.Query{Account: d.Account, Search: d.Search, Offset: offset, Limit: spoolPageSize})
 	if err != nil {
@@ -219,6 +231,8 @@ const spoolHTML = `{{define "content"}}{{with .Data}}
 <td data-label="Deferred"><div>{{.Deferred}}</div></td>
 <td data-label="Bounced"><div>{{.Bounced}}</div></td>
 </tr>{{end}}</tbody></table>{{end}}
+{{if .NotKeptAlive}}<p class="banner warn" id="keepalive">Not kept alive (their tokens open only with a client's password, and no client logged in since start; a login renews them):
+{{range .NotKeptAlive}}<br><strong>{{.Username}}</strong>: refresh token {{.RefreshAge}}{{end}}</p>{{end}}
 <h2>Delivery log</h2>
 <form method="get" action="/spool">
 <label>Account <input name="account" value="{{.Account}}"></label>

@@ -61,7 +61,10 @@ func TestSpoolPage(t *testing.T) {
 		}
 		fs.records = append(fs.records, r)
 	}
-	e := newEnv(t, func(_ *env, o *Options) { o.Spool = fs })
+	e := newEnv(t, func(_ *env, o *Options) {
+		o.Spool = fs
+		o.KeepAliveGaps = func() []string { return []string{alice} }
+	})
 	b := e.browser()
 
 	idx := b.get("/")
@@ -73,7 +76,7 @@ func TestSpoolPage(t *testing.T) {
 		t.Fatalf("GET /spool = %d", r.code)
 	}
 	for _, want := range []string{`id="paused-scans@example.com"`, "SmtpClientAuthentication is disabled", "1–50 of 60",
-		"20261201T090059-aaaa", "2.0.0 OK &lt;id@fake&gt; Queued", "sent as scans@example.com", `href="/spool?offset=50"`} {
+		"20261201T090059-aaaa", "2.0.0 OK &lt;id@fake&gt; Queued", `id="keepalive"`, "<strong>" + alice + "</strong>: refresh token none (not signed in)", "sent as scans@example.com", `href="/spool?offset=50"`} {
 		if !strings.Contains(r.body, want) {
 			t.Errorf("/spool lacks %q", want)
 		}

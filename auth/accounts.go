@@ -146,20 +146,23 @@ func (a *Accounts) SetLockout(l *Lockout) { a.lockout.Store(l) }
 // needs upstream. Grant.Username is the configured spelling of the account
 // name, whatever case the client used. Errors are *AuthError.
 //
-// With a Lockout set, the attempt first waits out the delay that recent
-// failures of the address or username call for; a blocked attempt fails
-// like a wrong password (Err wraps ErrLockedOut) without a password check.
-// Wrong passwords and unknown usernames count as failures; a success clears
-// the address's count.
+// With a Lockout set, the attempt is counted before the check and first
+// waits out the delay that recent failures of its address and username
+// call for. A blocked attempt is refused without a password check as a
+// temporary failure (AuthUnavailable) whose Msg says why and until when
+// (Err wraps a *LockedOutError). A success clears the failures of its
+// address and username only; a check that could not be made is not
+// counted.
 func (a *Accounts) Authenticate(ctx context.Context, username, password string, remote netip.Addr) (*Grant, error) {
 	key := foldUsername(username)
 	lo := a.lockout.Load()
 	if lo == nil {
 		return a.authenticate(ctx, key, password)
 	}
-	if err := lo.Before(ctx, key, remote); err != nil {
-		if errors.Is(err, ErrLockedOut) {
-			return nil, &AuthError{Kind: AuthFailed, Msg: msgInvalidCredentials, Err: err}
+	if err := lo.Begin(ctx, key, remote); err != nil {
+		var le *LockedOutError
+		if errors.As(err, &le) {
+			return nil, &AuthError{Kind: AuthUnavailable, Msg: clientText(le.Message()), Err: err}
 		}
 		return nil, &AuthError{Kind: AuthUnavailable, Msg: "server busy; " + msgTryLater,
 			Err: fmt.Errorf("wait before a password check: %w", err)}
@@ -169,7 +172,9 @@ func (a *Accounts) Authenticate(ctx context.Context, username, password string, 
 	case err == nil:
 		lo.Succeeded(key, remote)
 	case errors.Is(err, errWrongPassword), errors.Is(err, errUnknownAccount), isBadCredentials(err):
-		lo.Failed(key, remote)
+		// Counted when it started.
+	default:
+		lo.Refund(key, remote)
 	}
 	return g, err
 }

@@ -49,7 +49,7 @@ func (v *fakeVault) Open(ctx context.Context, username, password string) (TokenS
 
 var (
 	remote    = netip.MustParseAddr("127.0.0.1")
-	upstream1 = &upstream.Upstream{IMAPAddr: "imap.test:993", SMTPAddr: "smtp.test:587"}
+	upstream1 = &upstream.Upstream{Addr: map[string]string{"imap": "imap.test:993", "smtp": "smtp.test:587"}}
 )
 
 // newTestAccounts returns Accounts whose dummy check is cheap.

@@ -3,7 +3,10 @@ package auth
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,35 +18,55 @@ import (
 const (
 	lockoutBaseDelay = 250 * time.Millisecond
 	lockoutMaxDelay  = 8 * time.Second
-	// lockoutMaxEntries bounds each of the two tables: usernames and
-	// addresses come from the network, so an attacker chooses how many.
+	// lockoutMaxEntries bounds each table: usernames and addresses come
+	// from the network, so an attacker chooses how many.
 	lockoutMaxEntries = 1 << 16
-	// lockoutTrustFor is how long an address that logged in to an account
-	// stays exempt from blocks of that username.
-	lockoutTrustFor = 7 * 24 * time.Hour
-	// lockoutMaxTrusted bounds the trusted addresses remembered per account.
-	lockoutMaxTrusted = 16
+	// lockoutIPv6Bits is the prefix an IPv6 client is counted under: one
+	// host usually holds a whole /64 and can pick any address in it.
+	lockoutIPv6Bits = 64
 )
 
-// ErrLockedOut is the cause (for the log only) of a login refused because
-// the address or the username had too many recent failures. The client is
-// told "invalid credentials", as for a wrong password.
+// ErrLockedOut is wrapped by the error of a login refused because its
+// address and username (or the address alone) had too many recent failures.
 var ErrLockedOut = errors.New("too many failed logins: temporarily blocked")
 
-// Lockout slows down and then stops password guessing. It counts failed
-// logins per remote address and per username (folded, whether the account
-// exists or not, so that the answers do not tell). Before each password
-// check the attempt waits a delay that doubles with every failure in the
-// window (250 ms, 500 ms, 1 s, ... up to 8 s); after Failures failures within
-// Window the address or username is blocked for Duration: its logins are
-// refused at once, without a password check.
+// LockedOutError says which block refused a login and until when. Its
+// Message is what the client is told: a temporary failure that says why,
+// so that an admin who reads the client's error knows what happened.
+type LockedOutError struct {
+	User  string // folded username; "" for a block of the whole address
+	Addr  string // the address, or the IPv6 /64, as counted
+	Until time.Time
+}
+
+func (e *LockedOutError) Error() string { return e.Message() }
+func (e *LockedOutError) Unwrap() error { return ErrLockedOut }
+
+// Message is the client-facing text.
+func (e *LockedOutError) Message() string {
+	at := e.Until.Local().Format("15:04 MST")
+	if e.User == "" {
+		return fmt.Sprintf("too many failed logins from %s; try again after %s", e.Addr, at)
+	}
+	return fmt.Sprintf("too many failed logins for %s from %s; try again after %s", e.User, e.Addr, at)
+}
+
+// Lockout slows down and then stops password guessing without letting a
+// guesser (or a client with a stale password) lock other people out.
 //
-// A successful login clears its address's count, and makes that address
-// trusted for the account: a block of the username (someone guessing from
-// elsewhere) does not stop a printer that has logged in from its own
-// address before. The username's own count is not cleared by a success, so
-// that a legitimate client logging in now and then does not give a guesser
-// on other addresses a fresh set of tries.
+// An attempt counts as a failure when it starts, so that concurrent
+// guesses are counted before any of them is checked; a success takes its
+// own count back and clears the failures of its pair. Counts are kept per
+// pair of remote address and username (folded, whether the account exists
+// or not, so that the answers do not tell): after Failures within Window
+// the pair is blocked for Duration, and only that pair: a printer with a
+// stale password for one account does not block the other accounts used
+// from the same address. Besides, each address has a cap across all
+// usernames (AddressFailures, higher), which stops one address from
+// spraying guesses over many usernames. IPv6 addresses count per /64.
+//
+// Before each check the attempt waits a delay that doubles with every
+// recent failure of its pair (250 ms, 500 ms, 1 s, ... up to 8 s).
 //
 // A nil *Lockout does nothing. Lockout is safe for concurrent use.
 type Lockout struct {
@@ -52,33 +75,46 @@ type Lockout struct {
 	// before first use.
 	Now   func() time.Time
 	Sleep func(ctx context.Context, d time.Duration) error
+	// OnChange, if set, is called (without locks held) after a block
+	// started or was cleared, e.g. to write the blocks where `mailproxy
+	// status` reads them. Set it before first use.
+	OnChange func()
 
-	failures int
-	window   time.Duration
-	duration time.Duration
+	failures     int
+	addrFailures int
+	window       time.Duration
+	duration     time.Duration
 
-	mu    sync.Mutex // protects addrs and users
-	addrs map[netip.Addr]*strikes
-	users map[string]*strikes
+	mu    sync.Mutex // protects pairs and addrs
+	pairs map[pairKey]*strikes
+	addrs map[netip.Prefix]*strikes
 }
 
-// strikes is the failure record of one address or username.
+type pairKey struct {
+	addr netip.Prefix
+	user string
+}
+
+// strikes is the failure record of one pair or address.
 type strikes struct {
-	n       int       // failures in the current window
-	start   time.Time // first failure of the window
-	until   time.Time // blocked until then
-	trusted []trustedAddr
+	n     int       // failures in the current window, attempts in flight included
+	start time.Time // first failure of the window
+	until time.Time // blocked until then
 }
 
-type trustedAddr struct {
-	addr netip.Addr
-	at   time.Time // last successful login from addr
+// Block is an active block, for the admin page and `mailproxy status`.
+type Block struct {
+	User  string    `json:"user,omitempty"` // "" for the per-address cap
+	Addr  string    `json:"addr"`           // address or IPv6 /64
+	Until time.Time `json:"until"`
 }
 
-// NewLockout returns a Lockout that blocks after failures failed logins
-// within window, for duration. It returns nil (no lockout) when failures is
-// 0 or less; window and duration of 0 or less default to 15 minutes.
-func NewLockout(failures int, window, duration time.Duration) *Lockout {
+// NewLockout returns a Lockout that blocks a pair of address and username
+// after failures failed logins within window, for duration, and an address
+// after addrFailures failures over all usernames (0 or less: four times
+// failures). It returns nil (no lockout) when failures is 0 or less;
+// window and duration of 0 or less default to 15 minutes.
+func NewLockout(failures int, window, duration time.Duration, addrFailures ...int) *Lockout {
 	if failures <= 0 {
 		return nil
 	}
@@ -88,12 +124,17 @@ func NewLockout(failures int, window, duration time.Duration) *Lockout {
 	if duration <= 0 {
 		duration = 15 * time.Minute
 	}
+	af := 4 * failures
+	if len(addrFailures) > 0 && addrFailures[0] > 0 {
+		af = max(addrFailures[0], failures)
+	}
 	return &Lockout{
-		failures: failures,
-		window:   window,
-		duration: duration,
-		addrs:    make(map[netip.Addr]*strikes),
-		users:    make(map[string]*strikes),
+		failures:     failures,
+		addrFailures: af,
+		window:       window,
+		duration:     duration,
+		pairs:        make(map[pairKey]*strikes),
+		addrs:        make(map[netip.Prefix]*strikes),
 	}
 }
 
@@ -111,58 +152,71 @@ func (l *Lockout) sleep(ctx context.Context, d time.Duration) error {
 	return wait.Sleep(ctx, d)
 }
 
-// lockoutKey is the address a record is kept under: without an IPv4-mapped
-// prefix or a zone, so that one client cannot appear as several.
-func lockoutKey(a netip.Addr) netip.Addr { return a.Unmap().WithZone("") }
+// LockoutPrefix is what an address is counted under: IPv4 addresses alone
+// (an IPv4-mapped IPv6 address as its IPv4 address, no zone), IPv6 per /64.
+func LockoutPrefix(a netip.Addr) netip.Prefix {
+	a = a.Unmap().WithZone("")
+	if a.Is6() {
+		p, _ := a.Prefix(lockoutIPv6Bits)
+		return p
+	}
+	return netip.PrefixFrom(a, a.BitLen())
+}
 
-// Before is called before a password check of user (folded) from addr. It
-// waits the delay that recent failures call for, honouring ctx, and then
-// returns ErrLockedOut when the attempt is blocked, or ctx's error when ctx
-// ended first.
-func (l *Lockout) Before(ctx context.Context, user string, addr netip.Addr) error {
+func prefixString(p netip.Prefix) string {
+	if p.IsSingleIP() {
+		return p.Addr().String()
+	}
+	return p.String()
+}
+
+// Begin is called before a password check of user (folded) from addr. It
+// counts the attempt as a failure, waits the delay that the pair's recent
+// failures call for (honouring ctx) and returns a *LockedOutError when the
+// attempt is blocked, or ctx's error when ctx ended first. After a nil
+// error the caller reports the outcome with Succeeded, or with Refund when
+// the check could not be made (nothing was learnt about the password); a
+// failed check needs no call.
+func (l *Lockout) Begin(ctx context.Context, user string, addr netip.Addr) error {
 	if l == nil {
 		return nil
 	}
-	addr = lockoutKey(addr)
+	p := LockoutPrefix(addr)
+	k := pairKey{p, user}
 	l.mu.Lock()
 	now := l.now()
-	delay, blocked := l.stateLocked(user, addr, now)
+	if err := l.blockedLocked(k, now); err != nil {
+		l.mu.Unlock()
+		return err
+	}
+	ps, as := l.pairLocked(k, now), l.addrLocked(p, now)
+	delay := lockoutDelay(ps.count(now, l.window))
+	started := l.strike(ps, now, l.failures)
+	started = l.strike(as, now, l.addrFailures) || started
 	l.mu.Unlock()
+	if started {
+		l.changed()
+	}
 	if delay > 0 {
 		if err := l.sleep(ctx, delay); err != nil {
+			l.Refund(user, addr)
 			return err
 		}
-	}
-	if blocked {
-		return ErrLockedOut
-	}
-	// Other attempts may have failed while this one waited.
-	l.mu.Lock()
-	_, blocked = l.stateLocked(user, addr, l.now())
-	l.mu.Unlock()
-	if blocked {
-		return ErrLockedOut
 	}
 	return nil
 }
 
-// stateLocked returns the delay before an attempt and whether it is
-// blocked. l.mu must be held.
-func (l *Lockout) stateLocked(user string, addr netip.Addr, now time.Time) (time.Duration, bool) {
-	n := 0
-	blocked := false
-	if s := l.addrs[addr]; s != nil {
-		n = s.count(now, l.window)
-		blocked = now.Before(s.until)
+// blockedLocked returns the block that refuses k now, if any.
+func (l *Lockout) blockedLocked(k pairKey, now time.Time) error {
+	// A block starts with the attempt that reached the limit; that attempt
+	// and those counted before it are checked, every later one is refused.
+	if s := l.addrs[k.addr]; s != nil && now.Before(s.until) {
+		return &LockedOutError{Addr: prefixString(k.addr), Until: s.until}
 	}
-	if s := l.users[user]; s != nil && !s.trusts(addr, now) {
-		n = max(n, s.count(now, l.window))
-		blocked = blocked || now.Before(s.until)
+	if s := l.pairs[k]; s != nil && now.Before(s.until) {
+		return &LockedOutError{User: k.user, Addr: prefixString(k.addr), Until: s.until}
 	}
-	if blocked {
-		return lockoutMaxDelay, true
-	}
-	return lockoutDelay(n), false
+	return nil
 }
 
 // lockoutDelay is the wait before an attempt after n recent failures.
@@ -185,107 +239,164 @@ func (s *strikes) count(now time.Time, window time.Duration) int {
 	return s.n
 }
 
-func (s *strikes) trusts(addr netip.Addr, now time.Time) bool {
-	for _, t := range s.trusted {
-		if t.addr == addr && now.Sub(t.at) < lockoutTrustFor {
-			return true
-		}
-	}
-	return false
-}
-
-// Failed records a failed password check of user (folded) from addr. It
-// reports whether the address or the username is now blocked.
-func (l *Lockout) Failed(user string, addr netip.Addr) bool {
-	if l == nil {
+// strike adds a failure to s and starts a block when there are limit; it
+// reports whether a block started. The count starts again from zero after
+// the block.
+func (l *Lockout) strike(s *strikes, now time.Time, limit int) bool {
+	if now.Before(s.until) {
 		return false
 	}
-	addr = lockoutKey(addr)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := l.now()
-	a := l.addrLocked(addr, now)
-	u := l.userLocked(user, now)
-	blocked := l.strike(a, now)
-	if !u.trusts(addr, now) {
-		blocked = l.strike(u, now) || blocked
-	}
-	return blocked
-}
-
-// strike adds a failure to s and starts a block when there are enough.
-func (l *Lockout) strike(s *strikes, now time.Time) bool {
 	if s.count(now, l.window) == 0 {
 		s.n, s.start = 0, now
 	}
 	s.n++
-	if s.n >= l.failures {
+	if s.n >= limit {
 		s.until = now.Add(l.duration)
 		s.n = 0
+		return true
 	}
-	return now.Before(s.until)
+	return false
 }
 
 // Succeeded records a successful login of user (folded) from addr: the
-// address's failures are forgotten and it is trusted for user.
+// pair's failures and block are forgotten, and the attempt's count on the
+// address is taken back. Other pairs of the address keep theirs.
 func (l *Lockout) Succeeded(user string, addr netip.Addr) {
 	if l == nil {
 		return
 	}
-	addr = lockoutKey(addr)
+	p := LockoutPrefix(addr)
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := l.now()
-	delete(l.addrs, addr)
-	u := l.userLocked(user, now)
-	for i, t := range u.trusted {
-		if t.addr == addr {
-			u.trusted[i].at = now
-			return
-		}
+	ps := l.pairs[pairKey{p, user}]
+	cleared := ps != nil && !ps.until.IsZero() && l.now().Before(ps.until)
+	delete(l.pairs, pairKey{p, user})
+	if as := l.addrs[p]; as != nil && as.n > 0 {
+		as.n--
 	}
-	if len(u.trusted) >= lockoutMaxTrusted {
-		oldest := 0
-		for i, t := range u.trusted {
-			if t.at.Before(u.trusted[oldest].at) {
-				oldest = i
-			}
-		}
-		u.trusted = append(u.trusted[:oldest], u.trusted[oldest+1:]...)
+	l.mu.Unlock()
+	if cleared {
+		l.changed()
 	}
-	u.trusted = append(u.trusted, trustedAddr{addr, now})
 }
 
-func (l *Lockout) addrLocked(addr netip.Addr, now time.Time) *strikes {
-	s := l.addrs[addr]
+// Refund takes back the count of an attempt whose password could not be
+// checked (server busy, identity provider down, client gone).
+func (l *Lockout) Refund(user string, addr netip.Addr) {
+	if l == nil {
+		return
+	}
+	p := LockoutPrefix(addr)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if ps := l.pairs[pairKey{p, user}]; ps != nil && ps.n > 0 {
+		ps.n--
+	}
+	if as := l.addrs[p]; as != nil && as.n > 0 {
+		as.n--
+	}
+}
+
+// Blocks returns the active blocks, soonest to end first.
+func (l *Lockout) Blocks() []Block {
+	if l == nil {
+		return nil
+	}
+	l.mu.Lock()
+	now := l.now()
+	var out []Block
+	for k, s := range l.pairs {
+		if now.Before(s.until) {
+			out = append(out, Block{User: k.user, Addr: prefixString(k.addr), Until: s.until})
+		}
+	}
+	for p, s := range l.addrs {
+		if now.Before(s.until) {
+			out = append(out, Block{Addr: prefixString(p), Until: s.until})
+		}
+	}
+	l.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].Until.Equal(out[j].Until) {
+			return out[i].Until.Before(out[j].Until)
+		}
+		return out[i].Addr+" "+out[i].User < out[j].Addr+" "+out[j].User
+	})
+	return out
+}
+
+// Clear ends the block of user from addr (as Blocks reports them; user ""
+// is the address's cap) and forgets its failures. It reports whether
+// there was such a block.
+func (l *Lockout) Clear(user, addr string) bool {
+	if l == nil {
+		return false
+	}
+	p, err := netip.ParsePrefix(addr)
+	if err != nil {
+		a, err := netip.ParseAddr(addr)
+		if err != nil {
+			return false
+		}
+		p = LockoutPrefix(a)
+	}
+	user = strings.ToLower(user)
+	l.mu.Lock()
+	now := l.now()
+	found := false
+	if user == "" {
+		if s := l.addrs[p]; s != nil && now.Before(s.until) {
+			found = true
+		}
+		delete(l.addrs, p)
+	} else {
+		if s := l.pairs[pairKey{p, user}]; s != nil && now.Before(s.until) {
+			found = true
+		}
+		delete(l.pairs, pairKey{p, user})
+	}
+	l.mu.Unlock()
+	if found {
+		l.changed()
+	}
+	return found
+}
+
+func (l *Lockout) changed() {
+	if l.OnChange != nil {
+		l.OnChange()
+	}
+}
+
+func (l *Lockout) pairLocked(k pairKey, now time.Time) *strikes {
+	s := l.pairs[k]
+	if s == nil {
+		if len(l.pairs) >= lockoutMaxEntries {
+			prune(l.pairs, now, l.window)
+		}
+		s = &strikes{}
+		l.pairs[k] = s
+	}
+	return s
+}
+
+func (l *Lockout) addrLocked(p netip.Prefix, now time.Time) *strikes {
+	s := l.addrs[p]
 	if s == nil {
 		if len(l.addrs) >= lockoutMaxEntries {
 			prune(l.addrs, now, l.window)
 		}
 		s = &strikes{}
-		l.addrs[addr] = s
-	}
-	return s
-}
-
-func (l *Lockout) userLocked(user string, now time.Time) *strikes {
-	s := l.users[user]
-	if s == nil {
-		if len(l.users) >= lockoutMaxEntries {
-			prune(l.users, now, l.window)
-		}
-		s = &strikes{}
-		l.users[user] = s
+		l.addrs[p] = s
 	}
 	return s
 }
 
 // prune makes room in a full table: first it drops records that no longer
-// matter (no failure in the window, no block, no trusted address), then, if
-// that was not enough, any unblocked record, then any record.
+// matter (no failure in the window, no block), then, if that was not
+// enough, any unblocked record, then any record.
 func prune[K comparable](m map[K]*strikes, now time.Time, window time.Duration) {
 	for k, s := range m {
-		if s.count(now, window) == 0 && !now.Before(s.until) && !s.trustsAny(now) {
+		if s.count(now, window) == 0 && !now.Before(s.until) {
 			delete(m, k)
 		}
 	}
@@ -303,13 +414,4 @@ func prune[K comparable](m map[K]*strikes, now time.Time, window time.Duration) 
 		}
 		delete(m, k)
 	}
-}
-
-func (s *strikes) trustsAny(now time.Time) bool {
-	for _, t := range s.trusted {
-		if now.Sub(t.at) < lockoutTrustFor {
-			return true
-		}
-	}
-	return false
 }

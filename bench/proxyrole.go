@@ -111,9 +111,8 @@ func runProxy(args []string, in io.Reader, out io.Writer) error {
 		return errors.New("no certificate in ca_pem")
 	}
 	up := &upstream.Upstream{
-		IMAPAddr: cfg.IMAPUpstream,
-		SMTPAddr: cfg.SMTPUpstream,
-		TLS:      &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
+		Addr: map[string]string{imapfront.Name: cfg.IMAPUpstream, smtpfront.Name: cfg.SMTPUpstream},
+		TLS:  &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
 	}
 	provider := &oauth.Provider{
 		Name:       "bench",

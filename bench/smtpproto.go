@@ -135,7 +135,7 @@ func remoteIP(nc net.Conn) netip.Addr {
 // protoUpstream opens an authenticated upstream SMTP session: EHLO,
 // STARTTLS, EHLO, AUTH XOAUTH2.
 func protoUpstream(ctx context.Context, g *auth.Grant) (*tls.Conn, *bufio.Reader, error) {
-	addr := g.Upstream.SMTPAddr
+	addr := g.Upstream.AddrOf("smtp")
 	var d net.Dialer
 	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {

@@ -127,6 +127,7 @@ type Security struct {
 	LockoutFailures       int           // 0 = no lockout
 	LockoutWindow         time.Duration
 	LockoutDuration       time.Duration
+	LockoutAddrFailures   int // failures from one address over all usernames before it is blocked
 	MaxUpstreamPerMailbox int
 }
 

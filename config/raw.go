@@ -69,6 +69,7 @@ type rawSecurity struct {
 	LockoutFailures       val `toml:"lockout_failures"`
 	LockoutWindow         val `toml:"lockout_window"`
 	LockoutDuration       val `toml:"lockout_duration"`
+	LockoutAddrFailures   val `toml:"lockout_address_failures"`
 	MaxUpstreamPerMailbox val `toml:"max_upstream_per_mailbox"`
 }
 

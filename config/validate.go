@@ -239,7 +239,7 @@ func (c *checker) imap(r *rawIMAP, m *IMAP) {
 	}
 	// RFC 3501 needs room for 1000-byte lines; a bound is the point, so
 	// keep it well under a megabyte.
-	m.MaxLine = int(c.integer(r.MaxLine, "imap.max_line", 8192, 1000, 1<<20))
+	m.MaxLine = int(c.integer(r.MaxLine, "imap.max_line", 65536, 1000, 1<<20))
 	m.MaxLiteral = int(c.integer(r.MaxLiteral, "imap.max_literal", 65536, 256, 1<<20))
 	m.TLSMinVersion = c.tlsMinVersion(r.TLSMinVersion, "imap.tls_min_version")
 }
@@ -312,6 +312,10 @@ func (c *checker) security(r *rawSecurity, s *Security) {
 	s.LockoutFailures = int(c.integer(r.LockoutFailures, "security.lockout_failures", 5, 0, 1000))
 	s.LockoutWindow = c.duration(r.LockoutWindow, "security.lockout_window", 15*time.Minute)
 	s.LockoutDuration = c.duration(r.LockoutDuration, "security.lockout_duration", 15*time.Minute)
+	s.LockoutAddrFailures = int(c.integer(r.LockoutAddrFailures, "security.lockout_address_failures", 4*int64(max(s.LockoutFailures, 1)), 1, 100000))
+	if s.LockoutAddrFailures < s.LockoutFailures && !c.bad["security.lockout_address_failures"] {
+		c.errorf("security.lockout_address_failures", "%d is below security.lockout_failures (%d): one username's failures would block the whole address first", s.LockoutAddrFailures, s.LockoutFailures)
+	}
 	s.MaxUpstreamPerMailbox = int(c.integer(r.MaxUpstreamPerMailbox, "security.max_upstream_per_mailbox", 16, 1, 1000))
 }
 

@@ -27,6 +27,7 @@ import (
 	smtpfront "mailproxy/front/smtp"
 	"mailproxy/oauth"
 	"mailproxy/oauth/store"
+	"mailproxy/relay"
 	"mailproxy/upstream"
 )
 
@@ -37,17 +38,23 @@ type Daemon struct {
 	store    *store.Store
 	manager  *oauth.Manager
 	accounts *auth.Accounts
-	imap     *imapfront.Server
-	smtp     *smtpfront.Server
-	certs    *certHolder
-	metrics  *admin.Metrics
-	limiter  *front.ConnLimiter // connections, total and per address, across listeners
-	lockout  *auth.Lockout      // nil: off
-	admin    *admin.Server
-	adminHS  *http.Server
-	relay    *deviceRelay // the spool; nil when nothing is spooled
+	fronts   []front.Front // one per frontDefs entry, in its order
+	frontTLS []*tls.Config // each front's local TLS config (nil: no certificate)
+	// imap and smtp are two of fronts, typed, for wiring that is theirs
+	// alone (the spool is the SMTP front's intake).
+	imap    *imapfront.Server
+	smtp    *smtpfront.Server
+	certs   *certHolder
+	metrics *admin.Metrics
+	graphs  *graphSenders      // accounts that send through Microsoft Graph
+	limiter *front.ConnLimiter // connections, total and per address, across listeners
+	lockout *auth.Lockout      // nil: off
+	admin   *admin.Server
+	adminHS *http.Server
+	relay   *deviceRelay // the spool; nil when nothing is spooled
 	// adminToken is the admin page's access token (state_dir/admin-token).
 	adminToken string
+	blocksMu   sync.Mutex    // serializes writes of state_dir/lockout.json
 	failed     chan error    // a listener died
 	stop       chan struct{} // closed at shutdown
 	stopOnce   sync.Once
@@ -79,7 +86,8 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 		stop:      make(chan struct{}),
 		listeners: make(map[string]*boundListener),
 		apps:      make(map[string]*oauth.AppSource),
-		metrics:   admin.NewMetrics(),
+		metrics:   admin.NewMetrics(frontNames()...),
+		graphs:    newGraphSenders(logger.With("via", "graph")),
 	}
 	m.OnRefresh = func(_ string, ok bool) { d.metrics.TokenRefresh(ok) }
 	d.accounts = auth.NewAccounts(nil, auth.VaultOf(m.Open))
@@ -95,37 +103,12 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 		tlsConf = d.certs.config()
 	}
 	d.limiter = front.NewConnLimiter(cfg.Security.MaxConnections, cfg.Security.MaxConnectionsPerIP)
-	d.lockout = auth.NewLockout(cfg.Security.LockoutFailures, cfg.Security.LockoutWindow, cfg.Security.LockoutDuration)
+	d.lockout = d.newLockout(cfg)
 	d.accounts.SetLockout(d.lockout)
-	d.imap = &imapfront.Server{
-		Auth:                  d.accounts,
-		TLSConfig:             listenerTLS(tlsConf, cfg.IMAP.TLSMinVersion),
-		Logger:                logger,
-		Metrics:               d.metrics,
-		PlaintextAllowed:      d.plaintextAllowed,
-		IdleTimeout:           cfg.IMAP.IdleTimeout,
-		MaxUpstreamPerMailbox: cfg.Security.MaxUpstreamPerMailbox,
-		PreAuthTimeout:        cfg.IMAP.PreAuthTimeout,
-		UpstreamTimeout:       cfg.Security.UpstreamTimeout,
-		MaxLine:               cfg.IMAP.MaxLine,
-		MaxLiteral:            cfg.IMAP.MaxLiteral,
-	}
-	maxMsg := cfg.SMTP.MaxMessageBytes
-	if maxMsg == 0 {
-		maxMsg = config.FallbackMaxMessageBytes
-	}
-	d.smtp = &smtpfront.Server{
-		Auth:             d.accounts,
-		TLSConfig:        listenerTLS(tlsConf, cfg.SMTP.TLSMinVersion),
-		Logger:           logger,
-		Metrics:          d.metrics,
-		PlaintextAllowed: d.plaintextAllowed,
-		Domain:           cfg.SMTP.Domain,
-		MaxMessageBytes:  maxMsg,
-		MaxRecipients:    cfg.SMTP.MaxRecipients,
-		ReadTimeout:      cfg.SMTP.ReadTimeout,
-		WriteTimeout:     cfg.SMTP.WriteTimeout,
-		UpstreamTimeout:  cfg.Security.UpstreamTimeout,
+	for _, def := range frontDefs {
+		ftls := listenerTLS(tlsConf, def.tlsMin(cfg))
+		d.fronts = append(d.fronts, def.build(d, cfg, ftls))
+		d.frontTLS = append(d.frontTLS, ftls)
 	}
 	if d.relay, err = newDeviceRelay(d, cfg); err != nil {
 		return nil, err
@@ -146,10 +129,18 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 			PasswordHash: cfg.Admin.PasswordHash,
 			AccessToken:  d.adminToken,
 			AllowedHosts: d.adminHosts,
+			Blocks:       d.adminBlocks,
+			ClearBlock:   d.adminClearBlock,
 			Metrics:      d.metrics,
 			Listeners:    d.adminListeners,
 			Spool:        d.relay.view(),
-			Logger:       logger.With("listener", "admin"),
+			KeepAliveGaps: func() []string {
+				if d.relay == nil {
+					return nil
+				}
+				return m.KeepAliveGaps()
+			},
+			Logger: logger.With("listener", "admin"),
 		})
 		if err != nil {
 			return nil, fmt.Errorf("admin page: %w", err)
@@ -260,12 +251,11 @@ func (d *Daemon) applyAccounts(cfg *config.Config) {
 			apps[key] = src
 			spec.Identity = a.Mailbox
 			spec.Tokens = src
-			d.manager.RemoveAccount(a.Username)
-		} else {
-			d.manager.SetAccount(oauth.Account{Username: a.Username, Flow: a.Flow, Provider: p})
 		}
 		specs = append(specs, spec)
 	}
+	specs = append(specs, deviceSpecs(cfg)...)
+	RegisterAccounts(d.manager, cfg, func(p *config.Provider) *oauth.Provider { return providers[p] })
 	d.mu.Lock()
 	old := d.cfg
 	d.apps = apps
@@ -291,24 +281,40 @@ func (d *Daemon) provider(username string) *oauth.Provider {
 // listenerSpec is one configured listener.
 type listenerSpec struct {
 	name, addr string
-	implicit   bool // implicit TLS
+	block      string      // the config block that sets it
+	implicit   bool        // implicit TLS
+	refusal    string      // written to a connection over the limit
+	tls        *tls.Config // the front's local TLS config; nil: the certificate's defaults
 	serve      func(net.Listener) error
 }
 
 func (d *Daemon) listenerSpecs(cfg *config.Config) []listenerSpec {
-	specs := []listenerSpec{
-		{"imap", cfg.IMAP.Listen, false, d.imap.Serve},
-		{"imaps", cfg.IMAP.ListenTLS, true, d.imap.Serve},
-		{"smtp", cfg.SMTP.Listen, false, d.smtp.Serve},
-		{"smtps", cfg.SMTP.ListenTLS, true, d.smtp.Serve},
-		{"admin", "", false, nil},
+	var specs []listenerSpec
+	for i, def := range frontDefs {
+		plain, implicit := def.listen(cfg)
+		f := d.fronts[i]
+		specs = append(specs,
+			listenerSpec{name: def.name, addr: plain, block: def.name, refusal: def.refusal, tls: d.frontTLS[i], serve: f.Serve},
+			// implicit TLS: nothing can be said before the handshake
+			listenerSpec{name: def.name + "s", addr: implicit, block: def.name, implicit: true, tls: d.frontTLS[i], serve: f.Serve})
 	}
+	admin := listenerSpec{name: "admin", block: "admin"}
 	if d.admin != nil {
 		// An admin page turned on or off needs a restart; its address
 		// follows reloads like the others.
-		specs[4].addr, specs[4].serve = cfg.Admin.Listen, d.adminHS.Serve
+		admin.addr, admin.serve = cfg.Admin.Listen, d.adminHS.Serve
 	}
-	return specs
+	return append(specs, admin)
+}
+
+// ListenerNames are the names of every listener the daemon may bind, in
+// order: each front's plain and implicit TLS one, then "admin".
+func (d *Daemon) ListenerNames() []string {
+	var names []string
+	for _, def := range frontDefs {
+		names = append(names, def.name, def.name+"s")
+	}
+	return append(names, "admin")
 }
 
 // boundListener is a listener being served; closing is set before the
@@ -399,7 +405,7 @@ func (e *ListenError) Unwrap() error { return e.Err }
 // name (which is closed only after the new one is up).
 func (d *Daemon) bind(s listenerSpec) error {
 	if s.implicit && d.certs == nil {
-		return configErrorf("%s.listen_tls needs [tls] cert_file/key_file or self_signed", s.name[:4])
+		return configErrorf("%s.listen_tls needs [tls] cert_file/key_file or self_signed", s.block)
 	}
 	ln, err := net.Listen("tcp", s.addr)
 	if err != nil {
@@ -409,18 +415,20 @@ func (d *Daemon) bind(s listenerSpec) error {
 	// The admin page asks for its own password off loopback, and sends it
 	// only over TLS when there is a certificate.
 	ln = &filterListener{Listener: ln, allow: d.allowFunc(!s.implicit && !admin), logger: d.logger.With("listener", s.name)}
-	refusal := "" // implicit TLS: nothing can be said before the handshake
-	switch s.name {
-	case "imap":
-		refusal = imapfront.TooManyConnections
-	case "smtp":
-		refusal = smtpfront.TooManyConnections
-	}
 	if !admin {
-		ln = d.limiter.Listener(ln, refusal, d.logger.With("listener", s.name))
+		ln = d.limiter.Listener(ln, s.refusal, d.logger.With("listener", s.name))
 	}
 	if ap, err := netip.ParseAddrPort(ln.Addr().String()); s.implicit || (admin && d.certs != nil && err == nil && !ap.Addr().IsLoopback()) { // config.Config.AdminTLS
-		ln = tls.NewListener(ln, d.tlsFor(s.name))
+		cfg := s.tls
+		if cfg == nil {
+			cfg = d.certs.config()
+		}
+		if s.name == "imap" {
+			// Relayed sessions: TLS records to and from the client are
+			// gathered (relay.UnderTLS).
+			ln = relay.UnderTLSListener(ln)
+		}
+		ln = tls.NewListener(ln, cfg)
 	}
 	b := &boundListener{addr: s.addr, ln: ln}
 	d.mu.Lock()
@@ -436,7 +444,7 @@ func (d *Daemon) bind(s listenerSpec) error {
 	go func() {
 		defer d.wg.Done()
 		err := s.serve(ln)
-		if b.closing.Load() || errors.Is(err, imapfront.ErrServerClosed) || errors.Is(err, smtpfront.ErrServerClosed) || errors.Is(err, http.ErrServerClosed) {
+		if b.closing.Load() || errors.Is(err, front.ErrServerClosed) || errors.Is(err, http.ErrServerClosed) {
 			return
 		}
 		d.failed <- fmt.Errorf("%s listener: %w", s.name, err)
@@ -518,15 +526,21 @@ func (d *Daemon) closeListeners() {
 // size limits take effect at the next start.
 func (d *Daemon) Reload(cfg *config.Config) {
 	d.applyAccounts(cfg)
+	d.graphs.forget(cfg)
 	d.mu.Lock()
 	old := d.cfg
 	d.cfg = cfg
 	d.mu.Unlock()
 	d.limiter.SetLimits(cfg.Security.MaxConnections, cfg.Security.MaxConnectionsPerIP)
-	if o, n := old.Security, cfg.Security; o.LockoutFailures != n.LockoutFailures || o.LockoutWindow != n.LockoutWindow || o.LockoutDuration != n.LockoutDuration {
+	if o, n := old.Security, cfg.Security; o.LockoutFailures != n.LockoutFailures || o.LockoutWindow != n.LockoutWindow ||
+		o.LockoutDuration != n.LockoutDuration || o.LockoutAddrFailures != n.LockoutAddrFailures {
 		// Only on change: a new Lockout forgets the failures counted so far.
-		d.lockout = auth.NewLockout(n.LockoutFailures, n.LockoutWindow, n.LockoutDuration)
-		d.accounts.SetLockout(d.lockout)
+		lo := d.newLockout(cfg)
+		d.mu.Lock()
+		d.lockout = lo
+		d.mu.Unlock()
+		d.accounts.SetLockout(lo)
+		d.saveBlocks()
 	}
 	oldSpecs := d.listenerSpecs(old)
 	for i, s := range d.listenerSpecs(cfg) {
@@ -558,14 +572,16 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 		d.adminHS.Shutdown(ctx)
 		d.admin.Close()
 	}
+	// Every front drains at once, within the same deadline.
 	var wg sync.WaitGroup
-	var imapErr, smtpErr error
-	wg.Add(2)
-	go func() { defer wg.Done(); imapErr = d.imap.Shutdown(ctx) }()
-	go func() { defer wg.Done(); smtpErr = d.smtp.Shutdown(ctx) }()
+	errs := make([]error, len(d.fronts))
+	for i, f := range d.fronts {
+		wg.Go(func() { errs[i] = f.Shutdown(ctx) })
+	}
 	wg.Wait()
-	d.imap.Close()
-	d.smtp.Close()
+	for _, f := range d.fronts {
+		f.Close()
+	}
 	// After the SMTP front: nothing more comes in; queued mail stays on
 	// disk for the next start.
 	if d.relay != nil {
@@ -578,7 +594,7 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	for _, u := range d.manager.Flush() {
 		d.logger.Error("rotated tokens could not be saved: the account will need a new sign-in", "account", u)
 	}
-	if err := errors.Join(imapErr, smtpErr); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+	if err := errors.Join(errs...); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	return nil
@@ -654,8 +670,9 @@ func (h *certHolder) config() *tls.Config {
 // SetTrace logs protocol traces of both fronts to logger, with every
 // credential and token replaced by a marker. Call it before Start.
 func (d *Daemon) SetTrace(logger *slog.Logger) {
-	d.imap.Trace = logger.With("trace", "imap")
-	d.smtp.Trace = logger.With("trace", "smtp")
+	for i, def := range frontDefs {
+		d.fronts[i].SetTrace(logger.With("trace", def.name))
+	}
 }
 
 // Manager is the token manager of the delegated accounts.

@@ -10,10 +10,42 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"mailproxy/auth"
 	"mailproxy/config"
 	"mailproxy/graph"
 	"mailproxy/oauth"
+	"mailproxy/submit"
 )
+
+// smtpOpener is the SMTP front's opener: Graph for the accounts that send
+// through it, nil (the upstream SMTP client) for the others. The Graph
+// session lives as long as the client's SMTP session, not as long as the
+// opening's deadline; the front closes it when the session ends.
+func (d *Daemon) smtpOpener(g *auth.Grant) submit.Opener {
+	a := d.Config().Account(g.Username)
+	if a == nil || a.SendVia != config.SendViaGraph {
+		return nil
+	}
+	tokens := g.Tokens
+	return func(ctx context.Context, _, _ string) (submit.Submitter, error) {
+		return d.graphs.session(context.WithoutCancel(ctx), a, tokens)
+	}
+}
+
+// GraphSession opens a Graph session for the account username if it sends
+// through Graph (send_via = "graph"), with tokens its token source; ok is
+// false for an account that sends over SMTP. For the spool's opener.
+func (d *Daemon) GraphSession(ctx context.Context, username string, tokens any) (s submit.Submitter, ok bool, err error) {
+	a := d.Config().Account(username)
+	if a == nil || a.SendVia != config.SendViaGraph {
+		return nil, false, nil
+	}
+	gs, err := d.graphs.session(ctx, a, tokens)
+	if err != nil {
+		return nil, true, err
+	}
+	return gs, true, nil
+}
 
 // graphTokens is what a token source of oauth offers for Graph: the
 // delegated Source and the app-only AppSource both do.

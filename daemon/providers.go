@@ -41,8 +41,7 @@ func OAuthProvider(p *config.Provider) *oauth.Provider {
 // UpstreamFor describes a provider's servers for the proxy fronts.
 func UpstreamFor(p *config.Provider) *upstream.Upstream {
 	return &upstream.Upstream{
-		IMAPAddr: p.IMAPServer,
-		SMTPAddr: p.SMTPServer,
+		Addr: upstreamAddrs(p),
 		TLS: &tls.Config{
 			RootCAs:    p.RootCAs,
 			MinVersion: tls.VersionTLS12,
@@ -85,4 +84,42 @@ func (e *ConfigError) Unwrap() error { return e.Err }
 
 func configErrorf(format string, args ...any) error {
 	return &ConfigError{fmt.Errorf(format, args...)}
+}
+
+// upstreamAddrs are the provider's servers by the name of the front that
+// relays to each.
+func upstreamAddrs(p *config.Provider) map[string]string {
+	addrs := make(map[string]string, len(frontDefs))
+	for _, def := range frontDefs {
+		addrs[def.name] = def.upstream(p)
+	}
+	return addrs
+}
+
+// RegisterAccounts makes m know cfg's delegated accounts, each with the
+// OAuth provider that provider gives for its config provider;
+// client_credentials accounts, which have app token sources of their own,
+// are taken out of it. It is the one place accounts reach the token
+// manager: the daemon (at start and at each reload) and the commands that
+// open the token store use it.
+func RegisterAccounts(m *oauth.Manager, cfg *config.Config, provider func(*config.Provider) *oauth.Provider) {
+	for _, a := range cfg.Accounts {
+		if a.Flow == config.FlowClientCredentials {
+			m.RemoveAccount(a.Username)
+			continue
+		}
+		m.SetAccount(oauth.Account{Username: a.Username, Flow: a.Flow, Provider: provider(a.Provider)})
+	}
+}
+
+// Providers memoizes OAuthProvider: one oauth.Provider (one HTTP client)
+// per config provider.
+func Providers() func(*config.Provider) *oauth.Provider {
+	m := make(map[*config.Provider]*oauth.Provider)
+	return func(p *config.Provider) *oauth.Provider {
+		if m[p] == nil {
+			m[p] = OAuthProvider(p)
+		}
+		return m[p]
+	}
 }

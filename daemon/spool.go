@@ -13,6 +13,7 @@ import (
 	"mailproxy/admin"
 	"mailproxy/auth"
 	"mailproxy/config"
+	smtpfront "mailproxy/front/smtp"
 	"mailproxy/oauth"
 	"mailproxy/smtpclient"
 	"mailproxy/spool"
@@ -119,7 +120,7 @@ func (r *deviceRelay) account(ctx context.Context, username string) (*spool.Acco
 		return nil, errors.New("no longer configured")
 	}
 	up := UpstreamFor(a.Provider)
-	open := smtpclient.Opener(smtpclient.Options{Addr: up.SMTPAddr, TLS: up.TLSFor(up.SMTPAddr), Dial: r.d.smtp.Dial, Domain: cfg.SMTP.Domain})
+	open := smtpclient.Opener(smtpclient.Options{Addr: up.AddrOf(smtpfront.Name), TLS: up.TLSFor(up.AddrOf(smtpfront.Name)), Dial: r.d.smtp.Dial, Domain: cfg.SMTP.Domain})
 	if a.Flow == config.FlowClientCredentials {
 		r.d.mu.Lock()
 		src := r.d.apps[strings.ToLower(a.Username)]
@@ -160,10 +161,16 @@ func (r *deviceRelay) Anonymous(remote netip.Addr) (submit.Submitter, string) {
 		EnvelopeFrom: dev.EnvelopeFrom, HeaderFrom: dev.HeaderFrom}), dev.Name
 }
 
-// Authenticated implements the SMTP front's Intake: an account with
-// spool = true spools its clients' mail.
+// Authenticated implements the SMTP front's Intake: a device that logged
+// in with its own credential, and an account with spool = true, spool
+// their mail.
 func (r *deviceRelay) Authenticated(g *auth.Grant, _ netip.Addr) submit.Submitter {
-	a := r.config().Account(g.Username)
+	cfg := r.config()
+	if dev := cfg.Device(g.Username); dev != nil && dev.Account != nil {
+		return r.sp.NewSession(spool.Intake{Device: dev.Name, Account: dev.Account.Username, Mailbox: dev.Account.Mailbox,
+			EnvelopeFrom: dev.EnvelopeFrom, HeaderFrom: dev.HeaderFrom})
+	}
+	a := cfg.Account(g.Username)
 	if a == nil || !a.Spool {
 		return nil
 	}
@@ -233,13 +240,25 @@ func listenerTLS(base *tls.Config, min uint16) *tls.Config {
 	return c
 }
 
-// tlsFor is the TLS config an implicit-TLS listener wraps with.
-func (d *Daemon) tlsFor(listener string) *tls.Config {
-	switch {
-	case strings.HasPrefix(listener, "smtp") && d.smtp.TLSConfig != nil:
-		return d.smtp.TLSConfig
-	case strings.HasPrefix(listener, "imap") && d.imap.TLSConfig != nil:
-		return d.imap.TLSConfig
+// deviceSpecs are the local logins of devices with a credential of their
+// own: their password_hash checks the login; their mail always goes
+// through the spool (the Intake), so their token source is never asked.
+func deviceSpecs(cfg *config.Config) []auth.AccountSpec {
+	var out []auth.AccountSpec
+	for _, dev := range cfg.Devices {
+		if dev.Username == "" || dev.Account == nil {
+			continue
+		}
+		out = append(out, auth.AccountSpec{Username: dev.Username, Mailbox: dev.Account.Mailbox,
+			Identity: dev.Account.Mailbox, PasswordHash: dev.PasswordHash, Tokens: spoolOnly{}})
 	}
-	return d.certs.config()
+	return out
 }
+
+// spoolOnly is the token source of a device login: none.
+type spoolOnly struct{}
+
+var errSpoolOnly = errors.New("a device's mail goes through the spool, with its account's tokens")
+
+func (spoolOnly) Token(context.Context) (string, error)           { return "", errSpoolOnly }
+func (spoolOnly) Refresh(context.Context, string) (string, error) { return "", errSpoolOnly }

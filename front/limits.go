@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -184,6 +185,15 @@ type limitConn struct {
 	l      *ConnLimiter
 	ip     netip.Addr
 	closed atomic.Bool
+}
+
+// SyscallConn passes the socket on, so that relay.UnderTLS can read it
+// without blocking.
+func (c *limitConn) SyscallConn() (syscall.RawConn, error) {
+	if sc, ok := c.Conn.(syscall.Conn); ok {
+		return sc.SyscallConn()
+	}
+	return nil, errors.New("front: the connection has no socket")
 }
 
 func (c *limitConn) Close() error {

@@ -197,3 +197,31 @@ func HintFor(code string, aadsts int) string {
 	}
 	return codeHints[code]
 }
+
+// ErrNoRefreshToken is a sign-in whose answer had no refresh token (the
+// device flow in Security Defaults tenants): it would end with the access
+// token, so the browser flow is offered instead.
+var ErrNoRefreshToken = errors.New("the device code sign-in gave no refresh token (Security Defaults tenants do this), so it would end when the access token expires in about an hour")
+
+// DeviceRefused says in plain words why the identity provider refused the
+// device flow itself (not the person's answer), or "" when it did not. The
+// browser (or paste-back) flow works where the device flow is blocked.
+func DeviceRefused(err error) string {
+	if errors.Is(err, ErrNoRefreshToken) {
+		return ErrNoRefreshToken.Error()
+	}
+	var te *TokenError
+	if !errors.As(err, &te) {
+		return ""
+	}
+	switch te.AADSTS {
+	case 53003, 53000, 53001, 53002, 50097, 530003:
+		return fmt.Sprintf("a Conditional Access policy blocks it (AADSTS%d; Microsoft's managed policy \"Block device code flow\" switches itself on in tenants that have not used the flow)", te.AADSTS)
+	case 7000218:
+		return "the app registration does not allow public client flows (AADSTS7000218; Entra ID > App registrations > Authentication > Allow public client flows)"
+	}
+	if te.Code == "unauthorized_client" {
+		return "the app registration may not use the device flow (unauthorized_client)"
+	}
+	return ""
+}

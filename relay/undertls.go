@@ -62,6 +62,30 @@ func UnderTLS(raw net.Conn) net.Conn {
 	return u
 }
 
+// UnderTLSListener returns ln with every accepted connection wrapped by
+// UnderTLS, for a server's tls.NewListener(relay.UnderTLSListener(ln), cfg):
+// the relay then gathers what TLS clients send and sends what it relays
+// to them in few system calls.
+func UnderTLSListener(ln net.Listener) net.Listener { return underListener{ln} }
+
+type underListener struct{ net.Listener }
+
+func (l underListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return UnderTLS(c), nil
+}
+
+// CloseWrite half-closes raw when it can.
+func (u *underConn) CloseWrite() error {
+	if cw, ok := u.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.New("relay: the connection under TLS cannot half-close")
+}
+
 // underConn is the connection UnderTLS returns.
 type underConn struct {
 	net.Conn

@@ -284,3 +284,67 @@ func TestRelayUnderTLSNoAllocs(t *testing.T) {
 	}
 	t.Logf("allocations per 64 KiB chunk: %v over UnderTLS, %v from crypto/tls alone", under, plain)
 }
+
+// A TLS client of ours (implicit TLS, UnderTLSListener) gets what the
+// relay sends in one system call per chunk, not one per 16 KiB record.
+func TestRelayTLSClientGetsGatheredWrites(t *testing.T) {
+	const size = 1 << 20
+	cert := testutil.NewCert(t, "127.0.0.1")
+	ln := UnderTLSListener(testutil.Listen(t))
+	type accepted struct {
+		tc  *tls.Conn
+		wc  *writeCounter
+		err error
+	}
+	ch := make(chan accepted, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			ch <- accepted{err: err}
+			return
+		}
+		uc := c.(*underConn)
+		wc := &writeCounter{Conn: uc.Conn}
+		uc.Conn = wc // count what goes to the socket; non-blocking reads still use it
+		tc := tls.Server(c, cert.ServerConfig())
+		ch <- accepted{tc, wc, tc.Handshake()}
+	}()
+	ccfg := cert.ClientConfig()
+	ccfg.ServerName = "127.0.0.1"
+	d := net.Dialer{Timeout: 10 * time.Second}
+	far, err := tls.DialWithDialer(&d, "tcp", ln.Addr().String(), ccfg)
+	if err != nil {
+		t.Fatalf("tls.Dial: %v", err)
+	}
+	defer far.Close()
+	a := <-ch
+	if a.err != nil {
+		t.Fatalf("Accept and handshake: %v", a.err)
+	}
+	client, wc := a.tc, a.wc
+	wc.mu.Lock()
+	base := wc.writes
+	wc.mu.Unlock()
+
+	upProxy, upFar := testutil.TCPPair(t)
+	res := startRelay(client, nil, upProxy, nil)
+	data := pattern(size)
+	go func() {
+		upFar.Write(data)
+		upFar.CloseWrite()
+	}()
+	got := make([]byte, size)
+	far.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(far, got); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("client ReadFull = %v, data equal %v", err, bytes.Equal(got, data))
+	}
+	wc.mu.Lock()
+	writes := wc.writes - base
+	wc.mu.Unlock()
+	if records := size / tlsMaxRecord; writes >= records {
+		t.Errorf("%d writes to the TLS client's socket for %d bytes, want fewer than one per 16 KiB record (%d)", writes, size, records)
+	}
+	far.Close()
+	upFar.Close()
+	waitRelay(t, res)
+}

@@ -421,9 +421,13 @@ func (c *Client) Mail(from string, opts *smtp.MailOptions) error {
 	if opts != nil && opts.UTF8 && !c.has("SMTPUTF8") {
 		return errNoUTF8
 	}
+	path, err := pathArg(from)
+	if err != nil {
+		return err
+	}
 	var b strings.Builder
 	b.WriteString("MAIL FROM:<")
-	b.WriteString(from)
+	b.WriteString(path)
 	b.WriteString(">")
 	if c.has("8BITMIME") {
 		b.WriteString(" BODY=8BITMIME")
@@ -464,12 +468,21 @@ func (c *Client) Mail(from string, opts *smtp.MailOptions) error {
 
 // Rcpt sends RCPT TO with DSN's NOTIFY and ORCPT when the upstream has DSN.
 func (c *Client) Rcpt(to string, opts *smtp.RcptOptions) error {
+	path, err := pathArg(to)
+	if err != nil {
+		return err
+	}
 	var b strings.Builder
 	b.WriteString("RCPT TO:<")
-	b.WriteString(to)
+	b.WriteString(path)
 	b.WriteString(">")
 	if opts != nil && c.has("DSN") {
 		for i, n := range opts.Notify {
+			switch n {
+			case smtp.DSNNotifyNever, smtp.DSNNotifySuccess, smtp.DSNNotifyFailure, smtp.DSNNotifyDelayed:
+			default:
+				return errBadParameter
+			}
 			if i == 0 {
 				b.WriteString(" NOTIFY=")
 			} else {

@@ -7,9 +7,21 @@ import "crypto/tls"
 
 // Upstream says where and how to reach a provider's servers.
 type Upstream struct {
-	IMAPAddr string      // host:port, implicit TLS
-	SMTPAddr string      // host:port; port 465 is implicit TLS, any other STARTTLS
-	TLS      *tls.Config // roots (system plus ca_file); ServerName is set per dial
+	// Addr is the host:port of each of the provider's servers, by the
+	// name of the front that relays to it: "imap" (implicit TLS), "smtp"
+	// (port 465 implicit TLS, any other STARTTLS), and whatever a new
+	// front registers.
+	Addr map[string]string
+	TLS  *tls.Config // roots (system plus ca_file); ServerName is set per dial
+}
+
+// AddrOf returns the address of the server the named front relays to, ""
+// when there is none (or u is nil).
+func (u *Upstream) AddrOf(front string) string {
+	if u == nil {
+		return ""
+	}
+	return u.Addr[front]
 }
 
 // XOAuth2 returns the SASL XOAUTH2 initial response for user and an access

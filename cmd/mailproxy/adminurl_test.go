@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 func runAdminURLCmd(t *testing.T, cfg string) (int, string, string) {
@@ -47,5 +48,24 @@ func TestAdminURL(t *testing.T) {
 	code, _, errOut = runAdminURLCmd(t, "state_dir = \""+state+"\"\n[admin]\nlisten = \"\"\n")
 	if code != exitFailure || !strings.Contains(errOut, "admin.listen") {
 		t.Errorf("admin-url with the page off = exit %d, stderr %q; want 1 naming admin.listen", code, errOut)
+	}
+}
+
+// status lists the login blocks the running serve saved.
+func TestStatusShowsBlocks(t *testing.T) {
+	state := t.TempDir()
+	until := time.Now().Add(10 * time.Minute).UTC().Format(time.RFC3339)
+	old := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)
+	os.WriteFile(filepath.Join(state, "lockout.json"), []byte(`[{"user":"printer@contoso.com","addr":"192.168.1.50","until":"`+until+`"},{"addr":"2001:db8::/64","until":"`+until+`"},{"user":"old@contoso.com","addr":"10.0.0.1","until":"`+old+`"}]`), 0o600)
+	path := filepath.Join(t.TempDir(), "mailproxy.toml")
+	os.WriteFile(path, []byte("state_dir = \""+state+"\"\n"), 0o600)
+	var out, errb bytes.Buffer
+	env := &cmdEnv{stdin: strings.NewReader(""), stdout: &out, stderr: &errb, getenv: func(string) string { return "" }}
+	if code := run(t.Context(), env, []string{"status", "-config", path}); code != exitOK {
+		t.Fatalf("status = exit %d, stderr %q", code, errb.String())
+	}
+	o := out.String()
+	if !strings.Contains(o, "! printer@contoso.com from 192.168.1.50 until ") || !strings.Contains(o, "! every username from 2001:db8::/64 until ") || strings.Contains(o, "old@contoso.com") {
+		t.Errorf("status output does not list the active blocks (and only those):\n%s", o)
 	}
 }

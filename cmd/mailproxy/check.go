@@ -109,6 +109,7 @@ Flags:`)
 		if c.failed > 0 {
 			return fmt.Errorf("%d of %d checks failed", c.failed, c.total)
 		}
+		resumeAfterCheck(ctx, env, cfg, acct)
 		return nil
 	}
 	c.report("config "+*cfgPath, fmt.Sprintf("valid (%d providers, %d accounts)", len(cfg.Providers), len(cfg.Accounts)), nil)

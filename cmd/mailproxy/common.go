@@ -54,18 +54,7 @@ func newManager(cfg *config.Config, logger *slog.Logger) (*oauth.Manager, *store
 		return nil, nil, err
 	}
 	m := oauth.NewManager(st, logger)
-	providers := make(map[*config.Provider]*oauth.Provider)
-	for _, a := range cfg.Accounts {
-		if a.Flow == config.FlowClientCredentials {
-			continue
-		}
-		p := providers[a.Provider]
-		if p == nil {
-			p = daemon.OAuthProvider(a.Provider)
-			providers[a.Provider] = p
-		}
-		m.SetAccount(oauth.Account{Username: a.Username, Flow: a.Flow, Provider: p})
-	}
+	daemon.RegisterAccounts(m, cfg, daemon.Providers())
 	return m, st, nil
 }
 

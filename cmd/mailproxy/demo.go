@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -25,6 +26,7 @@ const (
 	demoUser        = "demo@contoso.com"
 	demoPassword    = "demo"
 	demoPending     = "scanner@contoso.com" // shown as "needs sign-in"
+	demoGraphUser   = "graph@contoso.com"   // sends through (the fake) Microsoft Graph
 	demoClientID    = "11111111-2222-3333-4444-555555555555"
 	demoTenant      = "contoso.onmicrosoft.com"
 	demoProvider    = "contoso"
@@ -47,6 +49,7 @@ type demo struct {
 	idp      *fake365.IdP
 	imapUp   *fake365.IMAPUpstream
 	smtpUp   *fake365.SMTPUpstream
+	graph    *fake365.Graph
 	cleanups []func()
 }
 
@@ -174,7 +177,12 @@ func (dm *demo) start(o demoOptions) (err error) {
 		return fmt.Errorf("demo SMTP server: %w", err)
 	}
 	dm.cleanups = append(dm.cleanups, func() { dm.smtpUp.Close() })
-	for _, mb := range []string{demoUser, demoPending} {
+	dm.graph, err = fake365.NewGraph(dm.idp)
+	if err != nil {
+		return fmt.Errorf("demo Graph: %w", err)
+	}
+	dm.cleanups = append(dm.cleanups, dm.graph.Close)
+	for _, mb := range []string{demoUser, demoPending, demoGraphUser} {
 		dm.imapUp.AddMailbox(mb)
 		for i, msg := range demoMessages(mb) {
 			if err := dm.imapUp.Append(mb, "INBOX", msg); err != nil {
@@ -185,19 +193,29 @@ func (dm *demo) start(o demoOptions) (err error) {
 	// Mail sent through the demo's SMTP port lands in the recipients' INBOX
 	// (the demo user's when the recipient is not one of ours), so it can be
 	// read back over IMAP.
-	dm.smtpUp.SetDeliver(func(m fake365.Message) {
+	deliver := func(rcpts []string, data []byte) {
 		delivered := false
-		for _, r := range m.Rcpts {
-			for _, mb := range []string{demoUser, demoPending} {
-				if strings.EqualFold(r.Addr, mb) {
-					dm.imapUp.Append(mb, "INBOX", m.Data)
+		for _, r := range rcpts {
+			for _, mb := range []string{demoUser, demoPending, demoGraphUser} {
+				if strings.EqualFold(r, mb) {
+					dm.imapUp.Append(mb, "INBOX", data)
 					delivered = true
 				}
 			}
 		}
 		if !delivered {
-			dm.imapUp.Append(demoUser, "INBOX", m.Data)
+			dm.imapUp.Append(demoUser, "INBOX", data)
 		}
+	}
+	dm.smtpUp.SetDeliver(func(m fake365.Message) {
+		var rcpts []string
+		for _, r := range m.Rcpts {
+			rcpts = append(rcpts, r.Addr)
+		}
+		deliver(rcpts, m.Data)
+	})
+	dm.graph.SetDeliver(func(s *fake365.GraphSent) {
+		deliver(slices.Concat(s.To, s.Cc, s.Bcc), s.Message())
 	})
 
 	authURL, tokenURL, deviceURL := dm.idp.Endpoints(demoTenant)
@@ -224,14 +242,19 @@ scopes = ["https://outlook.office.com/IMAP.AccessAsUser.All", "https://outlook.o
 imap_server = %q
 smtp_server = %q
 ca_file = %q
+graph_url = %q
 
 [[account]]
 username = %q
 
 [[account]]
 username = %q
+
+[[account]]
+username = %q
+send_via = "graph"
 `, filepath.Join(dir, "state"), o.imap, o.smtp, o.admin, demoProvider, demoClientID,
-		authURL, tokenURL, deviceURL, dm.imapUp.Addr, dm.smtpUp.Addr, caFile, demoUser, demoPending)
+		authURL, tokenURL, deviceURL, dm.imapUp.Addr, dm.smtpUp.Addr, caFile, dm.graph.URL, demoUser, demoPending, demoGraphUser)
 	cfgFile := filepath.Join(dir, "mailproxy.toml")
 	dm.cfgFile = cfgFile
 	if err := os.WriteFile(cfgFile, []byte(cfgText), 0o600); err != nil {
@@ -260,13 +283,16 @@ username = %q
 
 	// Sign the demo user in the way `mailproxy login` would have: a refresh
 	// token from the identity provider, sealed with the local password.
+	// Its scopes hold Graph's too, since one account sends through Graph.
 	scopes := cfg.Accounts[0].Provider.Scopes
-	rt := dm.idp.GrantRefreshToken(demoClientID, demoUser, scopes)
-	now := time.Now()
-	err = d.Manager().Seal(demoUser, demoPassword, oauth.TokenSet{RefreshToken: rt, Scopes: scopes},
-		store.Meta{Identity: demoUser, Flow: config.FlowAuthCode, Created: now, RefreshObtained: now})
-	if err != nil {
-		return fmt.Errorf("sign in the demo account: %w", err)
+	for _, user := range []string{demoUser, demoGraphUser} {
+		rt := dm.idp.GrantRefreshToken(demoClientID, user, scopes)
+		now := time.Now()
+		err = d.Manager().Seal(user, demoPassword, oauth.TokenSet{RefreshToken: rt, Scopes: scopes},
+			store.Meta{Identity: user, Flow: config.FlowAuthCode, Created: now, RefreshObtained: now})
+		if err != nil {
+			return fmt.Errorf("sign in the demo account %s: %w", user, err)
+		}
 	}
 	if err := d.Start(); err != nil {
 		return err
@@ -304,7 +330,8 @@ mailproxy demo is running against a fake Microsoft 365 (in this process; nothing
   SMTP     %s   (AUTH PLAIN or LOGIN)
   username %s
   password %s
-`, imapAddr, smtpAddr, demoUser, demoPassword)
+  (%s, same password, sends through a fake Microsoft Graph: send_via = "graph")
+`, imapAddr, smtpAddr, demoUser, demoPassword, demoGraphUser)
 	if u := dm.d.AdminURL(); u != "" {
 		// localhost, not 127.0.0.1: the sign-in returns to the redirect
 		// address registered for the app, and cookies follow the host name.

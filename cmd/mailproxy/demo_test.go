@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -226,5 +227,56 @@ func TestDemoBanner(t *testing.T) {
 	log, err := os.ReadFile(dm.logFile)
 	if err != nil || !strings.Contains(string(log), "listening") {
 		t.Errorf("demo log file = %q, %v; want the daemon's start lines", log, err)
+	}
+}
+
+// An account with send_via = "graph" sends through the demo's fake Graph:
+// the SMTP client's envelope decides who gets it (a Bcc-only recipient
+// included), and the message arrives over IMAP.
+func TestDemoSendsThroughGraph(t *testing.T) {
+	dm := startTestDemo(t)
+	sc, err := smtp.Dial(dm.d.Addr("smtp").String())
+	if err != nil {
+		t.Fatalf("smtp.Dial = %v", err)
+	}
+	defer sc.Close()
+	if err := sc.Auth(sasl.NewPlainClient("", demoGraphUser, demoPassword)); err != nil {
+		t.Fatalf("Auth(PLAIN %s) = %v", demoGraphUser, err)
+	}
+	body := "From: <" + demoGraphUser + ">\r\nTo: <bob@fabrikam.com>\r\nSubject: via graph\r\n\r\nsent through Microsoft Graph\r\n"
+	if err := sc.SendMail(demoGraphUser, []string{"bob@fabrikam.com", demoUser}, strings.NewReader(body)); err != nil {
+		t.Fatalf("SendMail through Graph = %v", err)
+	}
+	sc.Quit()
+	sent := dm.graph.Sent()
+	if len(sent) != 1 {
+		t.Fatalf("the fake Graph sent %d messages, want 1", len(sent))
+	}
+	if s := sent[0]; !slices.Equal(s.To, []string{"bob@fabrikam.com"}) || !slices.Equal(s.Bcc, []string{demoUser}) {
+		t.Errorf("Graph recipients To %v Bcc %v; want To bob, Bcc %s", s.To, s.Bcc, demoUser)
+	}
+	if n := len(dm.smtpUp.Messages()); n != 0 {
+		t.Errorf("the SMTP upstream got %d messages from a Graph account", n)
+	}
+
+	c, err := imapclient.DialInsecure(dm.d.Addr("imap").String(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(demoUser, demoPassword).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := c.Fetch(imap.UIDSetNum(imap.UID(demoSeedPerUser+1)), &imap.FetchOptions{BodySection: []*imap.FetchItemBodySection{{}}}).Collect()
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("Fetch(UID %d) = %d messages, %v; want the message sent through Graph", demoSeedPerUser+1, len(msgs), err)
+	}
+	for _, b := range msgs[0].BodySection {
+		if !strings.Contains(string(b.Bytes), "sent through Microsoft Graph") || strings.Contains(string(b.Bytes), "Bcc:") {
+			t.Errorf("fetched message = %q, want the Graph message without a Bcc header", b.Bytes)
+		}
 	}
 }

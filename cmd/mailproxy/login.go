@@ -153,9 +153,9 @@ func runLogin(ctx context.Context, env *cmdEnv, args []string) error {
 		// Tenants block the device flow (Conditional Access) or let it
 		// give no refresh token (Security Defaults): the browser flow is
 		// offered at once, not after another try.
-		why := deviceRefused(err)
+		why := oauth.DeviceRefused(err)
 		if err == nil && ts.RefreshToken == "" {
-			why = "the device code sign-in gave no refresh token (Security Defaults tenants do this), so it would end when the access token expires in about an hour"
+			why = oauth.DeviceRefused(oauth.ErrNoRefreshToken)
 		}
 		if why != "" && p.AuthURL != "" {
 			fmt.Fprintf(env.stdout, "\nThe device code sign-in did not work: %s.\n", why)
@@ -346,25 +346,6 @@ func hintOf(err error) string {
 		return "the identity provider did not answer or failed: check DNS, the firewall and HTTP proxy settings towards it (login.microsoftonline.com for Microsoft 365), then try again"
 	}
 	return te.Hint()
-}
-
-// deviceRefused says in plain words why the identity provider refused the
-// device flow itself (not the person's answer), or "" when it did not.
-func deviceRefused(err error) string {
-	var te *oauth.TokenError
-	if !errors.As(err, &te) {
-		return ""
-	}
-	switch te.AADSTS {
-	case 53003, 53000, 53001, 53002, 50097, 530003:
-		return fmt.Sprintf("a Conditional Access policy blocks it (AADSTS%d; Microsoft's managed policy \"Block device code flow\" switches itself on in tenants that have not used the flow)", te.AADSTS)
-	case 7000218:
-		return "the app registration does not allow public client flows (AADSTS7000218; Entra ID > App registrations > Authentication > Allow public client flows)"
-	}
-	if te.Code == "unauthorized_client" {
-		return "the app registration may not use the device flow (unauthorized_client)"
-	}
-	return ""
 }
 
 // hostOf is the host of an endpoint address, for progress lines.

@@ -272,9 +272,9 @@ func (e *cliEnv) imapLogin(t *testing.T, user, password string) {
 		t.Fatalf("Token() for %q = %v", user, err)
 	}
 	before := e.imap.Logins()
-	c, err := imapclient.DialTLS(g.Upstream.IMAPAddr, &imapclient.Options{TLSConfig: g.Upstream.TLSFor(g.Upstream.IMAPAddr)})
+	c, err := imapclient.DialTLS(g.Upstream.AddrOf("imap"), &imapclient.Options{TLSConfig: g.Upstream.TLSFor(g.Upstream.AddrOf("imap"))})
 	if err != nil {
-		t.Fatalf("imapclient.DialTLS(%s) = %v", g.Upstream.IMAPAddr, err)
+		t.Fatalf("imapclient.DialTLS(%s) = %v", g.Upstream.AddrOf("imap"), err)
 	}
 	defer c.Close()
 	if err := c.Authenticate(cliXOAuth2{user: g.Mailbox, token: tok}); err != nil {

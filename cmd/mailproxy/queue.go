@@ -191,3 +191,36 @@ func dash(s string) string {
 	}
 	return s
 }
+
+// printSpoolPauses adds the paused mailboxes of the spool to `status`:
+// nothing is sent from them until an admin resumes them.
+func printSpoolPauses(env *cmdEnv, cfg *config.Config) {
+	_, paused, err := openLog(cfg)
+	if err != nil || len(paused) == 0 {
+		return
+	}
+	fmt.Fprintln(env.stdout)
+	for _, p := range paused {
+		fmt.Fprintf(env.stdout, "spool of %s PAUSED since %s: %s\n  fix the cause, then: mailproxy queue resume %s\n",
+			p.Mailbox, p.Since.Local().Format(timeLayout), p.Reason, p.Mailbox)
+	}
+}
+
+// resumeAfterCheck resumes the account's mailbox in the spool after a
+// check of it succeeded: the refusal that paused it is gone.
+func resumeAfterCheck(ctx context.Context, env *cmdEnv, cfg *config.Config, acct *config.Account) {
+	_, paused, err := openLog(cfg)
+	if err != nil {
+		return
+	}
+	for _, p := range paused {
+		if !strings.EqualFold(p.Mailbox, acct.Mailbox) {
+			continue
+		}
+		if err := queueApply(ctx, cfg.Spool.Dir, spool.Command{Op: "resume", Arg: p.Mailbox}); err != nil {
+			fmt.Fprintf(env.stdout, "The spool of %s stays paused: %v\n", p.Mailbox, err)
+			return
+		}
+		fmt.Fprintf(env.stdout, "The spool of %s was paused (%s); the check passed, so it is resumed.\n", p.Mailbox, p.Reason)
+	}
+}

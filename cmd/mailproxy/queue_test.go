@@ -89,6 +89,12 @@ func TestQueueWithoutDaemon(t *testing.T) {
 	if strings.Contains(out, ids[0]) || !strings.Contains(out, ids[1]) || !strings.Contains(out, "PAUSED scanner@contoso.com") {
 		t.Errorf("list after delete and pause:\n%s", out)
 	}
+	var sout testutil.Buffer
+	senv := &cmdEnv{stdin: strings.NewReader(""), stdout: &sout, stderr: &sout, getenv: func(string) string { return "" }}
+	run(t.Context(), senv, []string{"status", "-config", cfgPath})
+	if !strings.Contains(sout.String(), "spool of scanner@contoso.com PAUSED") {
+		t.Errorf("status does not show the paused spool:\n%s", sout.String())
+	}
 	_, out, _ = runQueueCmd(t, "-config", cfgPath, "list", "-all", "-search", "deleted")
 	if !strings.Contains(out, ids[0]) {
 		t.Errorf("list -all -search deleted does not show the deleted message:\n%s", out)
@@ -146,5 +152,27 @@ func TestQueueTellsRunningDaemon(t *testing.T) {
 	}
 	if st := sp.Status(); st[0].Depth != 1 || st[0].Paused == nil {
 		t.Errorf("daemon's status = %+v, want one queued, paused", st[0])
+	}
+}
+
+// A check of the account that passes resumes its paused spool.
+func TestCheckAccountResumesSpool(t *testing.T) {
+	e := newCLIEnv(t)
+	e.idp.SignInAs(cliAlice)
+	e.mustLogin(t, cliAlice)
+	dir := filepath.Join(e.dir, "state", "spool")
+	if err := spool.ApplyDir(t.Context(), dir, spool.Command{Op: "pause", Arg: cliAlice}); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := e.checkAccount(t, cliAlice)
+	if code != exitOK || !strings.Contains(out, "the check passed, so it is resumed") {
+		t.Fatalf("check -account = %d\n%s%s", code, out, errOut)
+	}
+	st, err := spool.ReadOnly(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := st.Paused(); len(p) != 0 {
+		t.Errorf("still paused after a passing check: %+v", p)
 	}
 }

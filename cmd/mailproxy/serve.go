@@ -80,7 +80,7 @@ Flags:
 func logStart(logger *slog.Logger, d *daemon.Daemon, cfgPath string) {
 	ver, rev := buildVersion()
 	var listeners []string
-	for _, name := range []string{"imap", "imaps", "smtp", "smtps", "admin"} {
+	for _, name := range d.ListenerNames() {
 		if a := d.Addr(name); a != nil {
 			listeners = append(listeners, name+"="+a.String())
 		}

@@ -4,14 +4,17 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"mailproxy/auth"
 	"mailproxy/internal/fake365"
 	"mailproxy/internal/testutil"
 	"mailproxy/oauth"
@@ -85,5 +88,45 @@ func TestServeDeviceRelay(t *testing.T) {
 	env := &cmdEnv{stdin: strings.NewReader(""), stdout: &out, stderr: &out, getenv: func(string) string { return "" }}
 	if code := run(t.Context(), env, []string{"queue", "-config", h.cfgFile, "show", id}); code != exitOK || !strings.Contains(out.String(), "device:    mfp") {
 		t.Errorf("queue show %s = %d\n%s", id, code, out.String())
+	}
+}
+
+// A device with a credential of its own must use it: without AUTH it gets
+// 530; with it, its mail is spooled (an app-free, password-free login:
+// the device's password is checked against its hash only).
+func TestServeDeviceWithCredential(t *testing.T) {
+	t.Setenv("CREDENTIALS_DIRECTORY", "")
+	hash, err := auth.HashPassword("erp secret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := startServeWith(t, func(text string) string {
+		text = strings.Replace(text, "[[account]]\nusername = \""+demoUser+"\"\n", "[[account]]\nusername = \""+demoUser+"\"\nseal = \"service\"\n", 1)
+		return text + "\n[[device]]\nname = \"erp\"\nfrom = [\"127.0.0.1\"]\naccount = \"" + demoUser + "\"\nusername = \"erp\"\npassword_hash = \"" + hash + "\"\n"
+	})
+	c, err := smtp.Dial(h.d.Addr("smtp").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var se *smtp.SMTPError
+	if err := c.Mail("erp@corp.local", nil); !errors.As(err, &se) || se.Code != 530 {
+		t.Fatalf("MAIL without AUTH from a device with a credential = %v, want 530", err)
+	}
+	if err := c.Auth(sasl.NewPlainClient("", "erp", "erp secret")); err != nil {
+		t.Fatalf("AUTH as the device = %v", err)
+	}
+	if err := c.Mail("erp@corp.local", nil); err != nil {
+		t.Fatal(err)
+	}
+	c.Rcpt("bob@example.com", nil)
+	w, err := c.Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte("Subject: invoice\r\n\r\nrun 1\r\n"))
+	resp, err := w.CloseWithResponse()
+	if err != nil || !strings.HasPrefix(resp.StatusText, "2.0.0 Ok: queued as ") {
+		t.Fatalf("end of DATA = %+v, %v; want the queue id", resp, err)
 	}
 }

@@ -290,7 +290,7 @@ func TestServeLogsStart(t *testing.T) {
 	logs := h.logs.String()
 	ver, _ := buildVersion()
 	for _, want := range []string{
-		`msg="mailproxy started"`, "version=" + ver, "config=" + h.cfgFile, "accounts=2",
+		`msg="mailproxy started"`, "version=" + ver, "config=" + h.cfgFile, "accounts=3",
 		"imap=" + h.d.Addr("imap").String(), "smtp=" + h.d.Addr("smtp").String(),
 	} {
 		if !strings.Contains(logs, want) {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"mailproxy/config"
+	"mailproxy/daemon"
 	"mailproxy/internal/cmdline"
 	"mailproxy/oauth"
 )
@@ -62,6 +63,8 @@ need attention (the "!" lines say so).`)
 			return oauth.AccountStatus{Username: user, NeedsSignIn: true}
 		}
 		printStatus(env, cfg, notSignedIn, time.Now())
+		printBlocks(env, cfg, time.Now())
+		printSpoolPauses(env, cfg)
 		return nil
 	}
 	m, st, err := newManager(cfg, discardLogger())
@@ -69,6 +72,8 @@ need attention (the "!" lines say so).`)
 		return err
 	}
 	printStatus(env, cfg, m.Status, time.Now())
+
+	printBlocks(env, cfg, time.Now())
 
 	// Entries left behind by accounts removed from the config.
 	if users, err := st.List(); err == nil {
@@ -82,6 +87,7 @@ need attention (the "!" lines say so).`)
 			fmt.Fprintf(env.stdout, "\nStored sign-ins of accounts not in the config (remove with mailproxy logout): %s\n", strings.Join(orphans, ", "))
 		}
 	}
+	printSpoolPauses(env, cfg)
 	return nil
 }
 
@@ -164,6 +170,27 @@ func printStatus(env *cmdEnv, cfg *config.Config, status func(username string) o
 		fmt.Fprintln(env.stdout)
 	}
 	tw.Flush()
+}
+
+// printBlocks lists the login blocks the running serve saved
+// (state_dir/lockout.json) that have not ended.
+func printBlocks(env *cmdEnv, cfg *config.Config, now time.Time) {
+	blocks, err := daemon.ReadBlocks(cfg.StateDir, now)
+	if err != nil {
+		fmt.Fprintf(env.stdout, "\nCould not read the login blocks: %v\n", err)
+		return
+	}
+	if len(blocks) == 0 {
+		return
+	}
+	fmt.Fprintln(env.stdout, "\nBlocked logins (too many wrong passwords; clear them on the admin page's Blocked logins page):")
+	for _, b := range blocks {
+		who := b.User
+		if who == "" {
+			who = "every username"
+		}
+		fmt.Fprintf(env.stdout, "! %s from %s until %s\n", who, b.Addr, b.Until.Local().Format("2006-01-02 15:04 MST"))
+	}
 }
 
 func orDash(s string) string {

@@ -35,7 +35,7 @@ func newDovecotEnv(t *testing.T) (*env, *dovecot.Server) {
 	t.Cleanup(e.idp.Close)
 	e.idp.AddClient(fake365.Client{ID: testClientID})
 	dv := dovecot.New(t, e.ca, e.idp, "common")
-	e.upstream = &upstream.Upstream{IMAPAddr: dv.IMAPS, TLS: e.ca.ClientTLS()}
+	e.upstream = &upstream.Upstream{Addr: map[string]string{"imap": dv.IMAPS}, TLS: e.ca.ClientTLS()}
 	e.auth = &testAuth{accounts: make(map[string]testAccount)}
 	e.idp.AddUser(alice)
 	ts := newTokens(e.idp, alice)

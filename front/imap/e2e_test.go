@@ -406,7 +406,7 @@ func (e *env) addScripted(username, password, addr string, tokens auth.TokenSour
 		Username: username,
 		Mailbox:  username,
 		Tokens:   tokens,
-		Upstream: &upstream.Upstream{IMAPAddr: addr, TLS: e.ca.ClientTLS()},
+		Upstream: &upstream.Upstream{Addr: map[string]string{"imap": addr}, TLS: e.ca.ClientTLS()},
 	})
 }
 

@@ -78,7 +78,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 		t.Fatalf("NewIMAPUpstream() = %v", err)
 	}
 	t.Cleanup(func() { e.up.Close() })
-	e.upstream = &upstream.Upstream{IMAPAddr: e.up.Addr, TLS: e.ca.ClientTLS()}
+	e.upstream = &upstream.Upstream{Addr: map[string]string{"imap": e.up.Addr}, TLS: e.ca.ClientTLS()}
 
 	e.auth = &testAuth{accounts: make(map[string]testAccount)}
 	e.addAccount(alice, alicePass)

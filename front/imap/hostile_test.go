@@ -3,6 +3,7 @@ package imap
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -33,6 +34,18 @@ func TestHostileInput(t *testing.T) {
 	}{
 		{"10 MB line", []hostileStep{
 			{send: "a LOGIN " + tenMB + "\r\n", expect: []string{"* BYE line too long"}, eof: true},
+		}},
+		// Over max_line but with an end in sight: BAD, and the next
+		// command is read in step, literals of the skipped one included.
+		{"line over max_line", []hostileStep{
+			{send: "a LOGIN " + strings.Repeat("x", DefaultMaxLine) + "\r\n", expect: []string{"a BAD command line too long"}},
+			{send: "b NOOP\r\n", expect: []string{"b OK"}},
+		}},
+		{"line over max_line ending in a literal", []hostileStep{
+			{send: "a LOGIN " + strings.Repeat("x", DefaultMaxLine) + " {5}\r\n", expect: []string{"a BAD command line too long"}},
+			{send: "b NOOP\r\n", expect: []string{"b OK"}},
+			{send: "c LOGIN " + strings.Repeat("x", DefaultMaxLine) + " {5+}\r\nab\r\nc {3+}\r\n\r\nx yz\r\n", expect: []string{"c BAD command line too long"}},
+			{send: "d NOOP\r\n", expect: []string{"d OK"}},
 		}},
 		{"10 MB line without a line ending", []hostileStep{
 			{send: tenMB, expect: []string{"* BYE line too long"}, eof: true},
@@ -254,4 +267,28 @@ func TestConnectionLimit(t *testing.T) {
 	if n := lim.Open(); n != 0 {
 		t.Errorf("Open() after every connection closed = %d, want 0", n)
 	}
+}
+
+// RFC 2971's largest ID (30 fields of 30 octets with values of 1024
+// octets, about 32 KB) passes the pre-login limits with the defaults.
+func TestMaximalID(t *testing.T) {
+	e := newEnv(t)
+	var b strings.Builder
+	b.WriteString("a ID (")
+	for i := range 30 {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		fmt.Fprintf(&b, "\"%s\" \"%s\"", fmt.Sprintf("%030d", i), strings.Repeat("v", 1024))
+	}
+	b.WriteString(")\r\n")
+	if b.Len() < 31000 {
+		t.Fatalf("ID command is %d bytes, want about 32 KB", b.Len())
+	}
+	c := greet(t, e.addr)
+	c.send(b.String())
+	c.expect("* ID ")
+	c.expect("a OK")
+	c.send("b NOOP\r\n")
+	c.expect("b OK")
 }

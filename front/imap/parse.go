@@ -76,6 +76,8 @@ type parser struct {
 	args      []arg
 	lineBytes int
 	litBytes  int
+	overTail  []byte // the end of the fragment that passed maxLine
+	overEnded bool   // ... and whether it ended its line
 }
 
 // Byte classes.
@@ -112,6 +114,9 @@ func (p *parser) readCommand() error {
 	for {
 		start := len(p.buf)
 		if err := p.readLine(first); err != nil {
+			if err == errLineTooLong && bad == nil {
+				return p.skipCommand(start, first)
+			}
 			return err
 		}
 		if bad == nil {
@@ -154,6 +159,70 @@ func (p *parser) readCommand() error {
 	}
 }
 
+// maxSkip bounds how much of an over-long command is read and thrown away
+// to find its end; beyond it the connection is closed.
+const maxSkip = 1 << 20
+
+// errCommandTooLong is the BAD of a command whose text passed maxLine: it
+// was skipped to its end, so the next line is a new command.
+var errCommandTooLong = &commandError{"command line too long"}
+
+// skipCommand is called when the line starting at p.buf[start:] passed
+// maxLine. It throws the rest of the command away, literals included, so
+// that the client's next command is read in step: a synchronizing literal
+// ends the command (the client waits for a "+" that never comes and gets
+// the BAD instead), a non-synchronizing one is skipped. It returns
+// errCommandTooLong (with the tag set when it was readable), or
+// errLineTooLong / errLiteralTooBig / a read error when the stream cannot
+// be resynchronised within maxSkip.
+func (p *parser) skipCommand(start int, first bool) error {
+	if first {
+		i := start
+		for i < len(p.buf) && tagChars[p.buf[i]] {
+			i++
+		}
+		if i > start && i < len(p.buf) && p.buf[i] == ' ' {
+			p.tag = span{start, i}
+		}
+	}
+	budget := maxSkip
+	tail := p.overTail // the last bytes of the line, for a trailing literal
+	ended := p.overEnded
+	for {
+		if !ended {
+			frag, err := p.r.ReadSlice('\n')
+			budget -= len(frag)
+			if budget < 0 {
+				return errLineTooLong
+			}
+			tail = append(tail, frag...)
+			if len(tail) > 32 {
+				tail = append(tail[:0], tail[len(tail)-32:]...)
+			}
+			if err == bufio.ErrBufferFull {
+				continue
+			}
+			if err != nil {
+				return noEOF(err)
+			}
+		}
+		ended = false
+		line := bytes.TrimSuffix(bytes.TrimSuffix(tail, []byte("\n")), []byte("\r"))
+		n, sync, ok := trailingLiteral(line)
+		if !ok || sync {
+			return errCommandTooLong
+		}
+		if n > int64(p.maxLiteral) || n > int64(budget) {
+			return errLiteralTooBig
+		}
+		if _, err := p.r.Discard(int(n)); err != nil {
+			return noEOF(err)
+		}
+		budget -= int(n)
+		tail = tail[:0]
+	}
+}
+
 // readLine appends one line, without its line ending, to p.buf. A bare LF is
 // accepted as a line ending.
 func (p *parser) readLine(first bool) error {
@@ -162,6 +231,9 @@ func (p *parser) readLine(first bool) error {
 		frag, err := p.r.ReadSlice('\n')
 		p.lineBytes += len(frag)
 		if p.lineBytes > p.maxLine {
+			// What skipCommand needs to find the command's end.
+			p.overTail = append(p.overTail[:0], frag[max(0, len(frag)-32):]...)
+			p.overEnded = err == nil
 			return errLineTooLong
 		}
 		p.buf = append(p.buf, frag...)

@@ -85,8 +85,11 @@ func TestParser(t *testing.T) {
 		{in: "a LOGIN {99999999999+}\r\n", wantErr: errLiteralTooBig},
 		{in: "a LOGIN {40+}\r\n", wantErr: errLiteralTooBig},
 		{in: "a LOGIN {20+}\r\n01234567890123456789 {20+}\r\n", wantErr: errLiteralTooBig},
-		{in: "a LOGIN " + strings.Repeat("x", 100) + "\r\n", wantErr: errLineTooLong},
-		{in: "a LOGIN {1+}\r\nx " + strings.Repeat("x", 60) + "\r\n", wantErr: errLineTooLong},
+		// Too long but with an end: skipped, BAD, the next command in step.
+		{in: "a LOGIN " + strings.Repeat("x", 100) + "\r\nb NOOP\r\n", wantErr: errCommandTooLong, next: "b NOOP"},
+		{in: "a LOGIN {1+}\r\nx " + strings.Repeat("x", 60) + "\r\nb NOOP\r\n", wantErr: errCommandTooLong, next: "b NOOP"},
+		{in: "a LOGIN " + strings.Repeat("x", 100) + " {3+}\r\nabc {2}\r\nb NOOP\r\n", wantErr: errCommandTooLong, next: "b NOOP"},
+		{in: "a LOGIN " + strings.Repeat("x", 100) + " {40+}\r\n", wantErr: errLiteralTooBig},
 		// After an error, a trailing non-synchronizing literal still
 		// belongs to the command and is skipped.
 		{in: "a LOGIN \"x {3+}\r\nabc\r\nb NOOP\r\n", wantErr: errUnterminated, next: "b NOOP"},
@@ -138,8 +141,8 @@ func TestParserLongLineBounded(t *testing.T) {
 	if err := p.readCommand(); err != errLineTooLong {
 		t.Fatalf("readCommand() = %v, want %v", err, errLineTooLong)
 	}
-	if r.n > DefaultMaxLine+2*ioBufferSize {
-		t.Errorf("read %d bytes of an endless line, want at most %d", r.n, DefaultMaxLine+2*ioBufferSize)
+	if r.n > DefaultMaxLine+maxSkip+2*ioBufferSize {
+		t.Errorf("read %d bytes of an endless line, want at most %d", r.n, DefaultMaxLine+maxSkip+2*ioBufferSize)
 	}
 	if cap(p.buf) > 2*DefaultMaxLine {
 		t.Errorf("cap(buf) = %d, want at most %d", cap(p.buf), 2*DefaultMaxLine)

@@ -163,7 +163,7 @@ func TestNoSecretsAnywhere(t *testing.T) {
 	scopes := []string{"https://outlook.office.com/IMAP.AccessAsUser.All", "https://outlook.office.com/SMTP.Send", "offline_access"}
 	_, tokenURL, _ := idp.Endpoints("contoso.onmicrosoft.com")
 	p := &oauth.Provider{Name: "contoso", ClientID: clientID, ClientSecret: clientSecret, TokenURL: tokenURL, Scopes: scopes}
-	upstream := &upstream.Upstream{IMAPAddr: imapUp.Addr, SMTPAddr: smtpUp.Addr, TLS: ca.ClientTLS()}
+	upstream := &upstream.Upstream{Addr: map[string]string{"imap": imapUp.Addr, "smtp": smtpUp.Addr}, TLS: ca.ClientTLS()}
 
 	// alice: tokens sealed in the store with her password (the vault).
 	stateDir := t.TempDir()

@@ -295,9 +295,11 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
-// The lockout through auth.Accounts: after N failures from one address its
-// next attempt is refused, as a wrong password, while another address still
-// logs in; each failure is one fail2ban-friendly line.
+// The lockout through auth.Accounts: after N failures of one username from
+// one address, that pair's next attempt is refused as a temporary failure
+// that says why and until when; other usernames from the address and the
+// username from another address still get a real check. Each failure is
+// one fail2ban-friendly line.
 func TestLockout(t *testing.T) {
 	var (
 		mu    sync.Mutex
@@ -324,28 +326,29 @@ func TestLockout(t *testing.T) {
 	}})
 
 	c := greet(t, e.addr)
-	for i, user := range []string{alice, "nobody@example.com", alice} {
+	for i, user := range []string{alice, "nobody@example.com", alice, alice} {
 		tag := fmt.Sprintf("a%d", i)
 		c.send(tag + " LOGIN " + user + " wrong-password\r\n")
 		c.expect(tag + " NO [AUTHENTICATIONFAILED] Invalid credentials")
 	}
 	c.send("b LOGIN " + alice + " " + alicePass + "\r\n")
-	c.expect("b NO [AUTHENTICATIONFAILED] Invalid credentials")
+	c.expect("b NO [UNAVAILABLE] too many failed logins for alice@example.com from 127.0.0.1; try again after ")
+	c.send("c LOGIN nobody@example.com wrong-password\r\n")
+	c.expect("c NO [AUTHENTICATIONFAILED] Invalid credentials")
 	mu.Lock()
-	if len(slept) != 3 || slept[0] != 250*time.Millisecond || slept[1] != 500*time.Millisecond {
-		t.Errorf("delays before attempts 2-4 = %v, want 250ms, 500ms and a blocked one", slept)
+	if len(slept) != 3 || slept[0] != 250*time.Millisecond || slept[1] != 500*time.Millisecond || slept[2] != 250*time.Millisecond {
+		t.Errorf("delays = %v, want 250ms, 500ms (alice's attempts 2 and 3) and 250ms (nobody's second)", slept)
 	}
 	mu.Unlock()
 
-	// Another address is not blocked: alice's own count (two failures)
-	// only delays it.
+	// Another address is not blocked.
 	c2 := dialFrom(t, "127.0.0.2", e.addr)
 	c2.login("a", alice, alicePass)
 
 	logs := e.logs.String()
 	want := `level=WARN msg="auth failure" proto=imap remote=127.0.0.1 user=alice@example.com`
-	if n := strings.Count(logs, want); n != 3 {
-		t.Errorf("log has %d lines %q, want 3 (two wrong passwords, one blocked); log:\n%s", n, want, logs)
+	if n := strings.Count(logs, want); n != 4 {
+		t.Errorf("log has %d lines %q, want 4 (three wrong passwords, one blocked); log:\n%s", n, want, logs)
 	}
 	if !strings.Contains(logs, `msg="auth failure" proto=imap remote=127.0.0.1 user=nobody@example.com`) {
 		t.Errorf("log has no auth failure line for the unknown user")

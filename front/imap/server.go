@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -26,7 +27,7 @@ import (
 const (
 	DefaultPreAuthTimeout  = 60 * time.Second // whole pre-auth phase, from accept to login
 	DefaultUpstreamTimeout = 30 * time.Second // token + dial + TLS + greeting + XOAUTH2, the retry included
-	DefaultMaxLine         = 8192             // command text bytes per command
+	DefaultMaxLine         = 65536            // command text bytes per command: RFC 2971's largest ID fits
 	DefaultMaxLiteral      = 64 << 10         // literal bytes per command
 	DefaultIdleTimeout     = 30 * time.Minute // relayed session with no byte either way; RFC 2177 IDLE needs 29m
 
@@ -45,8 +46,12 @@ const (
 // shutdownBye is what a relayed session hears at shutdown.
 const shutdownBye = "* BYE mailproxy is shutting down\r\n"
 
+// Name is the front's name: its config block, its listeners ("imap", "imaps"),
+// its metrics label and the key of its address in upstream.Upstream.Addr.
+const Name = "imap"
+
 // ErrServerClosed is returned by Serve after Close or Shutdown.
-var ErrServerClosed = errors.New("imap: server closed")
+var ErrServerClosed = fmt.Errorf("imap front: %w", front.ErrServerClosed)
 
 // TooManyConnections is the line for a connection refused by a connection
 // limit (front.ConnLimiter.Listener on a plain IMAP listener).
@@ -332,3 +337,8 @@ func (s *Server) kick() {
 		}
 	}
 }
+
+// SetTrace implements front.Front.
+func (s *Server) SetTrace(trace *slog.Logger) { s.Trace = trace }
+
+var _ front.Front = (*Server)(nil)

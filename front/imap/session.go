@@ -97,20 +97,20 @@ func (c *session) setUpstream(up net.Conn) {
 func (c *session) serve() {
 	start := time.Now()
 	c.conn = c.nc
-	c.log = c.s.logger().With("proto", "imap", "conn", c.id, "remote", c.nc.RemoteAddr().String())
+	c.log = c.s.logger().With("proto", Name, "conn", c.id, "remote", c.nc.RemoteAddr().String())
 	if t := c.s.Trace; t != nil && t.Enabled(context.Background(), slog.LevelDebug) {
-		c.trace = t.With("proto", "imap", "conn", c.id)
+		c.trace = t.With("proto", Name, "conn", c.id)
 	}
 	tc, implicitTLS := c.nc.(*tls.Conn)
 	c.log.Info("imap connection", "tls", implicitTLS)
-	c.s.metrics.ConnOpened("imap")
+	c.s.metrics.ConnOpened(Name)
 	defer func() {
 		if v := recover(); v != nil {
 			c.log.Error("imap session panic", "panic", v, "stack", string(debug.Stack()))
 			c.outcome = outcomeError
 		}
 		c.closeConns()
-		c.s.metrics.ConnClosed("imap")
+		c.s.metrics.ConnClosed(Name)
 		c.log.Info("imap connection closed",
 			"account", c.account,
 			"outcome", c.outcome,
@@ -179,7 +179,7 @@ func (c *session) plaintextOK() bool {
 // refusePlaintext answers a login attempt that needs TLS first.
 func (c *session) refusePlaintext(tag []byte) bool {
 	c.log.Info("imap login refused: password without TLS from an address not in allow_plaintext_from")
-	c.s.metrics.Login("imap", false)
+	c.s.metrics.Login(Name, false)
 	if c.canStartTLS() {
 		c.reply(tag, "NO", "[PRIVACYREQUIRED] use STARTTLS first")
 	} else {
@@ -397,7 +397,8 @@ func (c *session) startTLS(tag []byte) bool {
 	if n := c.r.Buffered(); n > 0 {
 		c.log.Info("imap discarding bytes pipelined after STARTTLS", "bytes", n)
 	}
-	tc := tls.Server(c.nc, c.s.TLSConfig)
+	// UnderTLS: the relay gathers the records of this session.
+	tc := tls.Server(relay.UnderTLS(c.nc), c.s.TLSConfig)
 	ctx, cancel := context.WithDeadline(c.ctx, c.deadline)
 	err := tc.HandshakeContext(ctx)
 	cancel()
@@ -545,16 +546,16 @@ func (c *session) login(tag, user, pass string) bool {
 	grant, err := c.s.Auth.Authenticate(ctx, user, pass, c.remoteAddr())
 	cancel()
 	if err != nil {
-		m.Login("imap", false)
+		m.Login(Name, false)
 		ae := asAuthError(err)
 		log.Info("imap login refused", "kind", kindName(ae.Kind), "err", ae)
-		if ae.Kind == auth.AuthFailed {
+		if ae.Kind == auth.AuthFailed || errors.Is(ae, auth.ErrLockedOut) {
 			c.logAuthFailure(user, ae)
 		}
 		c.refuse(tagb, ae)
 		return c.countError()
 	}
-	m.Login("imap", true)
+	m.Login(Name, true)
 
 	mailbox := grant.Mailbox
 	if mailbox == "" {
@@ -604,7 +605,7 @@ func (c *session) login(tag, user, pass string) bool {
 	c.nc.SetDeadline(time.Time{})
 	res.up.SetDeadline(time.Time{})
 	c.state.Store(stateRelay)
-	log.Info("imap login relayed", "upstream", grant.Upstream.IMAPAddr, "mailbox", grant.Mailbox)
+	log.Info("imap login relayed", "upstream", grant.Upstream.AddrOf(Name), "mailbox", grant.Mailbox)
 
 	// The parser and writer are done with; only the reader goes on, since
 	// it may hold commands the client pipelined after its login.
@@ -616,7 +617,7 @@ func (c *session) login(tag, user, pass string) bool {
 	m.Session(grant.Username, 1)
 	c.up, c.down, err = relay.RelayWith(c.conn, r, up, upr, relay.RelayOptions{Idle: c.s.idleTimeout(), Goodbye: &c.goodbye})
 	m.Session(grant.Username, -1)
-	m.Relayed("imap", c.up, c.down)
+	m.Relayed(Name, c.up, c.down)
 	c.outcome = outcomeRelayed
 	switch {
 	case errors.Is(err, relay.ErrSaidGoodbye):
@@ -635,7 +636,7 @@ func (c *session) login(tag, user, pass string) bool {
 // username is the client's, quoted by the handler when it needs to be, so
 // it cannot forge a line.
 func (c *session) logAuthFailure(user string, ae *auth.AuthError) {
-	attrs := []any{"proto", "imap", "remote", c.remoteAddr().String(), "user", user, "conn", c.id}
+	attrs := []any{"proto", Name, "remote", c.remoteAddr().String(), "user", user, "conn", c.id}
 	if errors.Is(ae, auth.ErrLockedOut) {
 		attrs = append(attrs, "reason", "locked out")
 	}

@@ -55,7 +55,7 @@ func newScriptUpstream(e *env, username, password string) *scriptUpstream {
 		Username: username,
 		Mailbox:  username,
 		Tokens:   e.tokens[username],
-		Upstream: &upstream.Upstream{IMAPAddr: ln.Addr().String(), TLS: e.ca.ClientTLS()},
+		Upstream: &upstream.Upstream{Addr: map[string]string{"imap": ln.Addr().String()}, TLS: e.ca.ClientTLS()},
 	})
 	return s
 }

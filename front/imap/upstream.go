@@ -39,7 +39,7 @@ func unavailable(msg string, err error) upstreamResult {
 // under the client's tag, by deadline. When the upstream refuses the token it
 // forces one refresh and tries again on a new connection.
 func (c *session) openUpstream(deadline time.Time, tag string, g *auth.Grant, log *slog.Logger) upstreamResult {
-	if g == nil || g.Tokens == nil || g.Upstream == nil || g.Upstream.IMAPAddr == "" {
+	if g == nil || g.Tokens == nil || g.Upstream.AddrOf(Name) == "" {
 		return unavailable("no IMAP server configured for this account", errors.New("grant without IMAP upstream"))
 	}
 	ctx, cancel := context.WithDeadline(c.ctx, deadline)
@@ -58,21 +58,21 @@ func (c *session) openUpstream(deadline time.Time, tag string, g *auth.Grant, lo
 		res, refusal := c.tryUpstream(ctx, tag, g, tok)
 		if refusal == "" {
 			if res.err != nil {
-				front.ObserveUpstream(c.s.metrics, g.Username, "imap", res.err)
+				front.ObserveUpstream(c.s.metrics, g.Username, Name, res.err)
 			} else {
-				front.ObserveUpstream(c.s.metrics, g.Username, "imap", nil)
+				front.ObserveUpstream(c.s.metrics, g.Username, Name, nil)
 			}
 			return res
 		}
 		log.Warn("imap upstream refused the access token", "attempt", attempt, "reply", refusal)
 		if attempt == 2 {
-			c.s.metrics.UpstreamAuthFailed("imap")
+			c.s.metrics.UpstreamAuthFailed(Name)
 			res := upstreamResult{err: &auth.AuthError{
 				Kind: auth.AuthFailed,
 				Msg:  fmt.Sprintf("upstream refused the access token for %s; the account may need a new sign-in", g.Username),
 				Err:  fmt.Errorf("%w: %s", errUpstreamRefused, refusal),
 			}}
-			front.ObserveUpstream(c.s.metrics, g.Username, "imap", res.err)
+			front.ObserveUpstream(c.s.metrics, g.Username, Name, res.err)
 			return res
 		}
 		if tok, err = g.Tokens.Refresh(ctx, tok); err != nil {
@@ -84,7 +84,7 @@ func (c *session) openUpstream(deadline time.Time, tag string, g *auth.Grant, lo
 // tryUpstream makes one login attempt. A non-empty refusal is the text of
 // the upstream's NO to the token; res.up is then closed.
 func (c *session) tryUpstream(ctx context.Context, tag string, g *auth.Grant, tok string) (res upstreamResult, refusal string) {
-	addr := g.Upstream.IMAPAddr
+	addr := g.Upstream.AddrOf(Name)
 	up, err := upstream.DialTLS(ctx, c.s.Dial, addr, g.Upstream.TLSFor(addr))
 	if err != nil {
 		return unavailable("cannot reach the mail server", fmt.Errorf("dial upstream %s: %w", addr, err)), ""

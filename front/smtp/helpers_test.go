@@ -154,7 +154,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 		Identity:     testUser,
 		PasswordHash: testHash(t),
 		Tokens:       tokens,
-		Upstream:     &upstream.Upstream{SMTPAddr: upstreamAddr, TLS: e.ca.ClientTLS()},
+		Upstream:     &upstream.Upstream{Addr: map[string]string{"smtp": upstreamAddr}, TLS: e.ca.ClientTLS()},
 	}}, nil)
 	e.accounts = accounts
 

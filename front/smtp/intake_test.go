@@ -64,7 +64,7 @@ func spoolEnv(t *testing.T, device string, o envOpts) (*env, *testIntake, chan [
 	if err != nil {
 		t.Fatal(err)
 	}
-	up := &upstream.Upstream{SMTPAddr: e.up.Addr, TLS: e.ca.ClientTLS()}
+	up := &upstream.Upstream{Addr: map[string]string{"smtp": e.up.Addr}, TLS: e.ca.ClientTLS()}
 	open := smtpclient.Opener(smtpclient.Options{Addr: e.up.Addr, TLS: up.TLSFor(e.up.Addr), Domain: "proxy.test"})
 	sp, err := spool.New(st, spool.Options{Rate: 6000, Logger: slog.New(slog.DiscardHandler),
 		Open: spool.AccountOpener(func(ctx context.Context, account string) (*spool.Account, error) {

@@ -52,8 +52,12 @@ const (
 	maxLineLength = 64 << 10
 )
 
+// Name is the front's name: its config block, its listeners ("smtp", "smtps"),
+// its metrics label and the key of its address in upstream.Upstream.Addr.
+const Name = "smtp"
+
 // ErrServerClosed is returned by Serve after Close or Shutdown.
-var ErrServerClosed = errors.New("smtp front: server closed")
+var ErrServerClosed = fmt.Errorf("smtp front: %w", front.ErrServerClosed)
 
 // TooManyConnections is the reply for a connection refused by a connection
 // limit (front.ConnLimiter.Listener on a plain SMTP listener).
@@ -92,7 +96,8 @@ type Server struct {
 	// data shows as its size. nil: no trace.
 	Trace *slog.Logger
 	// Opener, when set, gives the upstream session opener of a login
-	// (Graph, the spool, tests); nil: smtpclient to g.Upstream.SMTPAddr.
+	// (Graph, the spool, tests); nil (the field, or what it returns for a
+	// login): smtpclient to g.Upstream.AddrOf(Name).
 	Opener func(g *auth.Grant) submit.Opener
 	// Intake, when set, sends device mail (and that of accounts with
 	// spool = true) through the spool; nil: everything goes straight
@@ -468,9 +473,9 @@ func (s *Server) track(nc net.Conn) *conn {
 		start:       time.Now(),
 		implicitTLS: implicitTLS,
 	}
-	c.log = s.logger().With("proto", "smtp", "conn", c.id, "remote", nc.RemoteAddr().String())
+	c.log = s.logger().With("proto", Name, "conn", c.id, "remote", nc.RemoteAddr().String())
 	if s.Trace != nil {
-		c.trace = s.Trace.With("proto", "smtp", "conn", c.id)
+		c.trace = s.Trace.With("proto", Name, "conn", c.id)
 	}
 	if implicitTLS {
 		// go-smtp does not see the *tls.Conn (it is wrapped), so the
@@ -480,7 +485,7 @@ func (s *Server) track(nc net.Conn) *conn {
 	s.mu.Lock()
 	s.conns[c] = struct{}{}
 	s.mu.Unlock()
-	s.metrics.ConnOpened("smtp")
+	s.metrics.ConnOpened(Name)
 	c.log.Info("smtp connection start", "implicit_tls", implicitTLS)
 	return c
 }
@@ -545,7 +550,7 @@ func (c *conn) Close() error {
 		if counted != "" {
 			c.srv.metrics.Session(counted, -1)
 		}
-		c.srv.metrics.ConnClosed("smtp")
+		c.srv.metrics.ConnClosed(Name)
 		if outcome == "" {
 			outcome = "ok"
 		}
@@ -591,3 +596,8 @@ func newID() string {
 	rand.Read(b[:])
 	return hex.EncodeToString(b[:])
 }
+
+// SetTrace implements front.Front.
+func (s *Server) SetTrace(trace *slog.Logger) { s.Trace = trace }
+
+var _ front.Front = (*Server)(nil)

@@ -163,7 +163,7 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 func (s *session) auth(mech string) (sasl.Server, error) {
 	if !s.plaintextOK() {
 		s.log.Info("smtp login refused: password without TLS from an address not in allow_plaintext_from")
-		s.srv.metrics.Login("smtp", false)
+		s.srv.metrics.Login(Name, false)
 		s.c.setOutcome("auth without TLS")
 		if s.srv.TLSConfig == nil {
 			return nil, errEncryptionRequiredNoTLS
@@ -175,7 +175,7 @@ func (s *session) auth(mech string) (sasl.Server, error) {
 		return sasl.NewPlainServer(func(identity, username, password string) error {
 			if identity != "" && !strings.EqualFold(identity, username) {
 				s.log.Info("smtp login refused: authorization identity differs", "user", username)
-				s.srv.metrics.Login("smtp", false)
+				s.srv.metrics.Login(Name, false)
 				s.c.setOutcome("auth failed")
 				return errBadCredentials
 			}
@@ -233,7 +233,7 @@ func (s *session) authenticate(username, password string) error {
 	if err == nil && g == nil {
 		err = errors.New("authenticator returned no grant")
 	}
-	s.srv.metrics.Login("smtp", err == nil)
+	s.srv.metrics.Login(Name, err == nil)
 	if err != nil {
 		var ae *auth.AuthError
 		if !errors.As(err, &ae) {
@@ -251,6 +251,12 @@ func (s *session) authenticate(username, password string) error {
 			s.log.Warn("smtp login: account needs sign-in", "user", username, "err", err)
 			s.c.setOutcome("needs sign-in")
 		default:
+			if errors.Is(ae, auth.ErrLockedOut) {
+				s.log.Info("smtp login refused", "user", username, "err", err)
+				s.logAuthFailure(username, ae)
+				s.c.setOutcome("locked out")
+				break
+			}
 			s.log.Warn("smtp login: temporary failure", "user", username, "err", err)
 			s.c.setOutcome("auth unavailable")
 		}
@@ -261,10 +267,7 @@ func (s *session) authenticate(username, password string) error {
 		s.c.setOutcome("throttled")
 		return throttledReply(d)
 	}
-	upstreamAddr := ""
-	if g.Upstream != nil {
-		upstreamAddr = g.Upstream.SMTPAddr
-	}
+	upstreamAddr := g.Upstream.AddrOf(Name)
 	s.mu.Lock()
 	s.grant = g
 	s.log = s.log.With("account", g.Username)
@@ -280,7 +283,7 @@ func (s *session) authenticate(username, password string) error {
 // username is the client's, quoted by the handler when it needs to be, so
 // it cannot forge a line.
 func (s *session) logAuthFailure(user string, ae *auth.AuthError) {
-	attrs := []any{"proto", "smtp", "remote", remoteAddr(s.nc).String(), "user", user, "conn", s.c.id}
+	attrs := []any{"proto", Name, "remote", remoteAddr(s.nc).String(), "user", user, "conn", s.c.id}
 	if errors.Is(ae, auth.ErrLockedOut) {
 		attrs = append(attrs, "reason", "locked out")
 	}
@@ -391,10 +394,10 @@ func (s *session) Data(r io.Reader) (err error) {
 	accepted := false
 	defer func() { s.srv.metrics.Message(accepted) }()
 	cr := &countingReader{r: r}
-	text, err := s.up.Data(cr)
+	text, err := s.up.Data(newCRLFReader(cr))
 	n := cr.n
 	s.traceIn(fmt.Sprintf("DATA: %d bytes", n))
-	s.srv.metrics.Relayed("smtp", n, 0)
+	s.srv.metrics.Relayed(Name, n, 0)
 	if rerr := cr.err; rerr != nil {
 		s.dropUpstream()
 		s.log.Info("client's message data broke off; upstream transaction dropped", "err", rerr, "bytes", n)

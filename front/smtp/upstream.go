@@ -32,7 +32,8 @@ func (s *session) connect() (submit.Submitter, error) {
 	ctx, cancel := context.WithTimeout(s.ctx, s.srv.upstreamTimeout())
 	defer cancel()
 	g := s.grant
-	if (s.srv.Opener == nil && (g.Upstream == nil || g.Upstream.SMTPAddr == "")) || g.Tokens == nil {
+	open := s.opener()
+	if open == nil || g.Tokens == nil {
 		s.log.Error("account has no upstream SMTP server or token source")
 		s.c.setOutcome("no upstream")
 		return nil, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 5},
@@ -53,7 +54,6 @@ func (s *session) connect() (submit.Submitter, error) {
 	if err != nil {
 		return nil, s.tokenFailure("get access token", err)
 	}
-	open := s.opener()
 	up, err := open(ctx, g.Identity, tok)
 	if se := (*smtp.SMTPError)(nil); errors.As(err, &se) && tokenRefused(se) {
 		s.log.Info("upstream refused the access token; refreshing it once",
@@ -66,8 +66,8 @@ func (s *session) connect() (submit.Submitter, error) {
 		if errors.As(err, &se) && tokenRefused(se) {
 			s.log.Warn("upstream refused the refreshed access token; the account needs a new sign-in",
 				"identity", g.Identity, "reply", smtpclient.ReplyText(se))
-			s.srv.metrics.UpstreamAuthFailed("smtp")
-			front.ObserveUpstream(s.srv.metrics, g.Username, "smtp", fmt.Errorf("upstream refused the refreshed access token: %s", smtpclient.ReplyText(se)))
+			s.srv.metrics.UpstreamAuthFailed(Name)
+			front.ObserveUpstream(s.srv.metrics, g.Username, Name, fmt.Errorf("upstream refused the refreshed access token: %s", smtpclient.ReplyText(se)))
 			s.c.setOutcome("upstream refused token")
 			return nil, &smtp.SMTPError{
 				Code:         454,
@@ -77,7 +77,7 @@ func (s *session) connect() (submit.Submitter, error) {
 			}
 		}
 	}
-	front.ObserveUpstream(s.srv.metrics, g.Username, "smtp", err)
+	front.ObserveUpstream(s.srv.metrics, g.Username, Name, err)
 	if err != nil {
 		return nil, s.connectFailure(ctx, err)
 	}
@@ -85,12 +85,18 @@ func (s *session) connect() (submit.Submitter, error) {
 }
 
 // opener gives the upstream session opener of the session's grant:
-// Server.Opener's, else smtpclient to the grant's SMTP server.
+// Server.Opener's, else smtpclient to the grant's SMTP server; nil when
+// there is neither.
 func (s *session) opener() submit.Opener {
 	if s.srv.Opener != nil {
-		return s.srv.Opener(s.grant)
+		if o := s.srv.Opener(s.grant); o != nil {
+			return o
+		}
 	}
-	addr := s.grant.Upstream.SMTPAddr
+	if s.grant.Upstream.AddrOf(Name) == "" {
+		return nil
+	}
+	addr := s.grant.Upstream.AddrOf(Name)
 	cfg := s.grant.Upstream.TLSFor(addr)
 	// Full-size TLS records from the first message on: small first
 	// records help a browser render early, not a mail submission.

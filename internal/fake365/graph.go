@@ -243,8 +243,9 @@ func (g *Graph) DigestOnly(on bool) {
 	g.digestOnly = on
 }
 
-// SetDeliver sets a function called with each message Graph accepted (the
-// demo drops them into the fake IMAP server's mailboxes); nil: none.
+// SetDeliver sets a function called with each message Graph accepts,
+// before the 202 (the demo drops them into the fake IMAP server's
+// mailboxes); nil: none. It must not call back into g.
 func (g *Graph) SetDeliver(f func(*GraphSent)) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -474,14 +475,16 @@ func (g *Graph) record(s *GraphSent, data []byte) {
 		s.MIME = data
 	}
 	g.sent = append(g.sent, s)
-	g.deliverLocked(s)
 }
 
-// deliverLocked hands s to the deliver hook in its own goroutine, so that
-// the hook may call back into g.
-func (g *Graph) deliverLocked(s *GraphSent) {
-	if f := g.deliver; f != nil {
-		go f(s)
+// deliverNow hands s to the deliver hook before Graph answers 202, so
+// that the message is in the mailboxes when the client hears of it.
+func (g *Graph) deliverNow(s *GraphSent) {
+	g.mu.Lock()
+	f := g.deliver
+	g.mu.Unlock()
+	if f != nil {
+		f(s)
 	}
 }
 
@@ -503,7 +506,9 @@ func (g *Graph) sendMail(c *graphCall) (int, any, *graphErr) {
 	if e := g.checkFrom(c.mailbox, from); e != nil {
 		return 0, nil, e
 	}
-	g.record(&GraphSent{Mailbox: c.mailbox, Via: "sendMail", To: to, Cc: cc, Bcc: bcc, SaveToSentItems: true}, data)
+	sent := &GraphSent{Mailbox: c.mailbox, Via: "sendMail", To: to, Cc: cc, Bcc: bcc, SaveToSentItems: true}
+	g.record(sent, data)
+	g.deliverNow(sent)
 	return http.StatusAccepted, nil, nil
 }
 
@@ -668,8 +673,8 @@ func (g *Graph) sendDraft(c *graphCall) (int, any, *graphErr) {
 		MIMESize: d.size, MIMEDigest: d.digest, MIME: d.mime}
 	g.mu.Lock()
 	g.sent = append(g.sent, s)
-	g.deliverLocked(s)
 	g.mu.Unlock()
+	g.deliverNow(s)
 	return http.StatusAccepted, nil, nil
 }
 
