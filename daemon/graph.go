@@ -14,6 +14,7 @@ import (
 	"mailproxy/config"
 	"mailproxy/graph"
 	"mailproxy/oauth"
+	"mailproxy/spool"
 	"mailproxy/submit"
 )
 
@@ -32,19 +33,23 @@ func (d *Daemon) smtpOpener(g *auth.Grant) submit.Opener {
 	}
 }
 
-// GraphSession opens a Graph session for the account username if it sends
-// through Graph (send_via = "graph"), with tokens its token source; ok is
-// false for an account that sends over SMTP. For the spool's opener.
-func (d *Daemon) GraphSession(ctx context.Context, username string, tokens any) (s submit.Submitter, ok bool, err error) {
-	a := d.Config().Account(username)
-	if a == nil || a.SendVia != config.SendViaGraph {
-		return nil, false, nil
+// spoolAccount is what the spool's workers need for account a: the SMTP
+// client (open) with the account's tokens, or, when it sends through
+// Graph, Graph sessions with its Graph tokens (which the workers then
+// fetch and refresh; the session uses the same source).
+func (d *Daemon) spoolAccount(a *config.Account, identity string, tokens spool.TokenSource, open submit.Opener) *spool.Account {
+	if a.SendVia != config.SendViaGraph {
+		return &spool.Account{Identity: identity, Tokens: tokens, Open: open}
 	}
-	gs, err := d.graphs.session(ctx, a, tokens)
-	if err != nil {
-		return nil, true, err
+	gt, ok := tokens.(graphTokens)
+	if !ok {
+		return &spool.Account{Identity: identity, Tokens: tokens, Open: func(context.Context, string, string) (submit.Submitter, error) {
+			return nil, errNoGraphTokens
+		}}
 	}
-	return gs, true, nil
+	return &spool.Account{Identity: identity, Tokens: gt.Graph(), Open: func(ctx context.Context, _, _ string) (submit.Submitter, error) {
+		return d.graphs.session(ctx, a, tokens)
+	}}
 }
 
 // graphTokens is what a token source of oauth offers for Graph: the

@@ -128,7 +128,7 @@ func (r *deviceRelay) account(ctx context.Context, username string) (*spool.Acco
 		if src == nil {
 			return nil, errors.New("no app-only token source")
 		}
-		return &spool.Account{Identity: a.Mailbox, Tokens: src, Open: open}, nil
+		return r.d.spoolAccount(a, a.Mailbox, src, open), nil
 	}
 	if a.Seal != config.SealService {
 		return nil, fmt.Errorf("seal = %q: the daemon cannot open its tokens without a client", a.Seal)
@@ -147,7 +147,7 @@ func (r *deviceRelay) account(ctx context.Context, username string) (*spool.Acco
 	if identity == "" {
 		identity = a.Mailbox
 	}
-	return &spool.Account{Identity: identity, Tokens: src, Open: open}, nil
+	return r.d.spoolAccount(a, identity, src, open), nil
 }
 
 // Anonymous implements the SMTP front's Intake: a [[device]] without a
