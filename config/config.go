@@ -57,6 +57,7 @@ type Config struct {
 	ShutdownTimeout time.Duration // how long SIGTERM waits for sessions to finish
 	IMAP            IMAP
 	SMTP            SMTP
+	POP3            POP3
 	TLS             TLS
 	Admin           Admin
 	Security        Security
@@ -177,6 +178,7 @@ type Provider struct {
 	DeviceAuthURL string // "" = no device flow
 	IMAPServer    string // host:port, implicit TLS
 	SMTPServer    string // host:port; 465 implicit TLS, else STARTTLS
+	POP3Server    string // host:port, implicit TLS; "" = no POP3
 	CAFile        string
 	RedirectURL   string
 	Scopes        []string // delegated flows

@@ -16,6 +16,7 @@ type rawConfig struct {
 	ShutdownTimeout val           `toml:"shutdown_timeout"`
 	IMAP            rawIMAP       `toml:"imap"`
 	SMTP            rawSMTP       `toml:"smtp"`
+	POP3            rawPOP3       `toml:"pop3"`
 	TLS             rawTLS        `toml:"tls"`
 	Admin           rawAdmin      `toml:"admin"`
 	Security        rawSecurity   `toml:"security"`
@@ -93,6 +94,7 @@ type rawProvider struct {
 	AppScopes        val `toml:"app_scopes"`
 	IMAPServer       val `toml:"imap_server"`
 	SMTPServer       val `toml:"smtp_server"`
+	POP3Server       val `toml:"pop3_server"`
 	CAFile           val `toml:"ca_file"`
 	RedirectURL      val `toml:"redirect_url"`
 	// config/graph.go
@@ -151,7 +153,7 @@ func tomlType(v any) string {
 
 // Sections of the file that are tables and arrays of tables.
 var (
-	tableSections = []string{"imap", "smtp", "tls", "admin", "security", "log", "spool", "tokens"}
+	tableSections = []string{"imap", "smtp", "pop3", "tls", "admin", "security", "log", "spool", "tokens"}
 	arraySections = []string{"provider", "account", "device"}
 )
 
