@@ -282,6 +282,8 @@ func (c *checker) smtp(r *rawSMTP, s *SMTP) {
 	s.MaxRecipients = int(c.integer(r.MaxRecipients, "smtp.max_recipients", 500, 1, 100000))
 	s.ReadTimeout = c.duration(r.ReadTimeout, "smtp.read_timeout", 10*time.Minute)
 	s.WriteTimeout = c.duration(r.WriteTimeout, "smtp.write_timeout", time.Minute)
+	s.PreAuthTimeout = c.duration(r.PreAuthTimeout, "smtp.preauth_timeout", 60*time.Second)
+	s.MaxPreAuthCommands = int(c.integer(r.MaxPreAuthCmds, "smtp.max_preauth_commands", 30, 5, 10000))
 	s.TLSMinVersion = c.tlsMinVersion(r.TLSMinVersion, "smtp.tls_min_version")
 }
 
@@ -341,6 +343,7 @@ func (c *checker) security(r *rawSecurity, s *Security) {
 	if s.LockoutAddrFailures < s.LockoutFailures && !c.bad["security.lockout_address_failures"] {
 		c.errorf("security.lockout_address_failures", "%d is below security.lockout_failures (%d): one username's failures would block the whole address first", s.LockoutAddrFailures, s.LockoutFailures)
 	}
+	s.MaxPreAuthConns = int(c.integer(r.MaxPreAuthConns, "security.max_preauth_connections", 200, 1, 1<<20))
 	s.MaxUpstreamPerMailbox = int(c.integer(r.MaxUpstreamPerMailbox, "security.max_upstream_per_mailbox", 16, 1, 1000))
 }
 
