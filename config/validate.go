@@ -12,7 +12,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -202,29 +201,6 @@ func (c *checker) stateDir(v val) string {
 	return d
 }
 
-// defaultStateDir is $STATE_DIRECTORY (systemd's StateDirectory=), else the
-// user's state directory.
-func defaultStateDir() (string, error) {
-	if s := os.Getenv("STATE_DIRECTORY"); s != "" {
-		first, _, _ := strings.Cut(s, ":") // systemd joins several with ':'
-		return first, nil
-	}
-	if runtime.GOOS == "windows" {
-		if d := os.Getenv("LocalAppData"); d != "" {
-			return filepath.Join(d, "mailproxy"), nil
-		}
-		return "", errors.New("%LocalAppData% is not set")
-	}
-	if d := os.Getenv("XDG_STATE_HOME"); filepath.IsAbs(d) {
-		return filepath.Join(d, "mailproxy"), nil
-	}
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return "", err
-	}
-	return filepath.Join(home, ".local", "state", "mailproxy"), nil
-}
-
 func (c *checker) tls(r *rawTLS, t *TLS) {
 	t.CertFile = c.path(r.CertFile, "tls.cert_file")
 	t.KeyFile = c.path(r.KeyFile, "tls.key_file")
@@ -366,6 +342,7 @@ func (c *checker) log(r *rawLog, l *Log) {
 			c.errorf("log.level", "%s is not a log level: use debug, info, warn or error", q(level))
 		}
 	}
+	l.File = c.path(r.File, "log.file")
 }
 
 // listeners checks what involves several listen addresses.

@@ -268,10 +268,10 @@ func unescapeName(name string) (string, bool) {
 
 func (s *Store) path(name string) string { return filepath.Join(s.dir, name+tokenSuffix) }
 
-// Lock takes the account's lock: an in-process mutex plus, on Linux, the BSDs,
-// macOS and illumos, flock(2) on "<name>.lock" so that two processes (serve
-// and login) do not lose each other's writes. On other systems only the
-// in-process mutex is taken. Save, SaveIf, UpdateMeta and Remove take the
+// Lock takes the account's lock: an in-process mutex plus a file lock on
+// "<name>.lock" (flock(2) on Linux, the BSDs, macOS and illumos, LockFileEx
+// on Windows) so that two processes (serve and login) do not lose each
+// other's writes. On other systems only the in-process mutex is taken. Save, SaveIf, UpdateMeta and Remove take the
 // lock themselves; do not call them while holding it.
 func (s *Store) Lock(username string) (unlock func(), err error) {
 	name, err := fileName(username)
@@ -308,7 +308,7 @@ func (s *Store) lockName(name string) (func(), error) {
 // read reads and parses the file called name. A missing file yields an
 // error wrapping ErrNotSignedIn.
 func (s *Store) read(name, username string) (*fileJSON, error) {
-	f, err := os.Open(s.path(name))
+	f, err := openRead(s.path(name))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("no token file for %q: %w", username, ErrNotSignedIn)
 	}
@@ -608,7 +608,7 @@ func (s *Store) write(name string, fj *fileJSON) (err error) {
 	if err = f.Close(); err != nil {
 		return err
 	}
-	if err = os.Rename(tmp, s.path(name)); err != nil {
+	if err = replaceFile(tmp, s.path(name)); err != nil {
 		return err
 	}
 	return syncDir(s.dir)
