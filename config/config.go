@@ -91,11 +91,13 @@ type SMTP struct {
 	Domain    string // the name in our greeting and EHLO reply
 	// MaxMessageBytes is the SIZE we advertise; 0 means take the upstream's
 	// SIZE, or FallbackMaxMessageBytes when it has none.
-	MaxMessageBytes int64
-	MaxRecipients   int
-	ReadTimeout     time.Duration // covers the whole DATA phase
-	WriteTimeout    time.Duration
-	TLSMinVersion   uint16 // tls.VersionTLS10 ... VersionTLS13
+	MaxMessageBytes    int64
+	MaxRecipients      int
+	ReadTimeout        time.Duration // covers the whole DATA phase
+	WriteTimeout       time.Duration
+	TLSMinVersion      uint16        // tls.VersionTLS10 ... VersionTLS13
+	PreAuthTimeout     time.Duration // from connect to a login, absolute
+	MaxPreAuthCommands int           // commands before a login
 }
 
 // TLS holds the keys of the file's tls table: the certificate of our own
@@ -129,6 +131,7 @@ type Security struct {
 	LockoutWindow         time.Duration
 	LockoutDuration       time.Duration
 	LockoutAddrFailures   int // failures from one address over all usernames before it is blocked
+	MaxPreAuthConns       int // per SMTP listener: connections that have not logged in yet
 	MaxUpstreamPerMailbox int
 }
 
@@ -160,6 +163,9 @@ func containsAddr(prefixes []netip.Prefix, ip netip.Addr) bool {
 type Log struct {
 	Format string // LogText or LogJSON
 	Level  slog.Level
+	// File is where the log goes instead of stderr, rotated by size;
+	// "" means stderr. Absolute when loaded with Load.
+	File string
 }
 
 // Provider is one [[provider]]: an app registration at an identity provider

@@ -133,13 +133,14 @@ func TestDefaults(t *testing.T) {
 		IMAP: IMAP{Listen: "127.0.0.1:1143", PreAuthTimeout: time.Minute, IdleTimeout: 30 * time.Minute,
 			MaxLine: 65536, MaxLiteral: 65536, TLSMinVersion: tls.VersionTLS12},
 		SMTP: SMTP{Listen: "127.0.0.1:1587", Domain: defaultDomain(), MaxRecipients: 500,
-			ReadTimeout: 10 * time.Minute, WriteTimeout: time.Minute, TLSMinVersion: tls.VersionTLS12},
+			ReadTimeout: 10 * time.Minute, WriteTimeout: time.Minute, TLSMinVersion: tls.VersionTLS12,
+			PreAuthTimeout: time.Minute, MaxPreAuthCommands: 30},
 		POP3:  POP3{PreAuthTimeout: time.Minute, IdleTimeout: 10 * time.Minute, MaxLine: 8192, TLSMinVersion: tls.VersionTLS12},
 		Admin: Admin{Listen: "127.0.0.1:8025"},
 		Security: Security{
 			AllowFrom:      []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
 			MaxConnections: 1000, MaxConnectionsPerIP: 50, UpstreamTimeout: 30 * time.Second,
-			LockoutFailures: 5, LockoutWindow: 15 * time.Minute, LockoutDuration: 15 * time.Minute, LockoutAddrFailures: 20,
+			LockoutFailures: 5, LockoutWindow: 15 * time.Minute, LockoutDuration: 15 * time.Minute, LockoutAddrFailures: 20, MaxPreAuthConns: 200,
 			MaxUpstreamPerMailbox: 16,
 		},
 		Log: Log{Format: LogText, Level: slog.LevelInfo},
@@ -720,7 +721,7 @@ func render(cfg *Config) []byte {
 			"lockout_address_failures": cfg.Security.LockoutAddrFailures,
 			"max_upstream_per_mailbox": cfg.Security.MaxUpstreamPerMailbox,
 		},
-		"log": map[string]any{"format": cfg.Log.Format, "level": levels[cfg.Log.Level]},
+		"log": map[string]any{"format": cfg.Log.Format, "level": levels[cfg.Log.Level], "file": cfg.Log.File},
 	}
 	var providers, accounts []map[string]any
 	for _, p := range cfg.Providers {

@@ -46,6 +46,8 @@ type rawSMTP struct {
 	MaxRecipients   val `toml:"max_recipients"`
 	ReadTimeout     val `toml:"read_timeout"`
 	WriteTimeout    val `toml:"write_timeout"`
+	PreAuthTimeout  val `toml:"preauth_timeout"`
+	MaxPreAuthCmds  val `toml:"max_preauth_commands"`
 	TLSMinVersion   val `toml:"tls_min_version"`
 }
 
@@ -71,12 +73,14 @@ type rawSecurity struct {
 	LockoutWindow         val `toml:"lockout_window"`
 	LockoutDuration       val `toml:"lockout_duration"`
 	LockoutAddrFailures   val `toml:"lockout_address_failures"`
+	MaxPreAuthConns       val `toml:"max_preauth_connections"`
 	MaxUpstreamPerMailbox val `toml:"max_upstream_per_mailbox"`
 }
 
 type rawLog struct {
 	Format val `toml:"format"`
 	Level  val `toml:"level"`
+	File   val `toml:"file"`
 }
 
 type rawProvider struct {

@@ -134,6 +134,7 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 			Metrics:      d.metrics,
 			Listeners:    d.adminListeners,
 			Spool:        d.relay.view(),
+			SendTest:     d.SendTest,
 			KeepAliveGaps: func() []string {
 				if d.relay == nil {
 					return nil
@@ -251,6 +252,10 @@ func (d *Daemon) applyAccounts(cfg *config.Config) {
 			apps[key] = src
 			spec.Identity = a.Mailbox
 			spec.Tokens = src
+		} else if a.Seal == config.SealService && a.PasswordHash != "" {
+			// Mail clients of a service-sealed account log in against
+			// its password_hash; the tokens open with the service key.
+			spec.Tokens = serviceTokens{d: d, username: a.Username}
 		}
 		specs = append(specs, spec)
 	}

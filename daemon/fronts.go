@@ -91,7 +91,11 @@ func newSMTP(d *Daemon, cfg *config.Config, tlsConf *tls.Config) front.Front {
 		ReadTimeout:      cfg.SMTP.ReadTimeout,
 		WriteTimeout:     cfg.SMTP.WriteTimeout,
 		UpstreamTimeout:  cfg.Security.UpstreamTimeout,
-		Opener:           d.smtpOpener,
+
+		PreAuthTimeout:     cfg.SMTP.PreAuthTimeout,
+		MaxPreAuthCommands: cfg.SMTP.MaxPreAuthCommands,
+		MaxPreAuthConns:    cfg.Security.MaxPreAuthConns,
+		Opener:             d.smtpOpener,
 	}
 	return d.smtp
 }
