@@ -615,7 +615,7 @@ func (c *session) login(tag, user, pass string) bool {
 		c.trace.Debug("relaying; trace ends")
 	}
 	m.Session(grant.Username, 1)
-	c.up, c.down, err = relay.RelayWith(c.conn, r, up, upr, relay.RelayOptions{Idle: c.s.idleTimeout(), Goodbye: &c.goodbye})
+	c.up, c.down, err = relay.Relay(c.conn, r, up, upr, relay.RelayOptions{Idle: c.s.idleTimeout(), Goodbye: &c.goodbye})
 	m.Session(grant.Username, -1)
 	m.Relayed(Name, c.up, c.down)
 	c.outcome = outcomeRelayed
