@@ -205,7 +205,7 @@ func readAllUntilEOF(c net.Conn) (string, error) {
 func TestSilentConnections(t *testing.T) {
 	base := runtime.NumGoroutine()
 	const n = 1000
-	e := newEnv(t, withServer(func(s *Server) { s.PreAuthTimeout = time.Second }))
+	e := newEnv(t, withServer(func(s *Server) { s.PreAuthTimeout = time.Second; s.MaxPreAuthConns = n }))
 	conns := dialMany(t, e.addr, n)
 	for i, c := range conns {
 		got, err := readAllUntilEOF(c)
