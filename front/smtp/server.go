@@ -116,7 +116,8 @@ type Server struct {
 	baseCtx context.Context
 	cancel  context.CancelFunc
 
-	hardClose atomic.Bool // Close was called: cut upstreams instead of QUIT
+	hardClose atomic.Bool            // Close was called: cut upstreams instead of QUIT
+	afterData atomic.Pointer[func()] // tests: called when Data returned, before go-smtp replies
 }
 
 func (s *Server) logger() *slog.Logger {
@@ -451,6 +452,9 @@ type conn struct {
 
 	messages atomic.Int64
 	bytes    atomic.Int64
+	// reading is set while go-smtp waits in Read for the client: only then
+	// has the reply to the last command been written (see closeIfIdle).
+	reading atomic.Bool
 
 	mu       sync.Mutex // protects the fields below
 	sess     *session   // the current go-smtp session, nil before EHLO and right after STARTTLS
@@ -537,6 +541,14 @@ func (c *conn) setOutcome(o string) {
 	c.mu.Unlock()
 }
 
+// Read marks the time go-smtp waits for the client.
+func (c *conn) Read(p []byte) (int, error) {
+	c.reading.Store(true)
+	n, err := c.Conn.Read(p)
+	c.reading.Store(false)
+	return n, err
+}
+
 func (c *conn) Close() error {
 	c.closeOnce.Do(func() {
 		c.closeErr = c.Conn.Close()
@@ -569,6 +581,13 @@ func (c *conn) Close() error {
 // method runs or a mail transaction is open. A client in a session is told
 // 421 first; before EHLO (maybe after STARTTLS) the connection just closes.
 func (c *conn) closeIfIdle() {
+	// Between a session method's return and go-smtp's reply (250 after
+	// DATA: the message is upstream) the session holds no lock and no
+	// transaction, but is not idle: a 421 then would make the client send
+	// the delivered message again. Idle is go-smtp waiting for a command.
+	if !c.reading.Load() {
+		return
+	}
 	c.mu.Lock()
 	sess := c.sess
 	c.mu.Unlock()
