@@ -29,6 +29,7 @@ type indexData struct {
 	Alerts    []Alert
 	Rows      []row
 	CanSignIn bool
+	Protocols []ProtoStats // connections and logins per protocol
 }
 
 // row is one account in the table.
@@ -156,6 +157,7 @@ func (s *Server) handleIndex(w http.ResponseWriter, r *http.Request) {
 	}
 	d.Alerts = append(Alerts(statuses, now), s.spoolAlerts()...)
 	d.Alerts = append(d.Alerts, s.lockoutAlerts()...)
+	d.Protocols = s.metrics.Protocols()
 	pg := page{Title: "Accounts", CSRF: s.csrf(sess), Data: d}
 	for o := range targets {
 		pg.formTargets = append(pg.formTargets, o)
@@ -321,6 +323,13 @@ var pageHTML = map[string]string{
 {{if .SignOut}}<a class="button secondary" href="/signout?account={{.Username}}">Sign out</a>{{end}}
 </td>
 </tr>
+{{end}}</tbody>
+</table>{{end}}
+{{if .Protocols}}<h2>Protocols</h2>
+<table id="protocols">
+<thead><tr><th>Protocol</th><th>Connections open</th><th>Connections since start</th><th>Logins</th><th>Refused logins</th><th>Tokens refused upstream</th></tr></thead>
+<tbody>
+{{range .Protocols}}<tr id="proto-{{.Name}}"><td data-label="Protocol"><div>{{.Name}}</div></td><td data-label="Connections open"><div>{{.Open}}</div></td><td data-label="Connections since start"><div>{{.Total}}</div></td><td data-label="Logins"><div>{{.LoginsOK}}</div></td><td data-label="Refused logins"><div>{{.LoginsFailed}}</div></td><td data-label="Tokens refused upstream"><div>{{.UpstreamAuthFailed}}</div></td></tr>
 {{end}}</tbody>
 </table>{{end}}
 {{end}}{{end}}`,

@@ -248,9 +248,18 @@ func (a *Accounts) dummyCheck(ctx context.Context, password string) error {
 // acquireKDF waits for a free Argon2id slot: each run takes 64 MiB, so a
 // burst of logins must queue rather than exhaust memory.
 func (a *Accounts) acquireKDF(ctx context.Context) error {
+	if err := a.acquireSlot(ctx); err != nil {
+		return err
+	}
+	a.kdfRuns.Add(1)
+	return nil
+}
+
+// acquireSlot takes a KDF slot without counting a run of ours (a vault
+// open, which may run its own).
+func (a *Accounts) acquireSlot(ctx context.Context) error {
 	select {
 	case a.kdfSlots <- struct{}{}:
-		a.kdfRuns.Add(1)
 		return nil
 	case <-ctx.Done():
 		return &AuthError{Kind: AuthUnavailable, Msg: "server busy; " + msgTryLater,
@@ -264,7 +273,14 @@ func (a *Accounts) openVault(ctx context.Context, spec AccountSpec, password str
 	if a.vault == nil {
 		return nil, notSignedIn(spec.Username, errors.New("account has no password hash and there is no token vault"))
 	}
+	// Opening a vault entry may run Argon2id (64 MiB) as a hash check
+	// does: it takes the same slots, so that guesses against vault
+	// accounts cannot run more KDFs at once than against hash accounts.
+	if err := a.acquireSlot(ctx); err != nil {
+		return nil, err
+	}
 	tokens, identity, err := a.vault.Open(ctx, spec.Username, password)
+	a.releaseKDF()
 	switch {
 	case err == nil && tokens == nil:
 		return nil, notSignedIn(spec.Username, errors.New("vault returned no token source"))

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -364,5 +365,48 @@ func TestAccountsConcurrentGuesses(t *testing.T) {
 	wg.Wait()
 	if n := a.kdfRuns.Load() - before; n > 5 {
 		t.Errorf("password checks for 40 concurrent guesses = %d, want at most 5", n)
+	}
+}
+
+// blockingVault holds every Open until release is closed.
+type blockingVault struct {
+	inside, peak atomic.Int32
+	release      chan struct{}
+}
+
+func (v *blockingVault) Open(ctx context.Context, username, password string) (TokenSource, string, error) {
+	n := v.inside.Add(1)
+	for {
+		p := v.peak.Load()
+		if n <= p || v.peak.CompareAndSwap(p, n) {
+			break
+		}
+	}
+	<-v.release
+	v.inside.Add(-1)
+	return nil, "", ErrBadCredentials
+}
+
+// Vault logins take the same KDF slots as hash logins.
+func TestVaultLoginsTakeKDFSlots(t *testing.T) {
+	v := &blockingVault{release: make(chan struct{})}
+	a := newTestAccounts([]AccountSpec{{Username: "v@x"}}, v)
+	slots := cap(a.kdfSlots)
+	var wg sync.WaitGroup
+	for range slots + 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.Authenticate(context.Background(), "v@x", "guess", addr1)
+		}()
+	}
+	// Wait until the slots are full: every slot holder is inside Open.
+	for v.inside.Load() < int32(slots) {
+		runtime.Gosched()
+	}
+	close(v.release)
+	wg.Wait()
+	if p := v.peak.Load(); p > int32(slots) {
+		t.Errorf("vault opens at once = %d, want at most the %d KDF slots", p, slots)
 	}
 }

@@ -44,6 +44,10 @@ func runRole(args []string) int {
 		err = runUpstream(args[1:], os.Stdin, os.Stdout)
 	case "proxy":
 		err = runProxy(args[1:], os.Stdin, os.Stdout)
+	case "pop3-upstream":
+		err = runPOP3Upstream(args[1:], os.Stdin, os.Stdout)
+	case "pop3-proxy":
+		err = runPOP3Proxy(os.Stdin, os.Stdout)
 	default:
 		err = fmt.Errorf("unknown role %q", args[0])
 	}

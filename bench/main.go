@@ -116,7 +116,7 @@ func quickOptions() options {
 }
 
 // workloads, in the order they run.
-var workloadNames = []string{"login", "latency", "fetch", "smtp", "stall", "idle"}
+var workloadNames = []string{"login", "latency", "fetch", "smtp", "stall", "idle", "pop3"}
 
 func (o *options) runs(name string) bool { return len(o.only) == 0 || o.only[name] }
 
@@ -259,6 +259,7 @@ func run(ctx context.Context, o options) (*report, error) {
 		{"smtp", e.benchSMTP},
 		{"stall", e.benchStall},
 		{"idle", e.benchIdle},
+		{"pop3", e.benchPOP3},
 	}
 	for _, s := range steps {
 		if !o.runs(s.name) {

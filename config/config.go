@@ -57,6 +57,7 @@ type Config struct {
 	ShutdownTimeout time.Duration // how long SIGTERM waits for sessions to finish
 	IMAP            IMAP
 	SMTP            SMTP
+	POP3            POP3
 	TLS             TLS
 	Admin           Admin
 	Security        Security
@@ -90,11 +91,13 @@ type SMTP struct {
 	Domain    string // the name in our greeting and EHLO reply
 	// MaxMessageBytes is the SIZE we advertise; 0 means take the upstream's
 	// SIZE, or FallbackMaxMessageBytes when it has none.
-	MaxMessageBytes int64
-	MaxRecipients   int
-	ReadTimeout     time.Duration // covers the whole DATA phase
-	WriteTimeout    time.Duration
-	TLSMinVersion   uint16 // tls.VersionTLS10 ... VersionTLS13
+	MaxMessageBytes    int64
+	MaxRecipients      int
+	ReadTimeout        time.Duration // covers the whole DATA phase
+	WriteTimeout       time.Duration
+	TLSMinVersion      uint16        // tls.VersionTLS10 ... VersionTLS13
+	PreAuthTimeout     time.Duration // from connect to a login, absolute
+	MaxPreAuthCommands int           // commands before a login
 }
 
 // TLS holds the keys of the file's tls table: the certificate of our own
@@ -128,6 +131,7 @@ type Security struct {
 	LockoutWindow         time.Duration
 	LockoutDuration       time.Duration
 	LockoutAddrFailures   int // failures from one address over all usernames before it is blocked
+	MaxPreAuthConns       int // per SMTP listener: connections that have not logged in yet
 	MaxUpstreamPerMailbox int
 }
 
@@ -174,6 +178,7 @@ type Provider struct {
 	DeviceAuthURL string // "" = no device flow
 	IMAPServer    string // host:port, implicit TLS
 	SMTPServer    string // host:port; 465 implicit TLS, else STARTTLS
+	POP3Server    string // host:port, implicit TLS; "" = no POP3
 	CAFile        string
 	RedirectURL   string
 	Scopes        []string // delegated flows

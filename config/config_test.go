@@ -133,12 +133,14 @@ func TestDefaults(t *testing.T) {
 		IMAP: IMAP{Listen: "127.0.0.1:1143", PreAuthTimeout: time.Minute, IdleTimeout: 30 * time.Minute,
 			MaxLine: 65536, MaxLiteral: 65536, TLSMinVersion: tls.VersionTLS12},
 		SMTP: SMTP{Listen: "127.0.0.1:1587", Domain: defaultDomain(), MaxRecipients: 500,
-			ReadTimeout: 10 * time.Minute, WriteTimeout: time.Minute, TLSMinVersion: tls.VersionTLS12},
+			ReadTimeout: 10 * time.Minute, WriteTimeout: time.Minute, TLSMinVersion: tls.VersionTLS12,
+			PreAuthTimeout: time.Minute, MaxPreAuthCommands: 30},
+		POP3:  POP3{PreAuthTimeout: time.Minute, IdleTimeout: 10 * time.Minute, MaxLine: 8192, TLSMinVersion: tls.VersionTLS12},
 		Admin: Admin{Listen: "127.0.0.1:8025"},
 		Security: Security{
 			AllowFrom:      []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
 			MaxConnections: 1000, MaxConnectionsPerIP: 50, UpstreamTimeout: 30 * time.Second,
-			LockoutFailures: 5, LockoutWindow: 15 * time.Minute, LockoutDuration: 15 * time.Minute, LockoutAddrFailures: 20,
+			LockoutFailures: 5, LockoutWindow: 15 * time.Minute, LockoutDuration: 15 * time.Minute, LockoutAddrFailures: 20, MaxPreAuthConns: 200,
 			MaxUpstreamPerMailbox: 16,
 		},
 		Log: Log{Format: LogText, Level: slog.LevelInfo},
@@ -330,27 +332,28 @@ func TestPresets(t *testing.T) {
 	tests := []struct {
 		typ, tenant                  string
 		authURL, tokenURL, deviceURL string
-		scope0, imap, smtp           string
+		scope0, imap, smtp, pop3     string
 		appScopes                    int
 	}{
 		{"office365", "organizations", ms + "organizations/oauth2/v2.0/authorize", ms + "organizations/oauth2/v2.0/token", ms + "organizations/oauth2/v2.0/devicecode",
-			"https://outlook.office.com/IMAP.AccessAsUser.All", "outlook.office365.com:993", "smtp.office365.com:587", 1},
+			"https://outlook.office.com/IMAP.AccessAsUser.All", "outlook.office365.com:993", "smtp.office365.com:587", "outlook.office365.com:995", 1},
 		{"outlook", "consumers", ms + "consumers/oauth2/v2.0/authorize", ms + "consumers/oauth2/v2.0/token", ms + "consumers/oauth2/v2.0/devicecode",
-			"https://outlook.office.com/IMAP.AccessAsUser.All", "outlook.office365.com:993", "smtp-mail.outlook.com:587", 1},
+			"https://outlook.office.com/IMAP.AccessAsUser.All", "outlook.office365.com:993", "smtp-mail.outlook.com:587", "outlook.office365.com:995", 1},
 		{"gmail", "", "https://accounts.google.com/o/oauth2/v2/auth", "https://oauth2.googleapis.com/token", "https://oauth2.googleapis.com/device/code",
-			"https://mail.google.com/", "imap.gmail.com:993", "smtp.gmail.com:587", 0},
+			"https://mail.google.com/", "imap.gmail.com:993", "smtp.gmail.com:587", "pop.gmail.com:995", 0},
 	}
 	for _, tt := range tests {
 		cfg := mustParse(t, fmt.Sprintf("[[provider]]\nname = \"p\"\ntype = %q\nclient_id = \"id\"\n", tt.typ), "")
 		p := cfg.Providers[0]
-		got := []string{p.Tenant, p.AuthURL, p.TokenURL, p.DeviceAuthURL, p.Scopes[0], p.IMAPServer, p.SMTPServer, p.RedirectURL}
-		want := []string{tt.tenant, tt.authURL, tt.tokenURL, tt.deviceURL, tt.scope0, tt.imap, tt.smtp, "http://localhost:8025/oauth2/callback"}
+		got := []string{p.Tenant, p.AuthURL, p.TokenURL, p.DeviceAuthURL, p.Scopes[0], p.IMAPServer, p.SMTPServer, p.POP3Server, p.RedirectURL}
+		want := []string{tt.tenant, tt.authURL, tt.tokenURL, tt.deviceURL, tt.scope0, tt.imap, tt.smtp, tt.pop3, "http://localhost:8025/oauth2/callback"}
 		if !slices.Equal(got, want) || len(p.AppScopes) != tt.appScopes || p.RootCAs != nil {
 			t.Errorf("preset %s = %q, %d app scopes, RootCAs %v; want %q, %d, nil", tt.typ, got, len(p.AppScopes), p.RootCAs, want, tt.appScopes)
 		}
 	}
 	p := mustParse(t, provider, "").Providers[0]
-	wantScopes := []string{"https://outlook.office.com/IMAP.AccessAsUser.All", "https://outlook.office.com/SMTP.Send", "offline_access", "openid"}
+	wantScopes := []string{"https://outlook.office.com/IMAP.AccessAsUser.All", "https://outlook.office.com/SMTP.Send",
+		"https://outlook.office.com/POP.AccessAsUser.All", "offline_access", "openid"}
 	if !slices.Equal(p.Scopes, wantScopes) || !slices.Equal(p.AppScopes, []string{"https://outlook.office365.com/.default"}) {
 		t.Errorf("office365 scopes = %q, app scopes %q; want %q, [https://outlook.office365.com/.default]", p.Scopes, p.AppScopes, wantScopes)
 	}
@@ -373,13 +376,14 @@ scopes = ["a", "b"]
 app_scopes = ["c"]
 imap_server = "127.0.0.1:10993"
 smtp_server = "[::1]:10465"
+pop3_server = "127.0.0.1:10995"
 redirect_url = "https://proxy.example.org/cb"
 [admin]
 listen = "127.0.0.1:9000"
 `, "")
 	p := cfg.Providers[0]
-	got := []string{p.AuthURL, p.TokenURL, p.DeviceAuthURL, p.IMAPServer, p.SMTPServer, p.RedirectURL}
-	want := []string{"http://127.0.0.1:9999/t/authorize", "http://localhost:9999/t/token", "", "127.0.0.1:10993", "[::1]:10465", "https://proxy.example.org/cb"}
+	got := []string{p.AuthURL, p.TokenURL, p.DeviceAuthURL, p.IMAPServer, p.SMTPServer, p.POP3Server, p.RedirectURL}
+	want := []string{"http://127.0.0.1:9999/t/authorize", "http://localhost:9999/t/token", "", "127.0.0.1:10993", "[::1]:10465", "127.0.0.1:10995", "https://proxy.example.org/cb"}
 	if !slices.Equal(got, want) || !slices.Equal(p.Scopes, []string{"a", "b"}) || !slices.Equal(p.AppScopes, []string{"c"}) {
 		t.Errorf("overridden provider = %q %q %q, want %q [a b] [c]", got, p.Scopes, p.AppScopes, want)
 	}

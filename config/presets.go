@@ -8,6 +8,7 @@ type preset struct {
 	authURL, tokenURL, devURL  string
 	scopes, appScopes          []string
 	imapServer, smtpServer     string
+	pop3Server                 string
 	deviceFlow, appOnlyAllowed bool // may accounts use FlowDevice, FlowClientCredentials
 }
 
@@ -17,10 +18,12 @@ var (
 	msScopes = []string{
 		"https://outlook.office.com/IMAP.AccessAsUser.All",
 		"https://outlook.office.com/SMTP.Send",
+		"https://outlook.office.com/POP.AccessAsUser.All",
 		"offline_access", // without it there is no refresh token
 		"openid",         // id_token: who signed in (the delegate of a shared mailbox)
 	}
-	// App-only: IMAP.AccessAsApp and SMTP.SendAsApp granted to the app.
+	// App-only: IMAP.AccessAsApp, POP.AccessAsApp and SMTP.SendAsApp
+	// granted to the app.
 	msAppScopes = []string{"https://outlook.office365.com/.default"}
 )
 
@@ -34,6 +37,7 @@ var presets = map[string]preset{
 		appScopes:      msAppScopes,
 		imapServer:     "outlook.office365.com:993",
 		smtpServer:     "smtp.office365.com:587",
+		pop3Server:     "outlook.office365.com:995",
 		deviceFlow:     true,
 		appOnlyAllowed: true,
 	},
@@ -46,6 +50,7 @@ var presets = map[string]preset{
 		appScopes:      msAppScopes,
 		imapServer:     "outlook.office365.com:993",
 		smtpServer:     "smtp-mail.outlook.com:587",
+		pop3Server:     "outlook.office365.com:995",
 		deviceFlow:     true,
 		appOnlyAllowed: true,
 	},
@@ -56,6 +61,7 @@ var presets = map[string]preset{
 		scopes:     []string{"https://mail.google.com/", "openid", "email"},
 		imapServer: "imap.gmail.com:993",
 		smtpServer: "smtp.gmail.com:587",
+		pop3Server: "pop.gmail.com:995",
 		// Google's device flow does not grant https://mail.google.com/, and
 		// Gmail has no app-only access to mailboxes.
 		deviceFlow:     false,

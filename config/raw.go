@@ -16,6 +16,7 @@ type rawConfig struct {
 	ShutdownTimeout val           `toml:"shutdown_timeout"`
 	IMAP            rawIMAP       `toml:"imap"`
 	SMTP            rawSMTP       `toml:"smtp"`
+	POP3            rawPOP3       `toml:"pop3"`
 	TLS             rawTLS        `toml:"tls"`
 	Admin           rawAdmin      `toml:"admin"`
 	Security        rawSecurity   `toml:"security"`
@@ -45,6 +46,8 @@ type rawSMTP struct {
 	MaxRecipients   val `toml:"max_recipients"`
 	ReadTimeout     val `toml:"read_timeout"`
 	WriteTimeout    val `toml:"write_timeout"`
+	PreAuthTimeout  val `toml:"preauth_timeout"`
+	MaxPreAuthCmds  val `toml:"max_preauth_commands"`
 	TLSMinVersion   val `toml:"tls_min_version"`
 }
 
@@ -70,6 +73,7 @@ type rawSecurity struct {
 	LockoutWindow         val `toml:"lockout_window"`
 	LockoutDuration       val `toml:"lockout_duration"`
 	LockoutAddrFailures   val `toml:"lockout_address_failures"`
+	MaxPreAuthConns       val `toml:"max_preauth_connections"`
 	MaxUpstreamPerMailbox val `toml:"max_upstream_per_mailbox"`
 }
 
@@ -92,6 +96,7 @@ type rawProvider struct {
 	AppScopes        val `toml:"app_scopes"`
 	IMAPServer       val `toml:"imap_server"`
 	SMTPServer       val `toml:"smtp_server"`
+	POP3Server       val `toml:"pop3_server"`
 	CAFile           val `toml:"ca_file"`
 	RedirectURL      val `toml:"redirect_url"`
 	// config/graph.go
@@ -150,7 +155,7 @@ func tomlType(v any) string {
 
 // Sections of the file that are tables and arrays of tables.
 var (
-	tableSections = []string{"imap", "smtp", "tls", "admin", "security", "log", "spool", "tokens"}
+	tableSections = []string{"imap", "smtp", "pop3", "tls", "admin", "security", "log", "spool", "tokens"}
 	arraySections = []string{"provider", "account", "device"}
 )
 

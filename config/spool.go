@@ -99,7 +99,7 @@ func (c *checker) legacyTLS(cfg *Config) {
 	for _, l := range []struct {
 		key string
 		v   uint16
-	}{{"imap.tls_min_version", cfg.IMAP.TLSMinVersion}, {"smtp.tls_min_version", cfg.SMTP.TLSMinVersion}} {
+	}{{"imap.tls_min_version", cfg.IMAP.TLSMinVersion}, {"smtp.tls_min_version", cfg.SMTP.TLSMinVersion}, {"pop3.tls_min_version", cfg.POP3.TLSMinVersion}} {
 		if l.v < tls.VersionTLS12 && !lan && !c.bad[l.key] {
 			c.errorf(l.key, "TLS below 1.2 is only for old devices on a listed network: list them in security.allow_plaintext_from or a [[device]] from")
 		}

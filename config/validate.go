@@ -171,6 +171,7 @@ func (c *checker) config(r *rawConfig) *Config {
 	c.tls(&r.TLS, &cfg.TLS)
 	c.imap(&r.IMAP, &cfg.IMAP)
 	c.smtp(&r.SMTP, &cfg.SMTP)
+	c.pop3(&r.POP3, &cfg.POP3)
 	c.admin(&r.Admin, &cfg.Admin)
 	c.security(&r.Security, &cfg.Security)
 	c.log(&r.Log, &cfg.Log)
@@ -281,6 +282,8 @@ func (c *checker) smtp(r *rawSMTP, s *SMTP) {
 	s.MaxRecipients = int(c.integer(r.MaxRecipients, "smtp.max_recipients", 500, 1, 100000))
 	s.ReadTimeout = c.duration(r.ReadTimeout, "smtp.read_timeout", 10*time.Minute)
 	s.WriteTimeout = c.duration(r.WriteTimeout, "smtp.write_timeout", time.Minute)
+	s.PreAuthTimeout = c.duration(r.PreAuthTimeout, "smtp.preauth_timeout", 60*time.Second)
+	s.MaxPreAuthCommands = int(c.integer(r.MaxPreAuthCmds, "smtp.max_preauth_commands", 30, 5, 10000))
 	s.TLSMinVersion = c.tlsMinVersion(r.TLSMinVersion, "smtp.tls_min_version")
 }
 
@@ -340,6 +343,7 @@ func (c *checker) security(r *rawSecurity, s *Security) {
 	if s.LockoutAddrFailures < s.LockoutFailures && !c.bad["security.lockout_address_failures"] {
 		c.errorf("security.lockout_address_failures", "%d is below security.lockout_failures (%d): one username's failures would block the whole address first", s.LockoutAddrFailures, s.LockoutFailures)
 	}
+	s.MaxPreAuthConns = int(c.integer(r.MaxPreAuthConns, "security.max_preauth_connections", 200, 1, 1<<20))
 	s.MaxUpstreamPerMailbox = int(c.integer(r.MaxUpstreamPerMailbox, "security.max_upstream_per_mailbox", 16, 1, 1000))
 }
 
@@ -368,17 +372,19 @@ func (c *checker) log(r *rawLog, l *Log) {
 // listeners checks what involves several listen addresses.
 func (c *checker) listeners(cfg *Config) {
 	type listener struct{ key, addr string }
-	all := []listener{
+	mail := []listener{
 		{"imap.listen", cfg.IMAP.Listen},
 		{"imap.listen_tls", cfg.IMAP.ListenTLS},
 		{"smtp.listen", cfg.SMTP.Listen},
 		{"smtp.listen_tls", cfg.SMTP.ListenTLS},
-		{"admin.listen", cfg.Admin.Listen},
+		{"pop3.listen", cfg.POP3.Listen},
+		{"pop3.listen_tls", cfg.POP3.ListenTLS},
 	}
-	if all[0].addr == "" && all[1].addr == "" && all[2].addr == "" && all[3].addr == "" {
-		c.errorf("imap.listen", "every mail listener is off (imap.listen, imap.listen_tls, smtp.listen, smtp.listen_tls): set at least one")
+	all := append(mail, listener{"admin.listen", cfg.Admin.Listen})
+	if !slices.ContainsFunc(mail, func(l listener) bool { return l.addr != "" }) {
+		c.errorf("imap.listen", "every mail listener is off (imap.listen, imap.listen_tls, smtp.listen, smtp.listen_tls, pop3.listen, pop3.listen_tls): set at least one")
 	}
-	for _, l := range all[:4] {
+	for _, l := range mail {
 		if l.addr == "" || c.bad[l.key] {
 			continue
 		}
@@ -552,6 +558,7 @@ func (c *checker) provider(base string, r *rawProvider, redirectPort string) *Pr
 	p.AppScopes = c.scopes(r.AppScopes, k("app_scopes"), pre.appScopes, false, false)
 	p.IMAPServer = c.server(r.IMAPServer, k("imap_server"), pre.imapServer, custom)
 	p.SMTPServer = c.server(r.SMTPServer, k("smtp_server"), pre.smtpServer, custom)
+	p.POP3Server = c.pop3Server(r.POP3Server, k("pop3_server"), pre.pop3Server)
 
 	p.CAFile = c.path(r.CAFile, k("ca_file"))
 	if p.CAFile != "" && !c.bad[k("ca_file")] {

@@ -251,6 +251,10 @@ func (d *Daemon) applyAccounts(cfg *config.Config) {
 			apps[key] = src
 			spec.Identity = a.Mailbox
 			spec.Tokens = src
+		} else if a.Seal == config.SealService && a.PasswordHash != "" {
+			// Mail clients of a service-sealed account log in against
+			// its password_hash; the tokens open with the service key.
+			spec.Tokens = serviceTokens{d: d, username: a.Username}
 		}
 		specs = append(specs, spec)
 	}

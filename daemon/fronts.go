@@ -6,6 +6,7 @@ import (
 	"mailproxy/config"
 	"mailproxy/front"
 	imapfront "mailproxy/front/imap"
+	pop3front "mailproxy/front/pop3"
 	smtpfront "mailproxy/front/smtp"
 )
 
@@ -42,6 +43,9 @@ var frontDefs = []frontDef{
 	{smtpfront.Name, func(c *config.Config) (string, string) { return c.SMTP.Listen, c.SMTP.ListenTLS },
 		func(p *config.Provider) string { return p.SMTPServer },
 		func(c *config.Config) uint16 { return c.SMTP.TLSMinVersion }, smtpfront.TooManyConnections, newSMTP},
+	{pop3front.Name, func(c *config.Config) (string, string) { return c.POP3.Listen, c.POP3.ListenTLS },
+		func(p *config.Provider) string { return p.POP3Server },
+		func(c *config.Config) uint16 { return c.POP3.TLSMinVersion }, pop3front.TooManyConnections, newPOP3},
 }
 
 // frontNames are the registered fronts' names.
@@ -87,7 +91,26 @@ func newSMTP(d *Daemon, cfg *config.Config, tlsConf *tls.Config) front.Front {
 		ReadTimeout:      cfg.SMTP.ReadTimeout,
 		WriteTimeout:     cfg.SMTP.WriteTimeout,
 		UpstreamTimeout:  cfg.Security.UpstreamTimeout,
-		Opener:           d.smtpOpener,
+
+		PreAuthTimeout:     cfg.SMTP.PreAuthTimeout,
+		MaxPreAuthCommands: cfg.SMTP.MaxPreAuthCommands,
+		MaxPreAuthConns:    cfg.Security.MaxPreAuthConns,
+		Opener:             d.smtpOpener,
 	}
 	return d.smtp
+}
+
+func newPOP3(d *Daemon, cfg *config.Config, tlsConf *tls.Config) front.Front {
+	return &pop3front.Server{
+		Auth:                  d.accounts,
+		TLSConfig:             tlsConf,
+		Logger:                d.logger,
+		Metrics:               d.metrics,
+		PlaintextAllowed:      d.plaintextAllowed,
+		PreAuthTimeout:        cfg.POP3.PreAuthTimeout,
+		IdleTimeout:           cfg.POP3.IdleTimeout,
+		MaxLine:               cfg.POP3.MaxLine,
+		MaxUpstreamPerMailbox: cfg.Security.MaxUpstreamPerMailbox,
+		UpstreamTimeout:       cfg.Security.UpstreamTimeout,
+	}
 }

@@ -262,3 +262,37 @@ var errSpoolOnly = errors.New("a device's mail goes through the spool, with its 
 
 func (spoolOnly) Token(context.Context) (string, error)           { return "", errSpoolOnly }
 func (spoolOnly) Refresh(context.Context, string) (string, error) { return "", errSpoolOnly }
+
+// serviceTokens is the token source of a seal = "service" account for
+// its mail clients (which log in against its password_hash): the
+// account's Source, opened with the service key at first use.
+type serviceTokens struct {
+	d        *Daemon
+	username string
+}
+
+func (s serviceTokens) source(ctx context.Context) (*oauth.Source, error) {
+	cfg := s.d.Config()
+	key, err := oauth.LoadServiceKey(cfg.StateDir, false)
+	if err != nil {
+		return nil, fmt.Errorf("service key: %w (run `mailproxy login %s`)", err, s.username)
+	}
+	src, _, err := s.d.manager.Open(ctx, s.username, key.Password(s.username))
+	return src, err
+}
+
+func (s serviceTokens) Token(ctx context.Context) (string, error) {
+	src, err := s.source(ctx)
+	if err != nil {
+		return "", err
+	}
+	return src.Token(ctx)
+}
+
+func (s serviceTokens) Refresh(ctx context.Context, rejected string) (string, error) {
+	src, err := s.source(ctx)
+	if err != nil {
+		return "", err
+	}
+	return src.Refresh(ctx, rejected)
+}

@@ -61,13 +61,15 @@ Validates the config (exit 2 when it is wrong), then checks what can be
 checked without a user's sign-in: each provider's token endpoint answers and
 knows the app, client_credentials accounts get an app token, and each IMAP
 and SMTP server completes the TLS handshake (IMAP: implicit TLS; SMTP:
-STARTTLS, or implicit TLS on port 465) and offers XOAUTH2. One line per
+STARTTLS, or implicit TLS on port 465) and offers XOAUTH2, and so does each
+POP3 server (implicit TLS) when [pop3] has a listener. One line per
 check; exits 1 when any failed.
 
 With -account USER it checks that account as the proxy would use it: gets
 its access token (asking for its local password; client_credentials
 accounts need none), signs in at the upstream IMAP server and opens the
-INBOX, signs in at the upstream SMTP server and tries MAIL FROM. Each
+INBOX, signs in at the upstream SMTP server and tries MAIL FROM, and, when
+[pop3] has a listener, signs in at the upstream POP3 server (STAT). Each
 failure prints the server's own answer, the cause and the fix, Exchange
 Online PowerShell included. -send-to ADDR also sends a short test message
 and prints the server's reply.
@@ -128,7 +130,9 @@ Flags:`)
 		addr string
 		tls  *tls.Config
 	}
-	var imapServers, smtpServers []server
+	var imapServers, smtpServers, pop3Servers []server
+	// POP3 servers only matter when the POP3 front is on.
+	pop3On := pop3On(cfg)
 	seen := map[string]bool{}
 	for _, p := range cfg.Providers {
 		op := daemon.OAuthProvider(p)
@@ -158,6 +162,10 @@ Flags:`)
 			seen["smtp "+p.SMTPServer] = true
 			smtpServers = append(smtpServers, server{p.SMTPServer, base})
 		}
+		if pop3On && p.POP3Server != "" && !seen["pop3 "+p.POP3Server] {
+			seen["pop3 "+p.POP3Server] = true
+			pop3Servers = append(pop3Servers, server{p.POP3Server, base})
+		}
 	}
 	for _, s := range imapServers {
 		var detail string
@@ -174,6 +182,14 @@ Flags:`)
 			return err
 		})
 		c.report("smtp "+s.addr, detail, err)
+	}
+	for _, s := range pop3Servers {
+		var detail string
+		err := checkTimed(ctx, func(ctx context.Context) (err error) {
+			detail, err = checkPOP3(ctx, s.addr, s.tls)
+			return err
+		})
+		c.report("pop3 "+s.addr, detail, err)
 	}
 	if c.failed > 0 {
 		return fmt.Errorf("%d of %d checks failed", c.failed, c.total)

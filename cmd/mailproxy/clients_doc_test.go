@@ -90,6 +90,7 @@ type clientRun struct {
 	home       string
 	text       string
 	imap, smtp string // ports
+	pop3       string // port
 }
 
 // clientRunners run one block each. Every marked block needs one, and
@@ -147,16 +148,18 @@ func TestClientConfigs(t *testing.T) {
 		}
 		t.Run(b.name, func(t *testing.T) {
 			bin := map[string]string{"mbsync": "mbsync", "msmtp": "msmtp", "fetchmail": "fetchmail",
-				"getmail": "getmail", "neomutt": "neomutt", "swaks": "swaks"}[b.name]
+				"getmail": "getmail", "neomutt": "neomutt", "swaks": "swaks",
+				"fetchmail-pop3": "fetchmail", "getmail-pop3": "getmail", "mpop": "mpop"}[b.name]
 			if _, err := exec.LookPath(bin); err != nil {
 				t.Skipf("%s not installed (Debian package %s; .ci/run installs it): %v", bin, debPackage(b.name), err)
 			}
 			dm := startTestDemo(t)
 			_, imapPort, _ := net.SplitHostPort(dm.d.Addr("imap").String())
 			_, smtpPort, _ := net.SplitHostPort(dm.d.Addr("smtp").String())
+			_, pop3Port, _ := net.SplitHostPort(dm.d.Addr("pop3").String())
 			home := t.TempDir()
-			r := &clientRun{dm: dm, home: home, imap: imapPort, smtp: smtpPort,
-				text: demoValues(b.text, imapPort, smtpPort)}
+			r := &clientRun{dm: dm, home: home, imap: imapPort, smtp: smtpPort, pop3: pop3Port,
+				text: demoValues(b.text, imapPort, smtpPort, pop3Port)}
 			t.Logf("CLIENTS.md:%d (%s), as run:\n%s", b.line, b.note, r.text)
 			run(t, r)
 		})
@@ -167,16 +170,20 @@ func debPackage(name string) string {
 	switch name {
 	case "mbsync":
 		return "isync"
-	case "getmail":
+	case "getmail", "getmail-pop3":
 		return "getmail6"
+	case "fetchmail-pop3":
+		return "fetchmail"
 	}
 	return name
 }
 
 // demoValues puts the demo's ports, user and password into a block written
 // for alice@contoso.com on the default ports.
-func demoValues(text, imapPort, smtpPort string) string {
+func demoValues(text, imapPort, smtpPort, pop3Port string) string {
 	return strings.NewReplacer(
+		":1110", ":"+pop3Port,
+		" 1110", " "+pop3Port,
 		":1143", ":"+imapPort,
 		" 1143", " "+imapPort,
 		":1587", ":"+smtpPort,

@@ -35,6 +35,7 @@ const (
 
 type demoOptions struct {
 	imap, smtp, admin string // listen addresses
+	pop3              string // "" = no POP3
 	stateDir          string // "" = a temporary directory removed at the end
 	// logOut receives the daemon's log; nil means the file
 	// <state dir>/mailproxy.log, so that the banner stays on the screen.
@@ -49,6 +50,7 @@ type demo struct {
 	idp      *fake365.IdP
 	imapUp   *fake365.IMAPUpstream
 	smtpUp   *fake365.SMTPUpstream
+	popUp    *fake365.POP3Upstream
 	graph    *fake365.Graph
 	cleanups []func()
 }
@@ -62,17 +64,17 @@ func (dm *demo) close(ctx context.Context) {
 	}
 }
 
-const demoHelp = `usage: mailproxy demo [-imap ADDR] [-smtp ADDR] [-admin ADDR] [-log FILE]
+const demoHelp = `usage: mailproxy demo [-imap ADDR] [-smtp ADDR] [-pop3 ADDR] [-admin ADDR] [-log FILE]
 
 Runs mailproxy against a fake Microsoft 365 that lives in this process: a
-fake Entra ID, Exchange Online IMAP and SMTP, and two accounts, one signed
+fake Entra ID, Exchange Online IMAP, SMTP and POP3, and two accounts, one signed
 in and one waiting for a sign-in on the admin page. Nothing leaves this
 machine and no Microsoft account is needed. Everything (config, tokens,
 log) is in a temporary directory that is removed when the demo stops
 (Ctrl-C).
 
-Mail clients connect to the IMAP and SMTP addresses it prints; mail sent
-through its SMTP port arrives in the INBOX. If a port is taken (8025 is
+Mail clients connect to the IMAP, SMTP and POP3 addresses it prints; mail
+sent through its SMTP port arrives in the INBOX. If a port is taken (8025 is
 also MailHog's and Mailpit's), choose others, or 127.0.0.1:0 for any free
 port.
 `
@@ -82,6 +84,7 @@ func runDemo(ctx context.Context, env *cmdEnv, args []string) error {
 	var o demoOptions
 	fs.StringVar(&o.imap, "imap", "127.0.0.1:1143", "IMAP listen `address`")
 	fs.StringVar(&o.smtp, "smtp", "127.0.0.1:1587", "SMTP listen `address`")
+	fs.StringVar(&o.pop3, "pop3", "127.0.0.1:1110", "POP3 listen `address` (\"\" = no POP3)")
 	fs.StringVar(&o.admin, "admin", "127.0.0.1:8025", "admin page listen `address` (\"\" = no admin page)")
 	logTo := fs.String("log", "", "log `file`; \"-\" = standard error (default: mailproxy.log in the demo's directory)")
 	fs.Usage = func() {
@@ -126,7 +129,7 @@ func startDemo(o demoOptions) (*demo, error) {
 		dm.close(context.Background())
 		var le *daemon.ListenError
 		if errors.As(err, &le) && errors.Is(err, syscall.EADDRINUSE) {
-			flag := map[string]string{"imap": "-imap", "smtp": "-smtp", "admin": "-admin"}[le.Listener]
+			flag := map[string]string{"imap": "-imap", "smtp": "-smtp", "pop3": "-pop3", "admin": "-admin"}[le.Listener]
 			return nil, fmt.Errorf("%s (the demo's %s address) is in use by another program: choose another with %s, or any free port with %s 127.0.0.1:0",
 				le.Addr, strings.ToUpper(le.Listener), flag, flag)
 		}
@@ -177,6 +180,11 @@ func (dm *demo) start(o demoOptions) (err error) {
 		return fmt.Errorf("demo SMTP server: %w", err)
 	}
 	dm.cleanups = append(dm.cleanups, func() { dm.smtpUp.Close() })
+	dm.popUp, err = fake365.NewPOP3Upstream(dm.idp, dm.imapUp, serverTLS)
+	if err != nil {
+		return fmt.Errorf("demo POP3 server: %w", err)
+	}
+	dm.cleanups = append(dm.cleanups, func() { dm.popUp.Close() })
 	dm.graph, err = fake365.NewGraph(dm.idp)
 	if err != nil {
 		return fmt.Errorf("demo Graph: %w", err)
@@ -226,6 +234,8 @@ listen = %q
 [smtp]
 listen = %q
 domain = "mailproxy-demo"
+[pop3]
+listen = %q
 [admin]
 listen = %q
 [log]
@@ -238,9 +248,10 @@ client_id = %q
 auth_url = %q
 token_url = %q
 device_auth_url = %q
-scopes = ["https://outlook.office.com/IMAP.AccessAsUser.All", "https://outlook.office.com/SMTP.Send", "offline_access", "openid"]
+scopes = ["https://outlook.office.com/IMAP.AccessAsUser.All", "https://outlook.office.com/SMTP.Send", "https://outlook.office.com/POP.AccessAsUser.All", "offline_access", "openid"]
 imap_server = %q
 smtp_server = %q
+pop3_server = %q
 ca_file = %q
 graph_url = %q
 
@@ -253,8 +264,8 @@ username = %q
 [[account]]
 username = %q
 send_via = "graph"
-`, filepath.Join(dir, "state"), o.imap, o.smtp, o.admin, demoProvider, demoClientID,
-		authURL, tokenURL, deviceURL, dm.imapUp.Addr, dm.smtpUp.Addr, caFile, dm.graph.URL, demoUser, demoPending, demoGraphUser)
+`, filepath.Join(dir, "state"), o.imap, o.smtp, o.pop3, o.admin, demoProvider, demoClientID,
+		authURL, tokenURL, deviceURL, dm.imapUp.Addr, dm.smtpUp.Addr, dm.popUp.Addr, caFile, dm.graph.URL, demoUser, demoPending, demoGraphUser)
 	cfgFile := filepath.Join(dir, "mailproxy.toml")
 	dm.cfgFile = cfgFile
 	if err := os.WriteFile(cfgFile, []byte(cfgText), 0o600); err != nil {
@@ -328,10 +339,16 @@ mailproxy demo is running against a fake Microsoft 365 (in this process; nothing
 
   IMAP     %s   (plain; STARTTLS off in the demo)
   SMTP     %s   (AUTH PLAIN or LOGIN)
-  username %s
+`, imapAddr, smtpAddr)
+	var pop3Addr string
+	if a := dm.d.Addr("pop3"); a != nil {
+		pop3Addr = a.String()
+		fmt.Fprintf(w, "  POP3     %s   (USER/PASS, AUTH PLAIN or LOGIN)\n", pop3Addr)
+	}
+	fmt.Fprintf(w, `  username %s
   password %s
   (%s, same password, sends through a fake Microsoft Graph: send_via = "graph")
-`, imapAddr, smtpAddr, demoUser, demoPassword, demoGraphUser)
+`, demoUser, demoPassword, demoGraphUser)
 	if u := dm.d.AdminURL(); u != "" {
 		// localhost, not 127.0.0.1: the sign-in returns to the redirect
 		// address registered for the app, and cookies follow the host name.
@@ -352,7 +369,7 @@ Send a message and read it back (UID=* is the newest message):
   curl -s smtp://%s --mail-from %s --mail-rcpt %s --upload-file /tmp/msg.eml -u %s:%s
   curl -s "imap://%s/INBOX/;UID=*" -u %s:%s
 
-Other commands take the demo's config:
+%sOther commands take the demo's config:
   %s
 
 Any IMAP client works too (Thunderbird: server %s, no encryption, normal password).
@@ -362,6 +379,19 @@ Everything above is removed when the demo stops. Press Ctrl-C to stop.
 		imapAddr, demoUser, demoPassword,
 		smtpAddr, demoUser, demoUser, demoUser, demoPassword,
 		imapAddr, demoUser, demoPassword,
+		pop3Hint(pop3Addr),
 		cmdline.Command("status"),
 		imapAddr, demoPending)
+}
+
+// pop3Hint is the banner's POP3 example, "" without a POP3 listener.
+func pop3Hint(addr string) string {
+	if addr == "" {
+		return ""
+	}
+	return fmt.Sprintf(`List the messages over POP3 and fetch the first (RETR 1):
+  curl -s pop3://%s/ -u %s:%s
+  curl -s pop3://%s/1 -u %s:%s
+
+`, addr, demoUser, demoPassword, addr, demoUser, demoPassword)
 }

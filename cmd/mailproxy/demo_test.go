@@ -26,7 +26,7 @@ import (
 func startTestDemo(t *testing.T) *demo {
 	t.Helper()
 	var logs testutil.Buffer
-	dm, err := startDemo(demoOptions{imap: "127.0.0.1:0", smtp: "127.0.0.1:0", admin: "", stateDir: t.TempDir(), logOut: &logs})
+	dm, err := startDemo(demoOptions{imap: "127.0.0.1:0", smtp: "127.0.0.1:0", pop3: "127.0.0.1:0", admin: "", stateDir: t.TempDir(), logOut: &logs})
 	if err != nil {
 		t.Fatalf("startDemo() = %v", err)
 	}

@@ -487,10 +487,10 @@ func TestDocsWithFlag(t *testing.T) {
 
 // ---- config keys ----
 
-var configSections = []string{"imap", "smtp", "tls", "admin", "security", "log", "provider", "account", "spool", "tokens", "device"}
+var configSections = []string{"imap", "smtp", "pop3", "tls", "admin", "security", "log", "provider", "account", "spool", "tokens", "device"}
 
 var (
-	exampleSectionRE = regexp.MustCompile(`^#?\s*\[\[?([a-z_]+)\]\]?\s*(#.*)?$`)
+	exampleSectionRE = regexp.MustCompile(`^#?\s*\[\[?([a-z0-9_]+)\]\]?\s*(#.*)?$`)
 	exampleKeyRE     = regexp.MustCompile(`^#?\s*([a-z][a-z0-9_]*)\s*=`)
 )
 
@@ -740,10 +740,14 @@ var (
 // replyFragments turns a quoted reply such as
 // "NO [ALERT] account … needs a new sign-in by the admin: …" into the
 // literal pieces that must appear in the source.
+// pop3CodePrefixRE is an RFC 2449 / RFC 3206 response code before the text.
+var pop3CodePrefixRE = regexp.MustCompile(`^\[(AUTH|SYS/TEMP|SYS/PERM|IN-USE|LOGIN-DELAY)\] `)
+
 func replyFragments(reply string) []string {
-	for _, p := range []string{"* BYE ", "NO ", "BAD ", "OK "} {
+	for _, p := range []string{"* BYE ", "NO ", "BAD ", "OK ", "-ERR "} {
 		reply = strings.TrimPrefix(reply, p)
 	}
+	reply = pop3CodePrefixRE.ReplaceAllString(reply, "")
 	reply = smtpCodePrefixRE.ReplaceAllString(reply, "")
 	reply = imapCodePrefixRE.ReplaceAllString(reply, "")
 	var frags []string
@@ -836,6 +840,7 @@ func TestDocsReplyFragments(t *testing.T) {
 		{"NO [ALERT] account … needs a new sign-in by the admin: …", []string{"needs a new sign-in by the admin"}},
 		{"454 4.7.0 throttled by Microsoft 365; retry in … s", []string{"throttled by Microsoft 365; retry in"}},
 		{"* BYE too many connections", []string{"too many connections"}},
+		{"-ERR [SYS/PERM] account … is not signed in", []string{"is not signed in"}},
 	}
 	for _, tt := range tests {
 		if got := replyFragments(tt.reply); !slices.Equal(got, tt.want) {

@@ -86,6 +86,9 @@ func checkOneAccount(ctx context.Context, c *checker, cfg *config.Config, acct *
 	c.report(what, "issued", nil)
 	a.imap(ctx)
 	a.smtp(ctx, sendTo)
+	if pop3On(cfg) && acct.Provider.POP3Server != "" {
+		a.pop3(ctx)
+	}
 }
 
 // delegatedToken opens the account's stored tokens with its local password

@@ -130,3 +130,48 @@ func TestServeDeviceWithCredential(t *testing.T) {
 		t.Fatalf("end of DATA = %+v, %v; want the queue id", resp, err)
 	}
 }
+
+// A mail client of a seal = "service" account logs in with the account's
+// password_hash and sends straight upstream with the service-sealed tokens.
+func TestServeServiceSealedClient(t *testing.T) {
+	t.Setenv("CREDENTIALS_DIRECTORY", "")
+	hash, err := auth.HashPassword("client pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := startServeWith(t, func(text string) string {
+		stateDir := regexp.MustCompile(`state_dir = "([^"]+)"`).FindStringSubmatch(text)[1]
+		st, err := store.Open(filepath.Join(stateDir, "tokens"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		entry, _, err := st.Unlock(demoUser, demoPassword)
+		if err != nil {
+			t.Fatal(err)
+		}
+		key, err := oauth.LoadServiceKey(stateDir, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, _ := st.NewKey(key.Password(demoUser))
+		if err := st.Save(demoUser, k, entry); err != nil {
+			t.Fatal(err)
+		}
+		return strings.Replace(text, "[[account]]\nusername = \""+demoUser+"\"\n",
+			"[[account]]\nusername = \""+demoUser+"\"\nseal = \"service\"\npassword_hash = \""+hash+"\"\n", 1)
+	})
+	c, err := smtp.Dial(h.d.Addr("smtp").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Auth(sasl.NewPlainClient("", demoUser, "client pw")); err != nil {
+		t.Fatalf("AUTH = %v", err)
+	}
+	if err := c.SendMail(demoUser, []string{"bob@example.com"}, strings.NewReader("Subject: direct\r\n\r\nhi\r\n")); err != nil {
+		t.Fatalf("send = %v", err)
+	}
+	if n := len(h.dm.smtpUp.Messages()); n != 1 {
+		t.Errorf("upstream has %d messages, want 1", n)
+	}
+}

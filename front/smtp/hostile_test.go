@@ -175,7 +175,7 @@ func readUntilEOF(c net.Conn) (string, error) {
 func TestSilentConnections(t *testing.T) {
 	base := runtime.NumGoroutine()
 	const n = 1000
-	e := newEnv(t, envOpts{server: func(s *Server) { s.ReadTimeout = time.Second }})
+	e := newEnv(t, envOpts{server: func(s *Server) { s.ReadTimeout = time.Second; s.MaxPreAuthConns = n }})
 	conns := dialMany(t, e.addr, n)
 	for i, c := range conns {
 		got, err := readUntilEOF(c)

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,24 +26,41 @@ import (
 // testIntake is the daemon's part in small: loopback is a device (or not),
 // and some accounts spool.
 type testIntake struct {
+	device string // the device at 127.0.0.1; "" = none
+
+	mu         sync.Mutex // protects sp, spoolUsers
 	sp         *spool.Spool
-	device     string // the device at 127.0.0.1; "" = none
 	spoolUsers map[string]bool
+}
+
+func (ti *testIntake) spool() *spool.Spool {
+	ti.mu.Lock()
+	defer ti.mu.Unlock()
+	return ti.sp
+}
+
+func (ti *testIntake) setSpoolUser(u string) {
+	ti.mu.Lock()
+	defer ti.mu.Unlock()
+	ti.spoolUsers[u] = true
 }
 
 func (ti *testIntake) Anonymous(remote netip.Addr) (submit.Submitter, string) {
 	if ti.device == "" || !remote.IsLoopback() {
 		return nil, ""
 	}
-	return ti.sp.NewSession(spool.Intake{Device: ti.device, Account: testUser, Mailbox: testUser,
+	return ti.spool().NewSession(spool.Intake{Device: ti.device, Account: testUser, Mailbox: testUser,
 		EnvelopeFrom: spool.RepairAccount, HeaderFrom: spool.RepairFix}), ti.device
 }
 
 func (ti *testIntake) Authenticated(g *auth.Grant, _ netip.Addr) submit.Submitter {
-	if !ti.spoolUsers[g.Username] {
+	ti.mu.Lock()
+	ok := ti.spoolUsers[g.Username]
+	ti.mu.Unlock()
+	if !ok {
 		return nil
 	}
-	return ti.sp.NewSession(spool.Intake{Account: g.Username, Mailbox: g.Mailbox})
+	return ti.spool().NewSession(spool.Intake{Account: g.Username, Mailbox: g.Mailbox})
 }
 
 // spoolEnv is a front whose Intake spools, and whose spool delivers to
@@ -77,7 +95,9 @@ func spoolEnv(t *testing.T, device string, o envOpts) (*env, *testIntake, chan [
 	}
 	sp.Start()
 	t.Cleanup(func() { sp.Shutdown(context.Background()) })
+	ti.mu.Lock()
 	ti.sp = sp
+	ti.mu.Unlock()
 	return e, ti, delivered
 }
 
@@ -99,7 +119,7 @@ func waitDeliveredOrLog(t *testing.T, ti *testIntake, ch chan []byte) []byte {
 		return m
 	case <-time.After(testWait):
 	}
-	recs, _, _ := ti.sp.List(spool.Query{})
+	recs, _, _ := ti.spool().List(spool.Query{})
 	for _, r := range recs {
 		t.Logf("spool record %+v", *r)
 	}
@@ -134,7 +154,7 @@ func TestNotADeviceGets530(t *testing.T) {
 
 func TestSpoolAccountAuthenticated(t *testing.T) {
 	e, ti, delivered := spoolEnv(t, "", envOpts{})
-	ti.spoolUsers[testUser] = true
+	ti.setSpoolUser(testUser)
 	c := e.login()
 	reply, err := send(t, c, testUser, []string{"bob@example.com"}, testMessage("spooled"))
 	if err != nil || !strings.HasPrefix(reply, "2.0.0 Ok: queued as ") {

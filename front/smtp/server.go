@@ -17,6 +17,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -80,6 +81,12 @@ type Server struct {
 	ReadTimeout     time.Duration // one client command, or a whole DATA; 0 = 10m
 	WriteTimeout    time.Duration // one reply to the client; 0 = 1m
 	UpstreamTimeout time.Duration // token, dial, TLS, EHLO and AUTH upstream together; 0 = 30s
+	// Pre-login bounds (preauth.go): the time from connect to a login
+	// (0 = 60s), commands before it (0 = 30), and connections per
+	// listener that have not logged in (0 = 200).
+	PreAuthTimeout     time.Duration
+	MaxPreAuthCommands int
+	MaxPreAuthConns    int
 	// PlaintextAllowed says whether a client at an address may send its
 	// password over a connection without TLS; nil allows everyone. To a
 	// client that may not, AUTH is not advertised before STARTTLS and is
@@ -264,6 +271,8 @@ type listener struct {
 	net.Listener
 	s     *Server
 	first net.Conn // accepted by Serve before go-smtp started; handed out first
+	// waiting counts this listener's connections that have not logged in.
+	waiting atomic.Int32
 
 	closeOnce sync.Once
 	closeErr  error
@@ -289,7 +298,16 @@ func (l *listener) Accept() (net.Conn, error) {
 	for {
 		nc, err := l.Listener.Accept()
 		if err == nil {
-			return l.s.track(nc), nil
+			c := l.s.track(nc)
+			if !c.admit(&l.waiting) {
+				c.setOutcome("too many waiting to log in")
+				c.log.Warn("smtp: too many connections on this listener waiting to log in; refused", "limit", l.s.maxPreAuthConns())
+				c.Conn.SetWriteDeadline(time.Now().Add(shutdownNoticeTimeout))
+				io.WriteString(c.Conn, TooManyWaiting)
+				c.Close()
+				continue
+			}
+			return c, nil
 		}
 		if l.s.isClosing() {
 			return nil, net.ErrClosed
@@ -415,6 +433,7 @@ func (b backend) NewSession(sc *smtp.Conn) (smtp.Session, error) {
 		return nil, &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "internal error"}
 	}
 	if _, ok := sc.Conn().(*tls.Conn); ok && !c.implicitTLS {
+		c.pre.tls.Store(true)
 		c.note(dirClientIn, "STARTTLS")
 		c.note(dirClientIn, "<TLS handshake done>")
 	}
@@ -452,6 +471,7 @@ type conn struct {
 
 	messages atomic.Int64
 	bytes    atomic.Int64
+	pre      preAuth
 	// reading is set while go-smtp waits in Read for the client: only then
 	// has the reply to the last command been written (see closeIfIdle).
 	reading atomic.Bool
@@ -532,6 +552,7 @@ func (c *conn) setAccount(account, upstream string) {
 	if first {
 		c.srv.metrics.Session(account, 1)
 	}
+	c.loggedIn()
 }
 
 // setOutcome records the last notable event for the end line.
@@ -541,17 +562,10 @@ func (c *conn) setOutcome(o string) {
 	c.mu.Unlock()
 }
 
-// Read marks the time go-smtp waits for the client.
-func (c *conn) Read(p []byte) (int, error) {
-	c.reading.Store(true)
-	n, err := c.Conn.Read(p)
-	c.reading.Store(false)
-	return n, err
-}
-
 func (c *conn) Close() error {
 	c.closeOnce.Do(func() {
 		c.closeErr = c.Conn.Close()
+		c.loggedIn() // no longer waiting
 		c.mu.Lock()
 		account, upstream, outcome, counted := c.account, c.upstream, c.outcome, c.counted
 		c.counted, c.ended = "", true

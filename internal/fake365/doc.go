@@ -1,5 +1,5 @@
 // Package fake365 is an in-process fake of Microsoft Entra ID and of Exchange
-// Online's IMAP and SMTP servers, used by tests, benchmarks and
+// Online's IMAP, SMTP and POP3 servers, used by tests, benchmarks and
 // `mailproxy demo`.
 //
 // Everything listens on 127.0.0.1 with a port chosen by the kernel. Nothing

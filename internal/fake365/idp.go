@@ -31,7 +31,18 @@ type TokenValidator interface {
 	Validate(token string) (subject string, expiry time.Time, ok bool)
 }
 
-var _ TokenValidator = (*IdP)(nil)
+// ScopeValidator is implemented by validators that also know what a token
+// was issued for. The fake POP3 server asks it, so that a sign-in made
+// before the POP scope was among the provider's scopes is refused as
+// Exchange Online refuses it.
+type ScopeValidator interface {
+	HasScope(token, scope string) bool
+}
+
+var (
+	_ TokenValidator = (*IdP)(nil)
+	_ ScopeValidator = (*IdP)(nil)
+)
 
 // Client is an app registration.
 type Client struct {
@@ -470,6 +481,19 @@ func (p *IdP) Validate(token string) (subject string, expiry time.Time, ok bool)
 		return "", time.Time{}, false
 	}
 	return a.subject, a.expiry, p.now().Before(a.expiry)
+}
+
+// HasScope implements ScopeValidator: it reports whether a delegated token
+// carries scope in its scp claim, or an app-only token the application
+// permission scope, both compared by short name ("POP.AccessAsUser.All" for
+// "https://outlook.office.com/POP.AccessAsUser.All") and case-insensitively,
+// as Exchange reads them.
+func (p *IdP) HasScope(token, scope string) bool {
+	short := scope[strings.LastIndex(scope, "/")+1:]
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	a, found := p.access[token]
+	return found && (idpHasScope(a.scopes, short) || idpHasScope(a.roles, short))
 }
 
 // Inspect returns what the IdP knows about an access token it issued,

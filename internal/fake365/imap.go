@@ -54,6 +54,12 @@ type IMAPUpstream struct {
 	logins   atomic.Int64
 	failures atomic.Int64
 
+	// The internal IMAP server the fake POP3 server reads the mailboxes
+	// through (store.go); started on first use, then read-only.
+	storeOnce sync.Once
+	storeLn   *pipeListener
+	storeSrv  *imapserver.Server
+
 	mu        sync.Mutex                     // protects mailboxes, delegates and folders
 	mailboxes map[string]*imapmemserver.User // key: lower-case address
 	delegates map[string]map[string]struct{} // lower-case mailbox -> lower-case delegate
@@ -123,6 +129,7 @@ func (u *IMAPUpstream) Close() error {
 		}
 		u.ln.closeAll()
 		<-u.serveDone
+		u.closeStore()
 	})
 	if u.closeErr != nil {
 		return fmt.Errorf("fake365: close IMAP upstream: %w", u.closeErr)
