@@ -108,6 +108,12 @@ type Options struct {
 	// (auth.Lockout.Blocks, Clear); nil: the page shows none.
 	Blocks     func() []LoginBlock
 	ClearBlock func(user, addr string) bool
+	// SendTest sends a short test message from the account's mailbox to
+	// an address through the real upstream path and returns the upstream's
+	// reply (daemon.SendTest); password is the account's local password
+	// ("" for client_credentials accounts). nil: the account page offers
+	// no test message.
+	SendTest func(ctx context.Context, username, password, to string) (reply string, err error)
 	// Metrics are the counters the fronts report to; nil makes new ones.
 	Metrics *Metrics
 	// Listeners returns the state of the proxy listeners for /healthz; nil
@@ -206,6 +212,8 @@ func New(opts Options) (*Server, error) {
 	mux.HandleFunc("POST /password", s.handlePassword)
 	mux.HandleFunc("GET /signout", s.handleSignOutPage)
 	mux.HandleFunc("POST /signout", s.handleSignOut)
+	mux.HandleFunc("GET /account", s.handleAccount)
+	mux.HandleFunc("POST /account/test", s.handleAccountTest)
 	mux.HandleFunc("GET /healthz", s.handleHealth)
 	mux.HandleFunc("GET /metrics", s.handleMetrics)
 	mux.HandleFunc("GET /lockout", s.handleLockout)

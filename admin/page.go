@@ -93,9 +93,23 @@ func (s *Server) handleIndex(w http.ResponseWriter, r *http.Request) {
 	}
 	now := s.now()
 	d := indexData{Flash: s.takeFlash(sess), CanSignIn: s.canSignIn()}
+	rows, statuses, targets := s.rows(s.accounts(), now)
+	d.Rows = rows
+	d.Alerts = append(Alerts(statuses, now), s.spoolAlerts()...)
+	d.Alerts = append(d.Alerts, s.lockoutAlerts()...)
+	d.Protocols = s.metrics.Protocols()
+	pg := page{Title: "Accounts", CSRF: s.csrf(sess), Data: d}
+	pg.formTargets = targets
+	s.render(w, r, http.StatusOK, "index", pg)
+}
+
+// rows builds the table rows of accounts (the index and the account
+// page), their statuses, and the sign-in form targets (origins), sorted.
+func (s *Server) rows(accounts []AccountInfo, now time.Time) ([]row, []oauth.AccountStatus, []string) {
+	var rows []row
 	var statuses []oauth.AccountStatus
 	targets := map[string]bool{}
-	for _, a := range s.accounts() {
+	for _, a := range accounts {
 		st := s.status(a)
 		statuses = append(statuses, st)
 		rw := row{
@@ -153,17 +167,14 @@ func (s *Server) handleIndex(w http.ResponseWriter, r *http.Request) {
 				}
 			}
 		}
-		d.Rows = append(d.Rows, rw)
+		rows = append(rows, rw)
 	}
-	d.Alerts = append(Alerts(statuses, now), s.spoolAlerts()...)
-	d.Alerts = append(d.Alerts, s.lockoutAlerts()...)
-	d.Protocols = s.metrics.Protocols()
-	pg := page{Title: "Accounts", CSRF: s.csrf(sess), Data: d}
+	var origins []string
 	for o := range targets {
-		pg.formTargets = append(pg.formTargets, o)
+		origins = append(origins, o)
 	}
-	sort.Strings(pg.formTargets)
-	s.render(w, r, http.StatusOK, "index", pg)
+	sort.Strings(origins)
+	return rows, statuses, origins
 }
 
 // render executes the named page into a buffer, then sends it with code.
@@ -310,7 +321,7 @@ var pageHTML = map[string]string{
 <thead><tr><th>Account</th><th>State</th><th>Access token</th><th>Refresh token age</th><th>Last upstream login</th><th>Sessions</th><th>Last error</th><th></th></tr></thead>
 <tbody>
 {{range .Rows}}<tr id="account-{{lower .Username}}">
-<td data-label="Account"><div><strong>{{.Username}}</strong>{{if ne .Mailbox .Username}}<br><small>mailbox {{.Mailbox}}</small>{{end}}{{if and .Identity (ne (lower .Identity) (lower .Username))}}<br><small>signed in as {{.Identity}}</small>{{end}}<br><small>{{.Provider}} · {{.Flow}}</small></div></td>
+<td data-label="Account"><div><strong><a href="/account?name={{.Username}}">{{.Username}}</a></strong>{{if ne .Mailbox .Username}}<br><small>mailbox {{.Mailbox}}</small>{{end}}{{if and .Identity (ne (lower .Identity) (lower .Username))}}<br><small>signed in as {{.Identity}}</small>{{end}}<br><small>{{.Provider}} · {{.Flow}}</small></div></td>
 <td data-label="State"><div><span class="state {{.StateClass}}" data-state="{{.State}}">{{.State}}</span></div></td>
 <td data-label="Access token"><div>{{if .AccessExpiry}}<span title="{{.AccessExpiryAt}}">{{.AccessExpiry}}</span>{{else}}<span class="muted">—</span>{{end}}</div></td>
 <td data-label="Refresh token age"><div>{{if .RefreshAge}}<span title="{{.RefreshAt}}">{{.RefreshAge}}</span>{{else}}<span class="muted">—</span>{{end}}</div></td>

@@ -224,7 +224,7 @@ func (e *env) benchFetch(ctx context.Context, rep *report) error {
 	}
 	perGB := func(d time.Duration, b int64) float64 { return d.Seconds() / (float64(b) / 1e9) }
 	rep.add(row{
-		workload: fmt.Sprintf("proxy CPU per GB relayed (IMAP FETCH, every pass above)"),
+		workload: "proxy CPU per GB relayed (IMAP FETCH, every pass above)",
 		direct:   "—",
 		proxied:  fmt.Sprintf("%.2f CPU-s/GB", perGB(cpuRelay, relayed)),
 		ratio:    "—",

@@ -115,7 +115,7 @@ func (s *protoSMTP) handle(nc net.Conn) {
 				up.Close()
 				return
 			}
-			if _, _, err := relay.Relay(nc, br, up, upr); err != nil {
+			if _, _, err := relay.Relay(nc, br, up, upr, relay.RelayOptions{}); err != nil {
 				s.log.Debug("prototype smtp relay ended", "err", err)
 			}
 			return

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -238,7 +239,7 @@ func runDovecotUpstream(fetchSize int64, mailboxes int, linkMiBps float64, in io
 		case "conns":
 			return fmt.Sprintf("0 %d", smtpUp.Conns()), nil
 		case "records":
-			return "", fmt.Errorf("Dovecot chooses its own TLS record size")
+			return "", errors.New("the TLS record size is chosen by Dovecot itself")
 		case "append":
 			return "ok", dv.Deliver(strings.ToLower(arg), []byte(idleMessage))
 		}

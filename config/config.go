@@ -163,6 +163,9 @@ func containsAddr(prefixes []netip.Prefix, ip netip.Addr) bool {
 type Log struct {
 	Format string // LogText or LogJSON
 	Level  slog.Level
+	// File is where the log goes instead of stderr, rotated by size;
+	// "" means stderr. Absolute when loaded with Load.
+	File string
 }
 
 // Provider is one [[provider]]: an app registration at an identity provider

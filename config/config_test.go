@@ -721,7 +721,7 @@ func render(cfg *Config) []byte {
 			"lockout_address_failures": cfg.Security.LockoutAddrFailures,
 			"max_upstream_per_mailbox": cfg.Security.MaxUpstreamPerMailbox,
 		},
-		"log": map[string]any{"format": cfg.Log.Format, "level": levels[cfg.Log.Level]},
+		"log": map[string]any{"format": cfg.Log.Format, "level": levels[cfg.Log.Level], "file": cfg.Log.File},
 	}
 	var providers, accounts []map[string]any
 	for _, p := range cfg.Providers {

@@ -80,6 +80,7 @@ type rawSecurity struct {
 type rawLog struct {
 	Format val `toml:"format"`
 	Level  val `toml:"level"`
+	File   val `toml:"file"`
 }
 
 type rawProvider struct {

@@ -134,6 +134,7 @@ func New(cfg *config.Config, logger *slog.Logger) (*Daemon, error) {
 			Metrics:      d.metrics,
 			Listeners:    d.adminListeners,
 			Spool:        d.relay.view(),
+			SendTest:     d.SendTest,
 			KeepAliveGaps: func() []string {
 				if d.relay == nil {
 					return nil

@@ -25,6 +25,9 @@ type Hooks struct {
 	// ReloadDone is called after each SIGHUP with the config error or nil
 	// (tests).
 	ReloadDone func(error)
+	// Reload delivers reload requests that are not SIGHUP (the Windows
+	// service manager's ParamChange); nil means SIGHUP only.
+	Reload <-chan struct{}
 }
 
 // Run starts the daemon and serves until ctx is done or a listener fails,
@@ -57,21 +60,26 @@ func (d *Daemon) Run(ctx context.Context, cfgPath string, h Hooks) error {
 	if err := ready(fmt.Sprintf("serving %d accounts", len(cfg.Accounts))); err != nil {
 		d.logger.Warn("sd_notify failed", "err", err)
 	}
+	reload := func() {
+		call(h.Reloading)
+		next, err := config.Load(cfgPath)
+		if err != nil {
+			d.logger.Error("reload refused: keeping the running config", "err", err)
+			ready("reload refused, running the previous config: " + err.Error())
+		} else {
+			d.Reload(next)
+			ready(fmt.Sprintf("serving %d accounts (reloaded %s)", len(next.Accounts), time.Now().Format("15:04:05")))
+		}
+		if h.ReloadDone != nil {
+			h.ReloadDone(err)
+		}
+	}
 	for {
 		select {
 		case <-hup:
-			call(h.Reloading)
-			next, err := config.Load(cfgPath)
-			if err != nil {
-				d.logger.Error("reload refused: keeping the running config", "err", err)
-				ready("reload refused, running the previous config: " + err.Error())
-			} else {
-				d.Reload(next)
-				ready(fmt.Sprintf("serving %d accounts (reloaded %s)", len(next.Accounts), time.Now().Format("15:04:05")))
-			}
-			if h.ReloadDone != nil {
-				h.ReloadDone(err)
-			}
+			reload()
+		case <-h.Reload:
+			reload()
 		case err := <-d.failed:
 			call(h.Stopping)
 			d.Shutdown(context.Background())

@@ -110,13 +110,6 @@ func (l *ConnLimiter) Listener(ln net.Listener, refusal string, logger *slog.Log
 	return &limitListener{Listener: ln, l: l, refusal: []byte(refusal), logger: logger}
 }
 
-// LimitListener wraps ln with a limiter of its own; see
-// ConnLimiter.Listener. Use one ConnLimiter for several listeners that
-// share the limits.
-func LimitListener(ln net.Listener, total, perIP int, refusal string, logger *slog.Logger) net.Listener {
-	return NewConnLimiter(total, perIP).Listener(ln, refusal, logger)
-}
-
 type limitListener struct {
 	net.Listener
 	l       *ConnLimiter

@@ -63,7 +63,7 @@ func dialFrom(t *testing.T, from, addr string) (net.Conn, string) {
 
 func TestLimitListenerTotal(t *testing.T) {
 	var logs testutil.Buffer
-	ln := LimitListener(testutil.Listen(t), 2, 0, testRefusal, slog.New(slog.NewTextHandler(&logs, nil)))
+	ln := NewConnLimiter(2, 0).Listener(testutil.Listen(t), testRefusal, slog.New(slog.NewTextHandler(&logs, nil)))
 	accepted := limitServer(t, ln)
 	addr := ln.Addr().String()
 
@@ -119,7 +119,7 @@ func TestLimitListenerPerIP(t *testing.T) {
 
 // The wrapped connection still half-closes, which the relay relies on.
 func TestLimitConnCloseWrite(t *testing.T) {
-	ln := LimitListener(testutil.Listen(t), 1, 1, "", nil)
+	ln := NewConnLimiter(1, 1).Listener(testutil.Listen(t), "", nil)
 	accepted := limitServer(t, ln)
 	c, _ := dialFrom(t, "", ln.Addr().String())
 	sc := <-accepted

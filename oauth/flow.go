@@ -46,9 +46,6 @@ const (
 	callbackShutdown = 5 * time.Second
 	// callbackReadTimeout bounds reading a request on the loopback listener.
 	callbackReadTimeout = 10 * time.Second
-	// maxPendingSignIns bounds Pending, so that a page that starts sign-ins
-	// cannot grow it without limit.
-	maxPendingSignIns = 64
 )
 
 // Errors of the sign-in flows. They are wrapped with details; use
@@ -258,78 +255,6 @@ func ParseCallback(s string) (url.Values, error) {
 		return nil, errors.New("parse the sign-in answer: no code= and state= in it; paste the whole address from the browser's address bar")
 	}
 	return q, nil
-}
-
-// Pending keeps started sign-ins by state until their answer arrives (the
-// admin page's redirect receiver). The zero value is ready to use.
-type Pending struct {
-	// TTL is how long a sign-in waits; 0 means AuthCodeTTL.
-	TTL time.Duration
-	// Now is the clock; nil means time.Now.
-	Now func() time.Time
-
-	mu sync.Mutex // protects m
-	m  map[string]pendingSignIn
-}
-
-type pendingSignIn struct {
-	a       *AuthCode
-	account string
-	expires time.Time
-}
-
-func (p *Pending) now() time.Time {
-	if p.Now != nil {
-		return p.Now()
-	}
-	return time.Now()
-}
-
-// Add keeps a for account until Take or its TTL. When too many sign-ins
-// are waiting, the oldest is dropped.
-func (p *Pending) Add(account string, a *AuthCode) {
-	ttl := p.TTL
-	if ttl <= 0 {
-		ttl = AuthCodeTTL
-	}
-	now := p.now()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.m == nil {
-		p.m = make(map[string]pendingSignIn)
-	}
-	var oldest string
-	for k, e := range p.m {
-		if !now.Before(e.expires) {
-			delete(p.m, k)
-		} else if oldest == "" || e.expires.Before(p.m[oldest].expires) {
-			oldest = k
-		}
-	}
-	if len(p.m) >= maxPendingSignIns {
-		delete(p.m, oldest)
-	}
-	p.m[a.State()] = pendingSignIn{a: a, account: account, expires: now.Add(ttl)}
-}
-
-// Take removes and returns the sign-in started with state and the account
-// it was added for. It fails with ErrStateMismatch for an unknown state,
-// ErrNoState for an empty one and ErrSignInExpired when its TTL passed.
-func (p *Pending) Take(state string) (*AuthCode, string, error) {
-	if state == "" {
-		return nil, "", fmt.Errorf("sign-in answer: %w", ErrNoState)
-	}
-	p.mu.Lock()
-	e, ok := p.m[state]
-	delete(p.m, state)
-	p.mu.Unlock()
-	switch {
-	case !ok:
-		return nil, "", fmt.Errorf("sign-in answer: %w (no sign-in waits for it; start again)", ErrStateMismatch)
-	case !p.now().Before(e.expires):
-		return nil, "", fmt.Errorf("sign-in answer: %w; start again", ErrSignInExpired)
-	}
-	return e.a, e.account, nil
 }
 
 // BrowserFlow signs in with the authorization code flow and a one-shot

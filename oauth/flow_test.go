@@ -198,43 +198,6 @@ func TestParseCallback(t *testing.T) {
 	}
 }
 
-func TestPending(t *testing.T) {
-	e := newEnv(t)
-	c := testutil.NewClock()
-	var p Pending
-	p.Now = c.Now
-	a, _ := NewAuthCode(e.p, "", "")
-	b, _ := NewAuthCode(e.p, "", "")
-	p.Add("alice", a)
-	p.Add("bob", b)
-
-	got, account, err := p.Take(a.State())
-	if err != nil || got != a || account != "alice" {
-		t.Errorf("Take(a) = %p, %q, %v; want %p, alice, nil", got, account, err, a)
-	}
-	if _, _, err := p.Take(a.State()); !errors.Is(err, ErrStateMismatch) {
-		t.Errorf("Take(a) again = %v, want ErrStateMismatch", err)
-	}
-	if _, _, err := p.Take(""); !errors.Is(err, ErrNoState) {
-		t.Errorf("Take(\"\") = %v, want ErrNoState", err)
-	}
-	c.Advance(AuthCodeTTL)
-	if _, _, err := p.Take(b.State()); !errors.Is(err, ErrSignInExpired) {
-		t.Errorf("Take(b) after TTL = %v, want ErrSignInExpired", err)
-	}
-
-	for range maxPendingSignIns + 10 {
-		x, _ := NewAuthCode(e.p, "", "")
-		p.Add("x", x)
-	}
-	p.mu.Lock()
-	n := len(p.m)
-	p.mu.Unlock()
-	if n > maxPendingSignIns {
-		t.Errorf("Pending holds %d sign-ins, want at most %d", n, maxPendingSignIns)
-	}
-}
-
 // browser follows the sign-in address to the fake IdP and back to the
 // loopback listener, like a browser with a signed-in session.
 type browser struct {

@@ -2,12 +2,10 @@ package relay
 
 import (
 	"bufio"
-	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"runtime/debug"
 	"sync"
@@ -44,7 +42,7 @@ const (
 	pokeDeadline = -time.Millisecond
 )
 
-// ErrIdleTimeout is wrapped by the error of a session that RelayIdle ended
+// ErrIdleTimeout is wrapped by the error of a session that RelayOptions.Idle ended
 // because neither direction moved a byte for the idle timeout.
 var ErrIdleTimeout = errors.New("relay: idle timeout")
 
@@ -90,25 +88,23 @@ var relayBufs = sync.Pool{New: func() any { return new([relayBufSize]byte) }}
 // connection Relay closed itself, or writing to a peer that had already sent
 // EOF and then went away (a client that sends LOGOUT and closes without
 // waiting for the answer).
-func Relay(client net.Conn, clientBuf *bufio.Reader, upstream net.Conn, upstreamBuf *bufio.Reader) (toUpstream, toClient int64, err error) {
-	return relayWith(client, clientBuf, upstream, upstreamBuf, halfCloseIdle, RelayOptions{})
+//
+// o adds an idle limit (err then wraps ErrIdleTimeout) and a Goodbye (err
+// is then ErrSaidGoodbye once its line is written and both connections
+// are closed); the zero RelayOptions adds neither.
+func Relay(client net.Conn, clientBuf *bufio.Reader, upstream net.Conn, upstreamBuf *bufio.Reader, o RelayOptions) (toUpstream, toClient int64, err error) {
+	return relayWith(client, clientBuf, upstream, upstreamBuf, halfCloseIdle, o)
 }
 
-// RelayIdle is Relay that also ends the session when neither direction has
-// moved a byte for idle (0 or less: never); err then wraps ErrIdleTimeout.
-// Only silence in both directions counts: a client in IMAP IDLE that hears
-// from the upstream now and then is not idle. To stay cheap on the hot path
-// each direction pushes its read deadline forward at most once a second,
-// and a deadline that fires while the other direction moved data recently
-// is pushed forward instead of ending the session.
-func RelayIdle(client net.Conn, clientBuf *bufio.Reader, upstream net.Conn, upstreamBuf *bufio.Reader, idle time.Duration) (toUpstream, toClient int64, err error) {
-	return relayWith(client, clientBuf, upstream, upstreamBuf, halfCloseIdle, RelayOptions{Idle: idle})
-}
-
-// RelayOptions are the optional parts of RelayWith.
+// RelayOptions are the optional parts of a relay session.
 type RelayOptions struct {
 	// Idle ends the session when neither direction has moved a byte for
-	// this long, as RelayIdle does; 0 or less: never.
+	// this long; 0 or less: never. Only silence in both directions
+	// counts: a client in IMAP IDLE that hears from the upstream now and
+	// then is not idle. To stay cheap on the hot path each direction
+	// pushes its read deadline forward at most once a second, and a
+	// deadline that fires while the other direction moved data recently
+	// is pushed forward instead of ending the session.
 	Idle time.Duration
 	// Goodbye, when not nil, lets another goroutine end the session with
 	// a last line to the client (Goodbye.Say). The upstream's stream is
@@ -116,18 +112,8 @@ type RelayOptions struct {
 	Goodbye *Goodbye
 }
 
-// RelayWith is Relay with options. A session that a Goodbye ended returns
-// ErrSaidGoodbye once the line is written and both connections are closed.
-func RelayWith(client net.Conn, clientBuf *bufio.Reader, upstream net.Conn, upstreamBuf *bufio.Reader, o RelayOptions) (toUpstream, toClient int64, err error) {
-	return relayWith(client, clientBuf, upstream, upstreamBuf, halfCloseIdle, o)
-}
-
-// relay is Relay with the half-close idle limit as a parameter, for tests.
-func relay(client net.Conn, clientBuf *bufio.Reader, upstream net.Conn, upstreamBuf *bufio.Reader, linger time.Duration) (toUpstream, toClient int64, err error) {
-	return relayWith(client, clientBuf, upstream, upstreamBuf, linger, RelayOptions{})
-}
-
-// relayWith is RelayWith with the half-close idle limit as a parameter.
+// relayWith is Relay with the half-close idle limit as a parameter, for
+// tests.
 func relayWith(client net.Conn, clientBuf *bufio.Reader, upstream net.Conn, upstreamBuf *bufio.Reader, linger time.Duration, o RelayOptions) (toUpstream, toClient int64, err error) {
 	r := &relaySession{linger: linger, idle: max(o.Idle, 0), start: time.Now()}
 	r.refresh = min(idleRefresh, r.idle/4)
@@ -166,81 +152,6 @@ func relayWith(client net.Conn, clientBuf *bufio.Reader, upstream net.Conn, upst
 		c.Close()
 	}
 	return r.halves[0].n, r.halves[1].n, r.err
-}
-
-// A Goodbye lets another goroutine end a relayed IMAP session with a last
-// line to the client, such as "* BYE server shutting down\r\n", without
-// cutting into a response the upstream is sending: the line goes out where
-// the upstream's stream is between two lines and not inside a literal.
-//
-// To know where that is, the relay watches the upstream's stream for the
-// one thing that matters: a line that ends in a literal announcement
-// ("{n}" or "{n+}" before the line ending, as in
-// "* 1 FETCH (BODY[] {1234}\r\n") is followed by n bytes of data and then
-// the rest of the line, so the point after the line ending is not between
-// lines. That costs a scan for "}" over the bytes outside literals; literal
-// data is counted, not scanned. Text that merely looks like an announcement
-// at the end of a line (a status text ending in "{5}") makes the relay
-// wait for nothing, never write too early. Once the client may have sent
-// COMPRESS (RFC 4978), the upstream's stream is deflate data and the relay
-// never says goodbye.
-//
-// The zero value is ready to use; give each one to one relay only
-// (RelayOptions.Goodbye).
-type Goodbye struct {
-	mu   sync.Mutex    // protects line, r
-	line []byte        // what to write; nil until Say
-	r    *relaySession // the relay, while it runs
-}
-
-// Say asks the relay to write line to the client as soon as the upstream's
-// stream is between lines (at once if it is now), then to close the
-// upstream connection and end the client's stream, and to return
-// ErrSaidGoodbye. Only the first call counts; Say does not wait. Called
-// before the relay starts, it takes effect when it does; after it ended,
-// it does nothing. A relay whose upstream stays inside a literal, or whose
-// client does not read the line, goes on until the caller closes its
-// connections (a shutdown deadline).
-func (g *Goodbye) Say(line string) {
-	g.mu.Lock()
-	if g.line != nil {
-		g.mu.Unlock()
-		return
-	}
-	g.line = []byte(line)
-	r := g.r
-	g.mu.Unlock()
-	if r != nil {
-		r.byeAsked.Store(true)
-		// The upstream direction may be blocked in Read: wake it. It
-		// checks byeAsked after setting any read deadline of its own
-		// and before each Read, so this wake-up cannot be lost.
-		r.conns[1].SetReadDeadline(time.Now().Add(pokeDeadline))
-		r.closeAfterUpstreamEOF()
-	}
-}
-
-// closeAfterUpstreamEOF closes the client connection when a goodbye was
-// asked for and the upstream has ended its stream: the client has had the
-// upstream's last word and its end of stream, and the only thing left is
-// to wait for it to hang up. Say and the upstream direction's finish both
-// call it, so that it happens whichever comes second.
-func (r *relaySession) closeAfterUpstreamEOF() {
-	r.mu.Lock()
-	done := r.eof[1] && !r.aborted
-	if done {
-		r.closedBy[0] = true
-	}
-	r.mu.Unlock()
-	if done {
-		r.conns[0].Close()
-	}
-}
-
-func (g *Goodbye) text() []byte {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.line
 }
 
 var connNames = [2]string{"client", "upstream"}
@@ -720,208 +631,4 @@ func hardClose(c net.Conn) {
 		tc.NetConn().Close()
 	}
 	c.Close()
-}
-
-// Literal tracking (Goodbye). Sizes of literals: a number of up to
-// litMaxDigits digits; an announcement with more digits, whatever precedes
-// them, counts as a literal that never ends. litTail keeps enough of a line
-// that an announcement split across reads is still seen: "{", the digits,
-// "+", "}" and "\r".
-const (
-	litMaxDigits = 20
-	litTail      = litMaxDigits + 4
-)
-
-// literalTracker follows an IMAP server's stream, chunk by chunk, far
-// enough to tell whether the stream is between lines: after a line ending
-// that is not inside a literal and does not announce one. It allocates
-// nothing. Line endings are LF, with or without CR.
-type literalTracker struct {
-	lit   int64         // literal bytes still to come
-	mid   bool          // within a line: the last byte was not a line ending
-	ntail int           // bytes in tail
-	tail  [litTail]byte // the last bytes of the line since the line began or the last literal ended
-}
-
-// safe reports whether the stream fed so far ends between lines.
-func (t *literalTracker) safe() bool { return t.lit == 0 && !t.mid }
-
-// feed follows b, the next bytes of the stream.
-func (t *literalTracker) feed(b []byte) {
-	for len(b) > 0 {
-		if t.lit > 0 {
-			if int64(len(b)) <= t.lit {
-				t.lit -= int64(len(b))
-				return
-			}
-			// The literal ends in b; its line goes on after it.
-			b = b[t.lit:]
-			t.lit = 0
-			t.ntail = 0
-			t.mid = true
-			continue
-		}
-		n, rest, ok := t.announcement(b)
-		if !ok {
-			t.keep(b)
-			t.mid = b[len(b)-1] != '\n'
-			return
-		}
-		t.lit, t.mid, t.ntail, b = n, true, 0, rest
-	}
-}
-
-// announcement looks in b, which continues the line in t.tail, for the
-// first line ending that ends a literal announcement. It returns the
-// literal's size and the bytes after the line ending.
-func (t *literalTracker) announcement(b []byte) (n int64, rest []byte, ok bool) {
-	// A "}" or "}\r" at the end of the previous read.
-	if tl := t.tail[:t.ntail]; len(tl) > 0 {
-		k := 0 // bytes of b that end the line
-		switch {
-		case tl[len(tl)-1] == '}':
-			if b[0] == '\n' {
-				k = 1
-			} else if len(b) > 1 && b[0] == '\r' && b[1] == '\n' {
-				k = 2
-			}
-			tl = tl[:len(tl)-1]
-		case len(tl) > 1 && tl[len(tl)-2] == '}' && tl[len(tl)-1] == '\r':
-			if b[0] == '\n' {
-				k = 1
-			}
-			tl = tl[:len(tl)-2]
-		}
-		if k > 0 {
-			if n, ok := literalSize(tl); ok {
-				return n, b[k:], true
-			}
-		}
-	}
-	for from := 0; ; {
-		j := bytes.IndexByte(b[from:], '}')
-		if j < 0 {
-			return 0, nil, false
-		}
-		j += from
-		k := 0
-		switch {
-		case j+1 < len(b) && b[j+1] == '\n':
-			k = j + 2
-		case j+2 < len(b) && b[j+1] == '\r' && b[j+2] == '\n':
-			k = j + 3
-		}
-		if k > 0 {
-			if n, ok := t.sizeBefore(b[:j]); ok {
-				return n, b[k:], true
-			}
-		}
-		from = j + 1
-	}
-}
-
-// sizeBefore parses the announcement that would end with head, the bytes
-// of b before a "}", continuing into t.tail.
-func (t *literalTracker) sizeBefore(head []byte) (int64, bool) {
-	if len(head) >= litTail {
-		return literalSize(head[len(head)-litTail:])
-	}
-	var buf [litTail]byte
-	tl := t.tail[:t.ntail]
-	if need := litTail - len(head); len(tl) > need {
-		tl = tl[len(tl)-need:]
-	}
-	m := copy(buf[:], tl)
-	m += copy(buf[m:], head)
-	return literalSize(buf[:m])
-}
-
-// keep appends b, line bytes outside literals, to t.tail, dropping the
-// oldest bytes.
-func (t *literalTracker) keep(b []byte) {
-	if len(b) >= litTail {
-		t.ntail = copy(t.tail[:], b[len(b)-litTail:])
-		return
-	}
-	if over := t.ntail + len(b) - litTail; over > 0 {
-		copy(t.tail[:], t.tail[over:t.ntail])
-		t.ntail -= over
-	}
-	t.ntail += copy(t.tail[t.ntail:], b)
-}
-
-// literalSize parses the end of w, the line bytes before a "}", as the
-// "{n" or "{n+" of a literal announcement. More than litMaxDigits digits,
-// or a size that does not fit an int64, give math.MaxInt64.
-func literalSize(w []byte) (int64, bool) {
-	i := len(w)
-	if i > 0 && w[i-1] == '+' {
-		i--
-	}
-	end := i
-	for i > 0 && '0' <= w[i-1] && w[i-1] <= '9' {
-		i--
-		if end-i > litMaxDigits {
-			return math.MaxInt64, true
-		}
-	}
-	if i == end || i == 0 || w[i-1] != '{' {
-		return 0, false
-	}
-	var n int64
-	for _, c := range w[i:end] {
-		d := int64(c - '0')
-		if n > (math.MaxInt64-d)/10 {
-			return math.MaxInt64, true
-		}
-		n = n*10 + d
-	}
-	return n, true
-}
-
-// compressTail is how much of the client's stream compressWatch keeps:
-// enough for "COMPRESS DEFLATE\r\n" and some slack.
-const compressTail = 40
-
-// compressWatch looks at the end of each chunk of the client's stream for
-// a COMPRESS command (RFC 4978): after its OK the upstream's stream is
-// deflate data, in which neither literals nor line boundaries can be
-// found. The client must wait for the answer to COMPRESS before it sends
-// more, so the command ends what it sent; looking at the last bytes
-// suffices. Any "COMPRESS" there counts, in any case, even inside an
-// APPEND's data: a session wrongly taken for compressed only loses its
-// goodbye.
-type compressWatch struct {
-	n    int
-	tail [compressTail]byte
-}
-
-// feed follows b and reports whether the stream so far ends with what
-// may be a COMPRESS command.
-func (w *compressWatch) feed(b []byte) bool {
-	if len(b) >= compressTail {
-		w.n = copy(w.tail[:], b[len(b)-compressTail:])
-	} else {
-		if over := w.n + len(b) - compressTail; over > 0 {
-			copy(w.tail[:], w.tail[over:w.n])
-			w.n -= over
-		}
-		w.n += copy(w.tail[w.n:], b)
-	}
-	return containsFold(w.tail[:w.n], "COMPRESS")
-}
-
-// containsFold reports whether b contains upper, an upper-case ASCII
-// word, in any case.
-func containsFold(b []byte, upper string) bool {
-	for i := 0; i+len(upper) <= len(b); i++ {
-		j := 0
-		for j < len(upper) && b[i+j]&^0x20 == upper[j] {
-			j++
-		}
-		if j == len(upper) {
-			return true
-		}
-	}
-	return false
 }

@@ -231,7 +231,7 @@ func startRelayWith(client net.Conn, clientBuf *bufio.Reader, upstream net.Conn,
 	ch := make(chan relayResult, 1)
 	go func() {
 		var r relayResult
-		r.toUpstream, r.toClient, r.err = RelayWith(client, clientBuf, upstream, upstreamBuf, o)
+		r.toUpstream, r.toClient, r.err = Relay(client, clientBuf, upstream, upstreamBuf, o)
 		ch <- r
 	}()
 	return ch
@@ -282,7 +282,7 @@ func TestRelayGoodbyeIdle(t *testing.T) {
 			clientFar.Close()
 			r := waitRelay(t, res)
 			if !errors.Is(r.err, ErrSaidGoodbye) || r.toClient != 12 || r.toUpstream != 8 {
-				t.Errorf("RelayWith() = %d, %d, %v, want 8, 12, ErrSaidGoodbye", r.toUpstream, r.toClient, r.err)
+				t.Errorf("Relay() = %d, %d, %v, want 8, 12, ErrSaidGoodbye", r.toUpstream, r.toClient, r.err)
 			}
 		})
 	}
@@ -301,7 +301,7 @@ func TestRelayGoodbyeClientStaysOpen(t *testing.T) {
 	}
 	start := time.Now()
 	if r := waitRelay(t, res); !errors.Is(r.err, ErrSaidGoodbye) {
-		t.Errorf("RelayWith() = %v, want ErrSaidGoodbye", r.err)
+		t.Errorf("Relay() = %v, want ErrSaidGoodbye", r.err)
 	}
 	if d := time.Since(start); d > goodbyeLinger+5*time.Second {
 		t.Errorf("RelayWith returned %v after the goodbye, want about %v", d, goodbyeLinger)
@@ -377,7 +377,7 @@ func TestRelayGoodbyeAfterLiteral(t *testing.T) {
 				t.Fatalf("goodbye written at offset %d, want after the FETCH response (%d) at a line boundary", len(prefix), fetchEnd)
 			}
 			if r := waitRelay(t, res); !errors.Is(r.err, ErrSaidGoodbye) || r.toClient != int64(len(prefix)) {
-				t.Errorf("RelayWith() = %d, %v, want %d, ErrSaidGoodbye", r.toClient, r.err, len(prefix))
+				t.Errorf("Relay() = %d, %v, want %d, ErrSaidGoodbye", r.toClient, r.err, len(prefix))
 			}
 		})
 	}
@@ -409,7 +409,7 @@ func TestRelayGoodbyeBufferedLiteral(t *testing.T) {
 	}
 	clientFar.Close()
 	if r := waitRelay(t, res); !errors.Is(r.err, ErrSaidGoodbye) {
-		t.Errorf("RelayWith() = %v, want ErrSaidGoodbye", r.err)
+		t.Errorf("Relay() = %v, want ErrSaidGoodbye", r.err)
 	}
 }
 
@@ -427,7 +427,7 @@ func TestRelayGoodbyeAfterUpstreamEOF(t *testing.T) {
 	}
 	g.Say(testBye)
 	if r := waitRelay(t, res); r.err != nil {
-		t.Errorf("RelayWith() = %v, want nil", r.err)
+		t.Errorf("Relay() = %v, want nil", r.err)
 	}
 }
 
@@ -486,12 +486,12 @@ func TestRelayGoodbyeNotAfterCompress(t *testing.T) {
 	}
 	select {
 	case r := <-res:
-		t.Fatalf("RelayWith() = %v after COMPRESS, want it to go on", r.err)
+		t.Fatalf("Relay() = %v after COMPRESS, want it to go on", r.err)
 	default:
 	}
 	clientProxy.Close() // the shutdown deadline
 	if r := waitRelay(t, res); errors.Is(r.err, ErrSaidGoodbye) {
-		t.Errorf("RelayWith() = %v, want the error of the closed connection", r.err)
+		t.Errorf("Relay() = %v, want the error of the closed connection", r.err)
 	}
 }
 
@@ -517,12 +517,12 @@ func TestRelayGoodbyeNeverSafe(t *testing.T) {
 	}
 	select {
 	case r := <-res:
-		t.Fatalf("RelayWith() = %v inside a literal, want it to wait", r.err)
+		t.Fatalf("Relay() = %v inside a literal, want it to wait", r.err)
 	default:
 	}
 	clientProxy.Close() // the shutdown deadline
 	if r := waitRelay(t, res); errors.Is(r.err, ErrSaidGoodbye) {
-		t.Errorf("RelayWith() = %v, want the error of the closed connection", r.err)
+		t.Errorf("Relay() = %v, want the error of the closed connection", r.err)
 	}
 	if b := readUntilEOF(t, clientFar); bytes.Contains(b, []byte("BYE")) {
 		t.Errorf("client read %q, want no goodbye", b)
@@ -562,7 +562,7 @@ func TestRelayGoodbyeNoAllocs(t *testing.T) {
 		if _, err := io.ReadFull(clientFar, buf); err != nil {
 			select {
 			case r := <-res:
-				t.Fatalf("client ReadFull() = %v; RelayWith() = %v", err, r.err)
+				t.Fatalf("client ReadFull() = %v; Relay() = %v", err, r.err)
 			case <-time.After(5 * time.Second):
 				t.Fatalf("client ReadFull() = %v", err)
 			}
@@ -577,7 +577,7 @@ func TestRelayGoodbyeNoAllocs(t *testing.T) {
 	}
 	clientFar.Close()
 	if r := waitRelay(t, res); !errors.Is(r.err, ErrSaidGoodbye) {
-		t.Errorf("RelayWith() = %v, want ErrSaidGoodbye", r.err)
+		t.Errorf("Relay() = %v, want ErrSaidGoodbye", r.err)
 	}
 }
 

@@ -14,7 +14,7 @@ func startRelayIdle(client net.Conn, clientBuf *bufio.Reader, upstream net.Conn,
 	ch := make(chan relayResult, 1)
 	go func() {
 		var r relayResult
-		r.toUpstream, r.toClient, r.err = RelayIdle(client, clientBuf, upstream, upstreamBuf, idle)
+		r.toUpstream, r.toClient, r.err = Relay(client, clientBuf, upstream, upstreamBuf, RelayOptions{Idle: idle})
 		ch <- r
 	}()
 	return ch
@@ -28,10 +28,10 @@ func TestRelayIdleTimeout(t *testing.T) {
 	res := startRelayIdle(clientProxy, nil, upProxy, nil, idle)
 	r := waitRelay(t, res)
 	if !errors.Is(r.err, ErrIdleTimeout) {
-		t.Errorf("RelayIdle(silent) = %v, want ErrIdleTimeout", r.err)
+		t.Errorf("Relay(Idle, silent) = %v, want ErrIdleTimeout", r.err)
 	}
 	if d := time.Since(start); d < idle {
-		t.Errorf("RelayIdle(silent) returned after %v, want at least %v", d, idle)
+		t.Errorf("Relay(Idle, silent) returned after %v, want at least %v", d, idle)
 	}
 	for name, c := range map[string]net.Conn{"client": clientFar, "upstream": upFar} {
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -87,7 +87,7 @@ func TestRelayIdleZero(t *testing.T) {
 	clientFar.CloseWrite()
 	upFar.CloseWrite()
 	if r := waitRelay(t, res); r.err != nil || r.toUpstream != 8 {
-		t.Errorf("RelayIdle(0) = %d, %d, %v, want 8, 0, nil", r.toUpstream, r.toClient, r.err)
+		t.Errorf("Relay(Idle: 0) = %d, %d, %v, want 8, 0, nil", r.toUpstream, r.toClient, r.err)
 	}
 }
 
@@ -115,7 +115,7 @@ func TestRelayIdleNoAllocs(t *testing.T) {
 	upFar.CloseWrite()
 	clientFar.CloseWrite()
 	if r := waitRelay(t, res); r.err != nil {
-		t.Errorf("RelayIdle() = %v, want nil", r.err)
+		t.Errorf("Relay(Idle) = %v, want nil", r.err)
 	}
 }
 

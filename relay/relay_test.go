@@ -29,7 +29,7 @@ func startRelayLinger(client net.Conn, clientBuf *bufio.Reader, upstream net.Con
 	ch := make(chan relayResult, 1)
 	go func() {
 		var r relayResult
-		r.toUpstream, r.toClient, r.err = relay(client, clientBuf, upstream, upstreamBuf, linger)
+		r.toUpstream, r.toClient, r.err = relayWith(client, clientBuf, upstream, upstreamBuf, linger, RelayOptions{})
 		ch <- r
 	}()
 	return ch
@@ -297,15 +297,14 @@ func TestRelayHalfClosedPeerMustKeepMoving(t *testing.T) {
 // watchConn records the Reads and Writes made on a net.Conn.
 type watchConn struct {
 	net.Conn
-	mu         sync.Mutex // protects the fields below
-	readSizes  []int      // len(p) of every Read
-	inRead     bool
-	readBytes  int64
-	writes     int
-	inWrite    bool
-	onRead     func(total int64) // called after each Read, outside mu
-	wake       chan struct{}     // cap 1: something changed
-	closeWrite bool              // expose CloseWrite of the wrapped conn
+	mu        sync.Mutex // protects the fields below
+	readSizes []int      // len(p) of every Read
+	inRead    bool
+	readBytes int64
+	writes    int
+	inWrite   bool
+	onRead    func(total int64) // called after each Read, outside mu
+	wake      chan struct{}     // cap 1: something changed
 }
 
 func newWatchConn(c net.Conn) *watchConn { return &watchConn{Conn: c, wake: make(chan struct{}, 1)} }

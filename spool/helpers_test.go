@@ -1,7 +1,6 @@
 package spool
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -355,11 +354,4 @@ func (e *env) record(id string) *Record {
 		e.t.Fatalf("Show(%s): %v", id, err)
 	}
 	return r
-}
-
-func bodyOf(msg []byte) []byte {
-	if i := bytes.Index(msg, []byte("\r\n\r\n")); i >= 0 {
-		return msg[i+4:]
-	}
-	return nil
 }

@@ -325,7 +325,9 @@ func runFetchmailDoc(t *testing.T, r *clientRun) {
 	mbox := filepath.Join(r.home, "fetched.mbox")
 	// -d0: one poll, not a daemon; --mda: deliver to a file, not to port 25.
 	// Each message starts with fetchmail's own Received line.
-	runClient(t, r, "", "fetchmail", "-d0", "-f", rc, "--mda", "cat >> "+mbox)
+	// --pidfile: as root fetchmail otherwise uses /var/run/fetchmail.pid
+	// and refuses to run beside another test's fetchmail.
+	runClient(t, r, "", "fetchmail", "-d0", "-f", rc, "--pidfile", filepath.Join(r.home, "fetchmail.pid"), "--mda", "cat >> "+mbox)
 	b, err := os.ReadFile(mbox)
 	if err != nil {
 		t.Fatalf("fetchmail delivered nothing: %v", err)

@@ -4,7 +4,6 @@ import (
 	"flag"
 	"io"
 	"log/slog"
-	"path/filepath"
 
 	"mailproxy/config"
 	"mailproxy/daemon"
@@ -14,12 +13,9 @@ import (
 )
 
 // defaultConfigPath is where serve, login, status and check look when
-// -config is not given: $CONFIGURATION_DIRECTORY (systemd) first.
+// -config is not given: config.DefaultPath, per platform.
 func defaultConfigPath(env *cmdEnv) string {
-	if d := env.getenv("CONFIGURATION_DIRECTORY"); d != "" {
-		return filepath.Join(d, "mailproxy.toml")
-	}
-	return "/etc/mailproxy/mailproxy.toml"
+	return config.DefaultPath(env.getenv)
 }
 
 // configFlag registers -config on fs.

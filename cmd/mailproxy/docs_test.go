@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -397,7 +398,19 @@ func TestDocsCommandLines(t *testing.T) {
 				}
 				return ""
 			}
-		case "serve", "login", "logout", "queue":
+		case "service":
+			// Windows only; elsewhere it must point to the platform's
+			// service manager.
+			check = func(code int, _, stderr string) string {
+				if runtime.GOOS == "windows" {
+					return ""
+				}
+				if code != exitUsage || !strings.Contains(stderr, "Windows service") {
+					return "want exit 2 and a pointer to the Windows service"
+				}
+				return ""
+			}
+		case "serve", "login", "logout", "queue", "reload", "healthcheck":
 			// Interactive or long-running: with a config that does not
 			// exist they stop right after parsing the command line, so an
 			// unknown flag, a flag after an argument or a wrong number of

@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strconv"
 	"strings"
 	"time"
 
@@ -237,7 +236,7 @@ func (a *accountCheck) smtp(ctx context.Context, sendTo string) {
 		if err != nil {
 			return err
 		}
-		if _, err := w.Write(testMessage(from, sendTo)); err != nil {
+		if _, err := w.Write(daemon.TestMessage(from, sendTo, time.Now())); err != nil {
 			return err
 		}
 		r, err := w.CloseWithResponse()
@@ -310,13 +309,6 @@ func smtpReply(se *smtp.SMTPError) string {
 		return fmt.Sprintf("%d %s", se.Code, se.Message)
 	}
 	return fmt.Sprintf("%d %d.%d.%d %s", se.Code, ec[0], ec[1], ec[2], se.Message)
-}
-
-func testMessage(from, to string) []byte {
-	now := time.Now()
-	return []byte("From: <" + from + ">\r\nTo: <" + to + ">\r\nSubject: mailproxy test message\r\nDate: " + now.Format(time.RFC1123Z) +
-		"\r\nMessage-ID: <check-" + strconv.FormatInt(now.UnixNano(), 36) + "@mailproxy>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" +
-		"This is a test message sent by `mailproxy check -account` through the upstream SMTP server.\r\n")
 }
 
 // xoauth2Client is SASL XOAUTH2 for go-smtp's client: an error challenge

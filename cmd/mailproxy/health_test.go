@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/cookiejar"
+	"net/url"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -88,5 +90,68 @@ func TestDemoHealthWithUpstreamsDown(t *testing.T) {
 	}
 	if strings.Contains(string(page), "`") {
 		t.Errorf("the page shows raw backticks")
+	}
+}
+
+// The account page shows the account's details and sends a test message
+// through the real upstream path, showing the upstream's reply.
+func TestDemoAccountPageSendsTestMessage(t *testing.T) {
+	dm, err := startDemo(demoOptions{imap: "127.0.0.1:0", smtp: "127.0.0.1:0", admin: "127.0.0.1:0", stateDir: t.TempDir(), logOut: discardWriter{}})
+	if err != nil {
+		t.Fatalf("startDemo() = %v", err)
+	}
+	t.Cleanup(func() { dm.close(context.Background()) })
+	jar, _ := cookiejar.New(nil)
+	hc := &http.Client{Jar: jar}
+	get := func(u string) string {
+		t.Helper()
+		resp, err := hc.Get(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s = %d:\n%s", u, resp.StatusCode, b)
+		}
+		return string(b)
+	}
+	get(dm.d.AdminURL())
+	au, _ := url.Parse(dm.d.AdminURL())
+	base := au.Scheme + "://" + au.Host // the host the session cookie is for
+	page := get(base + "/account?name=" + demoUser)
+	for _, want := range []string{"<h2>" + demoUser + "</h2>", "Refresh token age", "Blocked logins", "Send a test message", `name="password"`} {
+		if !strings.Contains(page, want) {
+			t.Errorf("account page lacks %q", want)
+		}
+	}
+	csrf := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindStringSubmatch(page)
+	if csrf == nil {
+		t.Fatalf("account page has no CSRF field:\n%s", page)
+	}
+	post := func(password string) string {
+		t.Helper()
+		form := url.Values{"csrf": {csrf[1]}, "account": {demoUser}, "to": {demoPending}, "password": {password}}
+		req, _ := http.NewRequest(http.MethodPost, base+"/account/test", strings.NewReader(form.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Origin", base) // what a browser sends from the page
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	if got := post("wrong"); !strings.Contains(got, "was not sent") || len(dm.smtpUp.Messages()) != 0 {
+		t.Errorf("test message with a wrong password: page %q, %d messages upstream; want not sent", got, len(dm.smtpUp.Messages()))
+	}
+	got := post(demoPassword)
+	msgs := dm.smtpUp.Messages()
+	if len(msgs) != 1 || msgs[0].From != demoUser || msgs[0].Rcpts[0].Addr != demoPending || !strings.Contains(string(msgs[0].Data), "Subject: mailproxy test message") {
+		t.Fatalf("upstream got %+v, want the test message from %s to %s", msgs, demoUser, demoPending)
+	}
+	if !strings.Contains(got, "The upstream server answered:") || !strings.Contains(got, msgs[0].QueueID) {
+		t.Errorf("page after the test message lacks the upstream's reply with %s:\n%s", msgs[0].QueueID, got)
 	}
 }

@@ -25,6 +25,9 @@ Usage:
   mailproxy check   [-config FILE] [-account USER [-send-to ADDR]]
   mailproxy queue   [-config FILE] list|show ID|retry ID|delete ID|pause MAILBOX|resume MAILBOX
   mailproxy admin-url [-config FILE]          the admin page's link with its access token
+  mailproxy reload  [-config FILE]            ask the running daemon to reload its config
+  mailproxy service install|uninstall|start|stop [-config FILE]   (Windows)
+  mailproxy healthcheck [-config FILE] [-url URL]   exit 0 when /healthz says ok
   mailproxy hash-password                     print an Argon2id hash for password_hash
   mailproxy version | --version
 
@@ -73,6 +76,13 @@ type cmdEnv struct {
 	// reloadDone, when set, is called by serve after each SIGHUP with the
 	// config error or nil.
 	reloadDone func(error)
+	// Set when running as a Windows service: sysLog receives errors (the
+	// Event Log), reload the service manager's "parameters changed"
+	// requests, and defaultLogFile is log.file when the config leaves it
+	// empty (a service has no stderr).
+	sysLog         eventSink
+	reload         <-chan struct{}
+	defaultLogFile string
 }
 
 func main() {
@@ -91,6 +101,9 @@ func main() {
 		getenv:       os.Getenv,
 		readPassword: terminalPassword(),
 	}
+	if code, ok := runAsService(env, os.Args[1:]); ok {
+		os.Exit(code)
+	}
 	os.Exit(run(ctx, env, os.Args[1:]))
 }
 
@@ -105,6 +118,9 @@ func commands() []command {
 		{"admin-url", runAdminURL},
 		{"hash-password", runHashPassword},
 		{"queue", runQueue},
+		{"reload", runReload},
+		{"service", runService},
+		{"healthcheck", runHealthcheck},
 		{"version", runVersion},
 	}
 }

@@ -38,7 +38,20 @@ Flags:
 	if err != nil {
 		return err
 	}
-	logger := newLogger(cfg, env.stderr, *debug)
+	if cfg.Log.File == "" {
+		cfg.Log.File = env.defaultLogFile
+	}
+	logger, closeLog, err := daemonLogger(cfg, env.stderr, *debug, env.sysLog)
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	pid, err := writePIDFile(cfg.StateDir)
+	if err != nil {
+		// mailproxy reload will not find this daemon; it runs anyway.
+		logger.Warn("no pid file: mailproxy reload cannot reach this process", "err", err)
+	}
+	defer pid.remove()
 	d, err := daemon.New(cfg, logger)
 	if err != nil {
 		return err
@@ -51,6 +64,7 @@ Flags:
 		Reloading:  notifyReloading,
 		Stopping:   notifyStopping,
 		ReloadDone: env.reloadDone,
+		Reload:     env.reload,
 	}
 	hooks.Serving = func() {
 		logStart(logger, d, *cfgPath)

@@ -31,9 +31,11 @@ type serveHarness struct {
 	cfgText string
 	d       *daemon.Daemon
 	reloads chan error
-	cancel  context.CancelFunc
-	done    chan error
-	logs    *testutil.Buffer
+	// reloadReq asks for a reload as the Windows service manager does.
+	reloadReq chan struct{}
+	cancel    context.CancelFunc
+	done      chan error
+	logs      *testutil.Buffer
 }
 
 func startServe(t *testing.T) *serveHarness {
@@ -56,7 +58,7 @@ func startServeWith(t *testing.T, edit func(string) string) *serveHarness {
 	dm.d = nil
 	t.Cleanup(func() { dm.close(context.Background()) })
 
-	h := &serveHarness{dm: dm, cfgFile: filepath.Join(dir, "mailproxy.toml"), reloads: make(chan error, 1), done: make(chan error, 1), logs: new(testutil.Buffer)}
+	h := &serveHarness{dm: dm, cfgFile: filepath.Join(dir, "mailproxy.toml"), reloads: make(chan error, 1), reloadReq: make(chan struct{}), done: make(chan error, 1), logs: new(testutil.Buffer)}
 	b, err := os.ReadFile(h.cfgFile)
 	if err != nil {
 		t.Fatal(err)
@@ -78,6 +80,7 @@ func startServeWith(t *testing.T, edit func(string) string) *serveHarness {
 		getenv:     func(string) string { return "" },
 		serving:    func(d *daemon.Daemon) { ready <- d },
 		reloadDone: func(err error) { h.reloads <- err },
+		reload:     h.reloadReq,
 	}
 	go func() {
 		code := run(ctx, env, []string{"serve", "-config", h.cfgFile})

@@ -413,3 +413,24 @@ func TestConnectionLimitImplicitTLS(t *testing.T) {
 		t.Errorf("Refused() = %d, want 1", got)
 	}
 }
+
+// A client retrying against a full mailbox cap: 200 refusals write one log
+// line, not 200.
+func TestMailboxCapRefusalStormLogged(t *testing.T) {
+	e := newEnv(t, withServer(func(s *Server) { s.MaxUpstreamPerMailbox = 1 }))
+	c1 := greet(t, e.addr)
+	c1.login("a", alice, alicePass)
+	c := greet(t, e.addr)
+	for i := range 200 {
+		tag := fmt.Sprintf("r%d", i)
+		c.send(tag + " LOGIN " + alice + " " + alicePass + "\r\n")
+		c.expect(tag + " NO [UNAVAILABLE] too many sessions for this mailbox")
+		if i%maxBadCommands == maxBadCommands-1 { // the session ends after repeated errors: reconnect
+			c.expect("* BYE too many errors")
+			c = greet(t, e.addr)
+		}
+	}
+	if n := strings.Count(e.logs.String(), "too many upstream sessions for this mailbox"); n != 1 {
+		t.Errorf("log lines for 200 refusals = %d, want 1", n)
+	}
+}

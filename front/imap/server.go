@@ -68,6 +68,8 @@ const TooManyConnections = "* BYE too many connections\r\n"
 // whose client does not read, is closed without a word when the Shutdown
 // context is done. Clients reconnect.
 type Server struct {
+	refusals front.Refusals // rate-limits refusal log lines
+
 	Auth           auth.Authenticator
 	TLSConfig      *tls.Config     // nil: no STARTTLS
 	Logger         *slog.Logger    // nil: slog.Default(); lines carry proto=imap already

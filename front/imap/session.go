@@ -562,13 +562,13 @@ func (c *session) login(tag, user, pass string) bool {
 		mailbox = grant.Username
 	}
 	if d := c.s.backoff.Remaining(mailbox); d > 0 {
-		log.Warn("imap login refused: the upstream throttled this mailbox", "mailbox", mailbox, "retry_in", d.Round(time.Second))
+		c.s.refusals.Log(log, slog.LevelWarn, mailbox, "imap login refused: the upstream throttled this mailbox", "mailbox", mailbox, "retry_in", d.Round(time.Second))
 		c.reply(tagb, "NO", "[UNAVAILABLE] "+upstream.ThrottledText(d))
 		return c.countError()
 	}
 	release, ok := c.s.mailboxes.Acquire(mailbox)
 	if !ok {
-		log.Warn("imap login refused: too many upstream sessions for this mailbox", "mailbox", mailbox)
+		c.s.refusals.Log(log, slog.LevelWarn, mailbox, "imap login refused: too many upstream sessions for this mailbox", "mailbox", mailbox)
 		c.reply(tagb, "NO", "[UNAVAILABLE] too many sessions for this mailbox")
 		return c.countError()
 	}
@@ -615,7 +615,7 @@ func (c *session) login(tag, user, pass string) bool {
 		c.trace.Debug("relaying; trace ends")
 	}
 	m.Session(grant.Username, 1)
-	c.up, c.down, err = relay.RelayWith(c.conn, r, up, upr, relay.RelayOptions{Idle: c.s.idleTimeout(), Goodbye: &c.goodbye})
+	c.up, c.down, err = relay.Relay(c.conn, r, up, upr, relay.RelayOptions{Idle: c.s.idleTimeout(), Goodbye: &c.goodbye})
 	m.Session(grant.Username, -1)
 	m.Relayed(Name, c.up, c.down)
 	c.outcome = outcomeRelayed
@@ -639,6 +639,12 @@ func (c *session) logAuthFailure(user string, ae *auth.AuthError) {
 	attrs := []any{"proto", Name, "remote", c.remoteAddr().String(), "user", user, "conn", c.id}
 	if errors.Is(ae, auth.ErrLockedOut) {
 		attrs = append(attrs, "reason", "locked out")
+	}
+	if errors.Is(ae, auth.ErrLockedOut) {
+		// fail2ban saw the failures that made the block; a client that
+		// keeps trying while blocked is counted, not logged each time.
+		c.s.refusals.Log(c.s.logger(), slog.LevelWarn, c.remoteAddr().String()+" "+user, "auth failure", attrs...)
+		return
 	}
 	c.s.logger().Warn("auth failure", attrs...)
 }

@@ -275,7 +275,9 @@ poll %s service %s protocol pop3 uidl auth password timeout 60
 		t.Fatal(err)
 	}
 	env := []string{"HOME=" + home, "FETCHMAILHOME=" + home}
-	run(t, home, env, fm, "-f", rc, "--nodetach", "--nosyslog", "-v")
+	// Our own pid file: as root fetchmail otherwise uses
+	// /var/run/fetchmail.pid and refuses to run beside another test's.
+	run(t, home, env, fm, "-f", rc, "--pidfile", filepath.Join(home, "fetchmail.pid"), "--nodetach", "--nosyslog", "-v")
 	ents, err := os.ReadDir(out)
 	if err != nil {
 		t.Fatal(err)

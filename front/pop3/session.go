@@ -556,7 +556,7 @@ func (c *session) login(user, pass string) bool {
 	r, up, upr := c.r, res.up, res.upr
 	c.r, c.w, res = nil, nil, upstreamResult{}
 	m.Session(grant.Username, 1)
-	c.up, c.down, err = relay.RelayWith(c.conn, r, up, upr, relay.RelayOptions{Idle: c.s.idleTimeout()})
+	c.up, c.down, err = relay.Relay(c.conn, r, up, upr, relay.RelayOptions{Idle: c.s.idleTimeout()})
 	m.Session(grant.Username, -1)
 	m.Relayed(Name, c.up, c.down)
 	c.outcome = outcomeRelayed

@@ -111,8 +111,9 @@ type Server struct {
 	// upstream.
 	Intake Intake
 
-	metrics front.Metrics     // never nil once started
-	backoff *upstream.Backoff // identities the upstream throttled; tests may set it before Serve
+	metrics  front.Metrics     // never nil once started
+	refusals front.Refusals    // rate-limits refusal log lines
+	backoff  *upstream.Backoff // identities the upstream throttled; tests may set it before Serve
 
 	mu      sync.Mutex // protects the fields below
 	started bool
@@ -301,7 +302,7 @@ func (l *listener) Accept() (net.Conn, error) {
 			c := l.s.track(nc)
 			if !c.admit(&l.waiting) {
 				c.setOutcome("too many waiting to log in")
-				c.log.Warn("smtp: too many connections on this listener waiting to log in; refused", "limit", l.s.maxPreAuthConns())
+				l.s.refusals.Log(c.log, slog.LevelWarn, "", "smtp: too many connections on this listener waiting to log in; refused", "limit", l.s.maxPreAuthConns())
 				c.Conn.SetWriteDeadline(time.Now().Add(shutdownNoticeTimeout))
 				io.WriteString(c.Conn, TooManyWaiting)
 				c.Close()

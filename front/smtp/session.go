@@ -263,7 +263,7 @@ func (s *session) authenticate(username, password string) error {
 		return &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: submit.OneLine(ae.Msg)}
 	}
 	if d := s.srv.backoff.Remaining(g.Identity); d > 0 {
-		s.log.Warn("smtp login refused: the upstream throttled this mailbox", "user", username, "identity", g.Identity, "retry_in", d.Round(time.Second))
+		s.srv.refusals.Log(s.log, slog.LevelWarn, g.Identity, "smtp login refused: the upstream throttled this mailbox", "user", username, "identity", g.Identity, "retry_in", d.Round(time.Second))
 		s.c.setOutcome("throttled")
 		return throttledReply(d)
 	}
@@ -286,6 +286,11 @@ func (s *session) logAuthFailure(user string, ae *auth.AuthError) {
 	attrs := []any{"proto", Name, "remote", remoteAddr(s.nc).String(), "user", user, "conn", s.c.id}
 	if errors.Is(ae, auth.ErrLockedOut) {
 		attrs = append(attrs, "reason", "locked out")
+	}
+	if errors.Is(ae, auth.ErrLockedOut) {
+		// fail2ban saw the failures that made the block.
+		s.srv.refusals.Log(s.srv.logger(), slog.LevelWarn, remoteAddr(s.nc).String()+" "+user, "auth failure", attrs...)
+		return
 	}
 	s.srv.logger().Warn("auth failure", attrs...)
 }

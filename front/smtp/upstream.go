@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"mailproxy/auth"
 	"mailproxy/front"
 	"mailproxy/smtpclient"
@@ -40,7 +41,7 @@ func (s *session) connect() (submit.Submitter, error) {
 			Message: "no upstream mail server configured for this account"}
 	}
 	if d := s.srv.backoff.Remaining(g.Identity); d > 0 {
-		s.log.Warn("not connecting upstream: it throttled this mailbox", "identity", g.Identity, "retry_in", d.Round(time.Second))
+		s.srv.refusals.Log(s.log, slog.LevelWarn, g.Identity, "not connecting upstream: it throttled this mailbox", "identity", g.Identity, "retry_in", d.Round(time.Second))
 		s.c.setOutcome("throttled")
 		return nil, throttledReply(d)
 	}

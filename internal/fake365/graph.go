@@ -116,14 +116,13 @@ type graphDraft struct {
 }
 
 type graphUpload struct {
-	draft       *graphDraft
-	att         GraphAttachment
-	size        int
-	data        []byte // received so far (the digest is computed at the end)
-	hash        hashState
-	next        int // next expected byte
-	expires     time.Time
-	maxChunkLen int
+	draft   *graphDraft
+	att     GraphAttachment
+	size    int
+	data    []byte // received so far (the digest is computed at the end)
+	hash    hashState
+	next    int // next expected byte
+	expires time.Time
 }
 
 // hashState accumulates a digest without keeping the bytes.

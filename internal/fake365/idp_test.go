@@ -629,7 +629,7 @@ func (h *idpHarness) deviceCode() (deviceCode, userCode string) {
 func TestIdPDeviceSlowDown(t *testing.T) {
 	h := newIdPHarness(t)
 	h.idp.SetDeviceInterval(0)
-	dc, uc := h.deviceCode()
+	dc, _ := h.deviceCode()
 	h.idp.ForceSlowDown(2)
 	for i, want := range []string{"slow_down", "slow_down", "authorization_pending", "authorization_pending"} {
 		if _, m := h.poll(dc); m["error"] != want {
@@ -640,7 +640,7 @@ func TestIdPDeviceSlowDown(t *testing.T) {
 	// Polling faster than the interval, by the IdP's clock.
 	clock := newIdPClock(h)
 	h.idp.SetDeviceInterval(5 * time.Second)
-	dc, uc = h.deviceCode()
+	dc, uc := h.deviceCode()
 	if _, m := h.poll(dc); m["error"] != "authorization_pending" {
 		t.Errorf("first poll = %v, want authorization_pending", m["error"])
 	}

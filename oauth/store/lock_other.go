@@ -1,4 +1,4 @@
-//go:build !(linux || darwin || freebsd || openbsd || netbsd || dragonfly || illumos)
+//go:build !(linux || darwin || freebsd || openbsd || netbsd || dragonfly || illumos || windows)
 
 package store
 
