@@ -73,8 +73,15 @@ func ParsePlain(resp []byte) (identity, username, password string, err error) {
 	i := bytes.IndexByte(resp, 0)
 	j := i + 1 + bytes.IndexByte(resp[i+1:], 0)
 	identity, username, password = string(resp[:i]), string(resp[i+1:j]), string(resp[j+1:])
-	if identity != "" && !strings.EqualFold(identity, username) {
+	if !IdentityAllowed(identity, username) {
 		return "", "", "", errPlainIdentity
 	}
 	return identity, username, password, nil
+}
+
+// IdentityAllowed is the rule for a SASL PLAIN authorization identity: it
+// must be empty or equal the username (compared case-insensitively, like
+// account names); acting as another user is not supported.
+func IdentityAllowed(identity, username string) bool {
+	return identity == "" || strings.EqualFold(identity, username)
 }

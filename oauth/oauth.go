@@ -102,6 +102,30 @@ func (p *Provider) outlookScopes() []string {
 	return out
 }
 
+// refreshScopes is what a refresh of a delegated account asks for: the
+// provider's Outlook scopes that the account was granted at its sign-in.
+// Asking for a scope the user never consented to fails the whole refresh
+// (AADSTS65001), so a scope added to the provider later (POP.AccessAsUser.All
+// in a new version) must not break the IMAP and SMTP of accounts signed in
+// before it: they get it at their next sign-in. granted is empty for token
+// sets that recorded no scopes; they ask for the provider's.
+func (p *Provider) refreshScopes(granted []string) []string {
+	want := p.outlookScopes()
+	if len(granted) == 0 {
+		return want
+	}
+	out := make([]string, 0, len(want))
+	for _, s := range want {
+		if slices.ContainsFunc(granted, func(g string) bool { return strings.EqualFold(g, s) }) {
+			out = append(out, s)
+		}
+	}
+	if len(out) == 0 {
+		return want
+	}
+	return out
+}
+
 // Config returns the x/oauth2 configuration for the delegated flows. Client
 // credentials go in the request body (AuthStyleInParams), as Entra wants.
 func (p *Provider) Config() *oauth2.Config {

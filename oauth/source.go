@@ -85,7 +85,7 @@ func NewSource(p *Provider, ts TokenSet, persist func(TokenSet) error, logger *s
 		ts:       ts,
 	}
 	s.fetch = func(ctx context.Context, p *Provider, cur TokenSet) (TokenSet, error) {
-		return s.redeem(ctx, p, cur, p.outlookScopes(), false)
+		return s.redeem(ctx, p, cur, p.refreshScopes(cur.Scopes), false)
 	}
 	return s
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -529,5 +530,24 @@ func TestAppSource(t *testing.T) {
 	}
 	if got := e.idp.Stats().ClientCredentials; got != 3 {
 		t.Errorf("ClientCredentials after half-life = %d, want 3", got)
+	}
+}
+
+// A scope added to the provider after the account signed in (POP in a newer
+// version) must not be asked for on refresh: the IdP refuses the whole
+// refresh for a scope the user never consented to (AADSTS65001).
+func TestRefreshAsksOnlyGrantedScopes(t *testing.T) {
+	e := newEnv(t)
+	e.p.Scopes = append(slices.Clone(testScopes), "https://outlook.office.com/POP.AccessAsUser.All")
+	s := e.source(t, e.seed(), nil)
+	tok := mustToken(t, s)
+	e.checkValid(t, tok, testUser)
+
+	// A token set that recorded no scopes asks for the provider's, and
+	// this grant lacks POP: the IdP must refuse it, or the test above
+	// proves nothing.
+	bare := TokenSet{RefreshToken: e.idp.GrantRefreshToken(testClient, testUser, testScopes)}
+	if _, err := e.source(t, bare, nil).Token(t.Context()); err == nil {
+		t.Fatalf("Token() with no recorded scopes = nil error, want the IdP's refusal of the ungranted POP scope")
 	}
 }

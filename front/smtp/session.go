@@ -15,7 +15,6 @@ import (
 	"mailproxy/upstream"
 	"net"
 	"net/netip"
-	"strings"
 	"sync"
 	"time"
 
@@ -173,7 +172,7 @@ func (s *session) auth(mech string) (sasl.Server, error) {
 	switch mech {
 	case sasl.Plain:
 		return sasl.NewPlainServer(func(identity, username, password string) error {
-			if identity != "" && !strings.EqualFold(identity, username) {
+			if !front.IdentityAllowed(identity, username) {
 				s.log.Info("smtp login refused: authorization identity differs", "user", username)
 				s.srv.metrics.Login(Name, false)
 				s.c.setOutcome("auth failed")
