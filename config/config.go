@@ -131,7 +131,7 @@ type Security struct {
 	LockoutWindow         time.Duration
 	LockoutDuration       time.Duration
 	LockoutAddrFailures   int // failures from one address over all usernames before it is blocked
-	MaxPreAuthConns       int // per SMTP listener: connections that have not logged in yet
+	MaxPreAuthConns       int // per IMAP and SMTP listener: connections that have not logged in yet
 	MaxUpstreamPerMailbox int
 }
 

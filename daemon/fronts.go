@@ -70,6 +70,7 @@ func newIMAP(d *Daemon, cfg *config.Config, tlsConf *tls.Config) front.Front {
 		UpstreamTimeout:       cfg.Security.UpstreamTimeout,
 		MaxLine:               cfg.IMAP.MaxLine,
 		MaxLiteral:            cfg.IMAP.MaxLiteral,
+		MaxPreAuthConns:       cfg.Security.MaxPreAuthConns,
 	}
 	return d.imap
 }

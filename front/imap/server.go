@@ -10,6 +10,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -26,6 +27,7 @@ import (
 // Defaults for the Server fields left zero, and the fixed timeouts.
 const (
 	DefaultPreAuthTimeout  = 60 * time.Second // whole pre-auth phase, from accept to login
+	DefaultMaxPreAuthConns = 200              // per listener, not logged in yet
 	DefaultUpstreamTimeout = 30 * time.Second // token + dial + TLS + greeting + XOAUTH2, the retry included
 	DefaultMaxLine         = 65536            // command text bytes per command: RFC 2971's largest ID fits
 	DefaultMaxLiteral      = 64 << 10         // literal bytes per command
@@ -79,6 +81,11 @@ type Server struct {
 	// TLS, greeting and XOAUTH2 exchange, and the one retry after a forced
 	// refresh.
 	UpstreamTimeout time.Duration
+	// MaxPreAuthConns caps the connections per listener that have not
+	// logged in yet (0: DefaultMaxPreAuthConns). One more is told
+	// TooManyWaiting and closed at once, so a flood of silent connections
+	// cannot take the slots of logged-in sessions or of the other fronts.
+	MaxPreAuthConns int
 	MaxLine         int // bytes of command text per pre-auth command
 	MaxLiteral      int // literal bytes per pre-auth command
 	// IdleTimeout ends a relayed session when neither side has sent a
@@ -205,6 +212,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 	}()
 
+	var waiting atomic.Int32 // this listener's connections not logged in yet
 	var backoff wait.Backoff
 	for {
 		nc, err := ln.Accept()
@@ -225,13 +233,43 @@ func (s *Server) Serve(ln net.Listener) error {
 			continue
 		}
 		backoff.Reset()
+		if waiting.Add(1) > s.maxPreAuthConns() {
+			waiting.Add(-1)
+			s.refuseWaiting(nc)
+			continue
+		}
 		c := s.newSession(nc)
 		if c == nil {
+			waiting.Add(-1)
 			nc.Close()
 			continue
 		}
+		c.waiting = &waiting
 		go c.serve()
 	}
+}
+
+// TooManyWaiting is said to a connection refused because its listener has
+// MaxPreAuthConns connections that have not logged in.
+const TooManyWaiting = "* BYE too many connections waiting to log in; try again later\r\n"
+
+func (s *Server) maxPreAuthConns() int32 {
+	if s.MaxPreAuthConns > 0 {
+		return int32(min(s.MaxPreAuthConns, 1<<30))
+	}
+	return DefaultMaxPreAuthConns
+}
+
+// refuseWaiting tells nc TooManyWaiting and closes it, off the accept loop:
+// on an implicit TLS listener the write runs the handshake.
+func (s *Server) refuseWaiting(nc net.Conn) {
+	s.refusals.Log(s.logger(), slog.LevelWarn, "", "imap: too many connections on this listener waiting to log in; refused",
+		"remote", nc.RemoteAddr().String(), "limit", s.maxPreAuthConns())
+	go func() {
+		nc.SetDeadline(time.Now().Add(byeWriteTimeout))
+		io.WriteString(nc, TooManyWaiting)
+		nc.Close()
+	}()
 }
 
 // newSession registers a session for nc, or returns nil when the server is

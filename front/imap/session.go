@@ -54,6 +54,10 @@ type session struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	state  atomic.Int32
+	// waiting is the listener's count of connections not logged in yet;
+	// the session leaves it once, when its relay starts or it ends.
+	waiting *atomic.Int32
+	left    atomic.Bool
 
 	// Owned by the session goroutine.
 	conn     net.Conn // nc, or the TLS conn over it
@@ -94,6 +98,13 @@ func (c *session) setUpstream(up net.Conn) {
 	c.mu.Unlock()
 }
 
+// leaveWaiting takes the session off its listener's pre-login count.
+func (c *session) leaveWaiting() {
+	if c.waiting != nil && c.left.CompareAndSwap(false, true) {
+		c.waiting.Add(-1)
+	}
+}
+
 func (c *session) serve() {
 	start := time.Now()
 	c.conn = c.nc
@@ -109,6 +120,7 @@ func (c *session) serve() {
 			c.log.Error("imap session panic", "panic", v, "stack", string(debug.Stack()))
 			c.outcome = outcomeError
 		}
+		c.leaveWaiting()
 		c.closeConns()
 		c.s.metrics.ConnClosed(Name)
 		c.log.Info("imap connection closed",
@@ -593,6 +605,10 @@ func (c *session) login(tag, user, pass string) bool {
 		c.bye("server shutting down", outcomeShutdown, false)
 		return false
 	}
+
+	// Logged in: off the listener's pre-login count before the client
+	// hears so.
+	c.leaveWaiting()
 
 	// The upstream's untagged data and its tagged OK, which usually carries
 	// [CAPABILITY ...], go to the client as they are.
