@@ -106,7 +106,9 @@ func isReset(err error) bool {
 // A DATA that never ends is cut by the read timeout; nothing is sent.
 func TestHostileUnterminatedData(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, envOpts{server: func(s *Server) { s.ReadTimeout = 500 * time.Millisecond }})
+	// Long enough that the commands before DATA, each bounded by it too,
+	// are not cut on a loaded machine.
+	e := newEnv(t, envOpts{server: func(s *Server) { s.ReadTimeout = 2 * time.Second }})
 	r := e.raw()
 	r.mustCmd("EHLO client", "250 ")
 	r.mustCmd("AUTH PLAIN "+b64("\x00"+testUser+"\x00"+testPassword), "235 ")

@@ -124,7 +124,8 @@ type Server struct {
 	baseCtx context.Context
 	cancel  context.CancelFunc
 
-	hardClose atomic.Bool // Close was called: cut upstreams instead of QUIT
+	hardClose atomic.Bool            // Close was called: cut upstreams instead of QUIT
+	afterData atomic.Pointer[func()] // tests: called when Data returned, before go-smtp replies
 }
 
 func (s *Server) logger() *slog.Logger {
@@ -472,6 +473,9 @@ type conn struct {
 	messages atomic.Int64
 	bytes    atomic.Int64
 	pre      preAuth
+	// reading is set while go-smtp waits in Read for the client: only then
+	// has the reply to the last command been written (see closeIfIdle).
+	reading atomic.Bool
 
 	mu       sync.Mutex // protects the fields below
 	sess     *session   // the current go-smtp session, nil before EHLO and right after STARTTLS
@@ -592,6 +596,13 @@ func (c *conn) Close() error {
 // method runs or a mail transaction is open. A client in a session is told
 // 421 first; before EHLO (maybe after STARTTLS) the connection just closes.
 func (c *conn) closeIfIdle() {
+	// Between a session method's return and go-smtp's reply (250 after
+	// DATA: the message is upstream) the session holds no lock and no
+	// transaction, but is not idle: a 421 then would make the client send
+	// the delivered message again. Idle is go-smtp waiting for a command.
+	if !c.reading.Load() {
+		return
+	}
 	c.mu.Lock()
 	sess := c.sess
 	c.mu.Unlock()

@@ -380,6 +380,9 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) (err error) {
 // data breaks off, the upstream connection is dropped before the final
 // dot, so nothing truncated is delivered.
 func (s *session) Data(r io.Reader) (err error) {
+	if h := s.srv.afterData.Load(); h != nil {
+		defer (*h)() // after the unlock below
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, bdat := r.(*io.PipeReader); bdat {

@@ -618,6 +618,39 @@ func TestUpstreamUnreachable(t *testing.T) {
 	wantSMTPError(t, "Mail() with the upstream down", err, 451, smtp.EnhancedCode{4, 4, 1}, "")
 }
 
+// A shutdown poll that comes after the message went upstream but before
+// the client heard 250 must not cut the connection with 421: the client
+// would send the delivered message again.
+func TestShutdownDoesNotCutTheReplyToData(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOpts{})
+	polled := false
+	hook := func() {
+		e.srv.closeIdle() // as Shutdown's poll does
+		polled = true
+	}
+	e.srv.afterData.Store(&hook)
+	c := e.login()
+	if err := c.Mail("alice@contoso.com", nil); err != nil {
+		t.Fatalf("Mail() = %v", err)
+	}
+	if err := c.Rcpt("bob@example.com", nil); err != nil {
+		t.Fatalf("Rcpt() = %v", err)
+	}
+	w, err := c.Data()
+	if err != nil {
+		t.Fatalf("Data() = %v", err)
+	}
+	io.Copy(w, bytes.NewReader(testMessage("reply pending")))
+	if err := w.Close(); err != nil {
+		t.Fatalf("end of DATA with a shutdown poll before the reply = %v, want 250", err)
+	}
+	if !polled {
+		t.Fatal("the afterData hook did not run")
+	}
+	e.messages(1)
+}
+
 func TestShutdown(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOpts{})

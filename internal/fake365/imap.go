@@ -50,6 +50,7 @@ type IMAPUpstream struct {
 	closeErr  error
 
 	gmail    atomic.Bool
+	changes  changeSignal // wakes idling sessions (idle.go)
 	logins   atomic.Int64
 	failures atomic.Int64
 
@@ -188,6 +189,7 @@ func (u *IMAPUpstream) Append(mailbox, folder string, msg []byte) error {
 	if _, err := user.Append(folder, bytes.NewReader(msg), &imap.AppendOptions{}); err != nil {
 		return fmt.Errorf("fake365: append to %q folder %q: %w", mailbox, folder, err)
 	}
+	u.changes.broadcast()
 	return nil
 }
 

@@ -530,6 +530,30 @@ func TestIMAPUpstreamIdleSeesAppend(t *testing.T) {
 	}
 }
 
+// A change queued for a session before it starts IDLE is reported at once
+// in IDLE, without waiting for a later change (imapmemserver's own Idle
+// loses it: idle.go).
+func TestIMAPUpstreamIdleReportsEarlierChange(t *testing.T) {
+	t.Parallel()
+	e := newIMAPEnv(t)
+	e.up.AddMailbox("alice@contoso.com")
+	c, got := e.rawAuth(t, "alice@contoso.com", e.v.issue("alice@contoso.com", time.Hour))
+	if !strings.HasPrefix(got, "A1 OK ") {
+		t.Fatalf("AUTHENTICATE reply = %q, want A1 OK", got)
+	}
+	c.send("A2 SELECT INBOX")
+	for line := c.readLine(); !strings.HasPrefix(line, "A2 "); line = c.readLine() {
+	}
+	if err := e.up.Append("alice@contoso.com", "INBOX", []byte(upTestMessage)); err != nil {
+		t.Fatalf("Append() error = %v", err)
+	}
+	c.send("A3 IDLE")
+	c.expect("+ idling")
+	c.expect("* 1 EXISTS")
+	c.send("DONE")
+	c.expectPrefix("A3 OK ")
+}
+
 func waitExists(t *testing.T, exists <-chan uint32, want uint32) {
 	t.Helper()
 	timeout := time.After(10 * time.Second)
