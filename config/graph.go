@@ -73,7 +73,7 @@ func cloudPreset(pre preset, cl msCloud) preset {
 	}
 	pre.scopes = res(pre.scopes, "https://outlook.office.com", cl.outlook)
 	pre.appScopes = res(pre.appScopes, "https://outlook.office365.com", cl.outlookApp)
-	pre.imapServer, pre.smtpServer = cl.imap, cl.smtp
+	pre.imapServer, pre.smtpServer, pre.pop3Server = cl.imap, cl.smtp, cl.pop3
 	return pre
 }
 

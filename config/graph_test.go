@@ -89,6 +89,9 @@ func TestClouds(t *testing.T) {
 			if p.IMAPServer != tc.imap || p.SMTPServer != tc.smtp {
 				t.Errorf("imap, smtp = %q, %q; want %q, %q", p.IMAPServer, p.SMTPServer, tc.imap, tc.smtp)
 			}
+			if wantPOP := strings.TrimSuffix(tc.imap, ":993") + ":995"; p.POP3Server != wantPOP {
+				t.Errorf("pop3_server = %q, want %q", p.POP3Server, wantPOP)
+			}
 			if !slices.Contains(p.Scopes, tc.scope) || !slices.Equal(p.AppScopes, []string{tc.app}) {
 				t.Errorf("scopes %v, app_scopes %v; want %s and %s", p.Scopes, p.AppScopes, tc.scope, tc.app)
 			}
