@@ -216,7 +216,8 @@ func readAllUntilEOF(c net.Conn) (string, error) {
 func TestSilentConnections(t *testing.T) {
 	base := runtime.NumGoroutine()
 	const n = 1000
-	e := newEnv(t, withServer(func(s *Server) { s.PreAuthTimeout = time.Second }))
+	// The pre-login cap (preauthcap_test.go) is not under test here.
+	e := newEnv(t, withServer(func(s *Server) { s.PreAuthTimeout = time.Second; s.MaxPreAuthConns = n }))
 	conns := dialMany(t, e.addr, n)
 	for i, c := range conns {
 		got, err := readAllUntilEOF(c)
