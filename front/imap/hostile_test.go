@@ -216,7 +216,6 @@ func readAllUntilEOF(c net.Conn) (string, error) {
 func TestSilentConnections(t *testing.T) {
 	base := runtime.NumGoroutine()
 	const n = 1000
-	// The pre-login cap (preauthcap_test.go) is not under test here.
 	e := newEnv(t, withServer(func(s *Server) { s.PreAuthTimeout = time.Second; s.MaxPreAuthConns = n }))
 	conns := dialMany(t, e.addr, n)
 	for i, c := range conns {
