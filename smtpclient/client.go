@@ -155,14 +155,14 @@ func (c *Client) auth(ctx context.Context, resp []byte, ir bool) error {
 // dial connects to o.Addr, reads the greeting and says EHLO, with
 // STARTTLS in between unless the port is 465. Everything runs under ctx.
 func dial(ctx context.Context, o Options) (*Client, error) {
-	_, port, err := net.SplitHostPort(o.Addr)
-	if err != nil {
+	if _, _, err := net.SplitHostPort(o.Addr); err != nil {
 		return nil, fmt.Errorf("upstream address %q: %w", o.Addr, err)
 	}
+	var err error
 	cfg := o.TLS
 	var conn, raw net.Conn
 	starttls := cfg
-	if port == "465" {
+	if upstream.ImplicitTLS(o.Addr) {
 		tc, err := upstream.DialTLS(ctx, o.Dial, o.Addr, cfg)
 		if err != nil {
 			return nil, fmt.Errorf("upstream: %w", err)

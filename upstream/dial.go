@@ -73,3 +73,10 @@ func tlsConfigFor(base *tls.Config, addr string) *tls.Config {
 	}
 	return cfg
 }
+
+// ImplicitTLS reports whether an SMTP server address is implicit TLS
+// (port 465, RFC 8314) rather than STARTTLS. The one place that rule lives.
+func ImplicitTLS(addr string) bool {
+	_, port, err := net.SplitHostPort(addr)
+	return err == nil && port == "465"
+}

@@ -325,9 +325,8 @@ func (x xoauth2Client) Next([]byte) ([]byte, error) { return []byte{}, nil }
 // EHLO over TLS.
 func smtpDial(ctx context.Context, addr string, base *tls.Config) (*smtp.Client, error) {
 	cfg := (&upstream.Upstream{TLS: base}).TLSFor(addr)
-	_, port, _ := net.SplitHostPort(addr)
 	var c *smtp.Client
-	if port == "465" {
+	if upstream.ImplicitTLS(addr) {
 		conn, err := upstream.DialTLS(ctx, nil, addr, cfg)
 		if err != nil {
 			return nil, err
