@@ -270,22 +270,12 @@ func (h *relayHalf) copy() error {
 	src, dst := r.conns[h.src], r.conns[h.dst]
 	srcUnder, dstUnder := underOf(src), underOf(dst)
 	for {
+		if err := h.beforeRead(src); err != nil {
+			return err
+		}
 		b := h.wait[:]
 		if h.big != nil {
 			b = h.big[:]
-		}
-		if r.lingering.Load() || r.idle > 0 {
-			h.armRead(src)
-		}
-		// After setting the deadline: see Goodbye.Say.
-		if h.src == 1 && r.byeAsked.Load() {
-			if r.safe == nil || r.safe.Safe() {
-				return h.sayGoodbye()
-			}
-			if !h.byeSeen {
-				h.byeSeen = true
-				h.unpoke(src)
-			}
 		}
 		n, rerr := src.Read(b)
 		gathered := false
@@ -294,24 +284,8 @@ func (h *relayHalf) copy() error {
 			gathered = true
 		}
 		if n > 0 {
-			if r.idle > 0 {
-				h.last.Store(int64(time.Since(r.start)))
-			}
-			if r.lingering.Load() {
-				dst.SetWriteDeadline(time.Now().Add(r.linger))
-			}
-			// Before the write: the upstream's answer to what the
-			// client sent must not come back before it was followed.
-			if r.safe != nil {
-				h.follow(b[:n])
-			}
-			w, werr := h.write(dst, dstUnder, b[:n])
-			h.n += int64(w)
-			if werr == nil && w < n {
-				werr = io.ErrShortWrite
-			}
-			if werr != nil {
-				return &relayError{write: true, err: werr}
+			if err := h.forward(dst, dstUnder, b[:n]); err != nil {
+				return err
 			}
 			if gathered {
 				h.adaptGathered(n)
@@ -319,26 +293,84 @@ func (h *relayHalf) copy() error {
 				h.adapt(n)
 			}
 		}
-		if rerr == io.EOF {
-			return nil
-		}
 		if rerr != nil {
-			if h.src == 1 && r.byeAsked.Load() && isTimeout(rerr) {
-				// Most likely the wake-up of Say; at worst an idle or
-				// linger deadline, pushed forward by unpoke: the
-				// caller bounds a shutdown.
-				h.byeSeen = false
-				continue
+			if again, err := h.readFailed(src, rerr); !again {
+				return err
 			}
-			if r.idle > 0 && !r.lingering.Load() && isTimeout(rerr) {
-				if h.stillActive(src) {
-					continue
-				}
-				return &relayError{err: ErrIdleTimeout}
-			}
-			return &relayError{err: rerr}
 		}
 	}
+}
+
+// beforeRead runs before every read: it arms the read deadline when the
+// session lingers or has an idle timeout, and in the upstream direction,
+// once a goodbye was asked for, writes it if the SafePoint allows (the
+// error is then errGoodbye) or else restores the deadline Say poked.
+func (h *relayHalf) beforeRead(src net.Conn) error {
+	r := h.r
+	if r.lingering.Load() || r.idle > 0 {
+		h.armRead(src)
+	}
+	// After setting the deadline: see Goodbye.Say.
+	if h.src != 1 || !r.byeAsked.Load() {
+		return nil
+	}
+	if r.safe == nil || r.safe.Safe() {
+		return h.sayGoodbye()
+	}
+	if !h.byeSeen {
+		h.byeSeen = true
+		h.unpoke(src)
+	}
+	return nil
+}
+
+// forward writes b, just read, to dst: it notes the activity for the idle
+// timeout, bounds the write while lingering and shows b to the SafePoint
+// first, so that the answer to what the client sent cannot come back
+// before it was followed.
+func (h *relayHalf) forward(dst net.Conn, u *underConn, b []byte) error {
+	r := h.r
+	if r.idle > 0 {
+		h.last.Store(int64(time.Since(r.start)))
+	}
+	if r.lingering.Load() {
+		dst.SetWriteDeadline(time.Now().Add(r.linger))
+	}
+	h.follow(b)
+	w, err := h.write(dst, u, b)
+	h.n += int64(w)
+	if err == nil && w < len(b) {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		return &relayError{write: true, err: err}
+	}
+	return nil
+}
+
+// readFailed says what the read error rerr means: again is true when the
+// direction reads on (a deadline that was a wake-up or that the other
+// direction's traffic extends); otherwise err ends the direction, nil at
+// EOF.
+func (h *relayHalf) readFailed(src net.Conn, rerr error) (again bool, err error) {
+	r := h.r
+	switch {
+	case rerr == io.EOF:
+		return false, nil
+	case !isTimeout(rerr):
+	case h.src == 1 && r.byeAsked.Load():
+		// Most likely the wake-up of Say; at worst an idle or linger
+		// deadline, pushed forward by unpoke: the caller bounds a
+		// shutdown.
+		h.byeSeen = false
+		return true, nil
+	case r.idle > 0 && !r.lingering.Load():
+		if h.stillActive(src) {
+			return true, nil
+		}
+		return false, &relayError{err: ErrIdleTimeout}
+	}
+	return false, &relayError{err: rerr}
 }
 
 // write writes b to dst; through a *tls.Conn over UnderTLS, the records

@@ -37,7 +37,6 @@ var exceptions = map[string]bool{
 	"front/imap/parse.go:parser.scan":              true,
 	"front/imap/upstream.go:session.tryUpstream":   true,
 	"internal/fake365/pop3.go:pop3Session.command": true,
-	"relay/relay.go:relayHalf.copy":                true,
 	"spool/repair.go:repairFields":                 true,
 	"config/validate.go":                           true,
 	"front/imap/session.go":                        true,
