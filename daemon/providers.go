@@ -40,16 +40,13 @@ func OAuthProvider(p *config.Provider) *oauth.Provider {
 
 // UpstreamFor describes a provider's servers for the proxy fronts.
 func UpstreamFor(p *config.Provider) *upstream.Upstream {
-	return &upstream.Upstream{
-		Addr: upstreamAddrs(p),
-		TLS: &tls.Config{
-			RootCAs:    p.RootCAs,
-			MinVersion: tls.VersionTLS12,
-			// Resumed sessions make each upstream login a round trip
-			// cheaper (docs/BENCHMARKS.md).
-			ClientSessionCache: tls.NewLRUClientSessionCache(upstreamSessionCache),
-		},
-	}
+	return upstream.New(upstreamAddrs(p), &tls.Config{
+		RootCAs:    p.RootCAs,
+		MinVersion: tls.VersionTLS12,
+		// Resumed sessions make each upstream login a round trip
+		// cheaper (docs/BENCHMARKS.md).
+		ClientSessionCache: tls.NewLRUClientSessionCache(upstreamSessionCache),
+	})
 }
 
 // upstreamSessionCache is how many TLS sessions per provider are kept for
