@@ -28,9 +28,11 @@ func OAuthProvider(p *config.Provider) *oauth.Provider {
 		TokenURL:      p.TokenURL,
 		DeviceAuthURL: p.DeviceAuthURL,
 		RedirectURL:   p.RedirectURL,
-		Scopes:        p.Scopes,
-		AppScopes:     p.AppScopes,
-		HTTPClient:    &http.Client{Transport: tr, Timeout: tokenHTTPTimeout},
+		// Google: access_type=offline and prompt=consent on every sign-in.
+		OfflineConsent: p.Type == config.TypeGmail,
+		Scopes:         p.Scopes,
+		AppScopes:      p.AppScopes,
+		HTTPClient:     &http.Client{Transport: tr, Timeout: tokenHTTPTimeout},
 		// Graph (send_via = "graph") and HVE: config/graph.go.
 		GraphScopes:      p.GraphScopes,
 		GraphAppScopes:   p.GraphAppScopes,
