@@ -166,11 +166,3 @@ func deviceNetworks(cfg *Config) []netip.Prefix {
 	}
 	return out
 }
-
-func (c *checker) accountSeal(r *rawAccount, a *Account, base string) {
-	a.Seal = c.strDef(r.Seal, base+".seal", SealPassword)
-	if a.Seal != SealPassword && a.Seal != SealService && !c.bad[base+".seal"] {
-		c.errorf(base+".seal", "%s: use \"password\" or \"service\"", q(a.Seal))
-	}
-	a.Spool = c.boolean(r.Spool, base+".spool", false)
-}
