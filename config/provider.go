@@ -32,14 +32,7 @@ func (c *checker) provider(base string, r *rawProvider, redirectPort string) *Pr
 	k := func(name string) string { return base + "." + name }
 	p := &Provider{}
 
-	p.Name = c.str(r.Name, k("name"), "")
-	switch {
-	case c.bad[k("name")]:
-	case p.Name == "":
-		c.errorf(k("name"), "required: accounts refer to the provider by it")
-	case !validName(p.Name):
-		c.errorf(k("name"), "%s: use letters, digits, '.', '_' and '-' (at most 64)", q(p.Name))
-	}
+	p.Name, _ = c.name(r.Name, k("name"), "required: accounts refer to the provider by it", "'.', '_' and '-'")
 
 	p.Type = c.strDef(r.Type, k("type"), TypeOffice365)
 	pre, known := presets[p.Type]
@@ -48,46 +41,9 @@ func (c *checker) provider(base string, r *rawProvider, redirectPort string) *Pr
 	}
 	custom := p.Type == TypeCustom
 	p.Cloud = c.cloud(base, r, p.Type, &pre)
-
-	switch {
-	case pre.tenant != "":
-		p.Tenant = c.strDef(r.Tenant, k("tenant"), pre.tenant)
-		if !validName(p.Tenant) && !c.bad[k("tenant")] {
-			c.errorf(k("tenant"), "%s: use the tenant ID, a domain such as contoso.onmicrosoft.com, organizations, common or consumers", q(p.Tenant))
-		}
-	case r.Tenant.set && known:
-		c.errorf(k("tenant"), "only type office365 and outlook have a tenant")
-	}
-
-	p.ClientID = c.str(r.ClientID, k("client_id"), "")
-	if p.ClientID == "" && !c.bad[k("client_id")] {
-		c.errorf(k("client_id"), "required: the application (client) ID of the app registration")
-	} else if strings.ContainsFunc(p.ClientID, unicode.IsSpace) {
-		c.errorf(k("client_id"), "must not contain spaces")
-	}
-
-	p.ClientSecret = c.str(r.ClientSecret, k("client_secret"), "")
-	// "" means none for both, as in the example config.
-	if key := k("client_secret_file"); r.ClientSecretFile.set {
-		path := c.path(r.ClientSecretFile, key)
-		switch {
-		case c.bad[key] || path == "":
-		case p.ClientSecret != "":
-			c.errorf(key, "conflicts with client_secret: use one of them")
-		default:
-			data, err := readFile(path, maxSecretSize)
-			if err != nil {
-				c.add(key, "cannot read the client secret", err)
-				break
-			}
-			p.ClientSecret = strings.TrimRight(string(data), "\r\n")
-			if p.ClientSecret == "" {
-				c.errorf(key, "%s is empty", path)
-			} else if hasControl(p.ClientSecret) {
-				c.errorf(key, "%s holds a control character or several lines", path)
-			}
-		}
-	}
+	p.Tenant = c.tenant(r.Tenant, k("tenant"), pre.tenant, known)
+	p.ClientID = c.clientID(r.ClientID, k("client_id"))
+	p.ClientSecret = c.clientSecret(r, base)
 
 	p.AuthURL = c.endpoint(r.AuthURL, k("auth_url"), withTenant(pre.authURL, p.Tenant), custom)
 	p.TokenURL = c.endpoint(r.TokenURL, k("token_url"), withTenant(pre.tokenURL, p.Tenant), custom)
@@ -102,15 +58,98 @@ func (c *checker) provider(base string, r *rawProvider, redirectPort string) *Pr
 	if p.CAFile != "" && !c.bad[k("ca_file")] {
 		p.RootCAs = c.roots(k("ca_file"), p.CAFile)
 	}
-
-	def := "http://localhost:" + redirectPort + "/oauth2/callback"
-	p.RedirectURL = c.strDef(r.RedirectURL, k("redirect_url"), def)
-	if u, err := url.Parse(p.RedirectURL); !c.bad[k("redirect_url")] &&
-		(err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Fragment != "" || u.User != nil) {
-		c.errorf(k("redirect_url"), "%s is not an absolute http or https URL", q(p.RedirectURL))
-	}
+	p.RedirectURL = c.redirectURL(r.RedirectURL, k("redirect_url"), redirectPort)
 	c.graph(base, r, p)
 	return p
+}
+
+// name reads the name of a provider or a device: required (what it is
+// for says why), and a validName whose characters chars lists. ok says
+// that the name is valid, so it can be compared with the others.
+func (c *checker) name(v val, key, required, chars string) (name string, ok bool) {
+	name = c.str(v, key, "")
+	switch {
+	case c.bad[key]:
+	case name == "":
+		c.errorf(key, "%s", required)
+	case !validName(name):
+		c.errorf(key, "%s: use letters, digits, %s (at most 64)", q(name), chars)
+	default:
+		return name, true
+	}
+	return name, false
+}
+
+// tenant reads the tenant of a provider type that has one (def is the
+// type's default tenant, "" for the types without).
+func (c *checker) tenant(v val, key, def string, known bool) string {
+	switch {
+	case def != "":
+		t := c.strDef(v, key, def)
+		if !validName(t) && !c.bad[key] {
+			c.errorf(key, "%s: use the tenant ID, a domain such as contoso.onmicrosoft.com, organizations, common or consumers", q(t))
+		}
+		return t
+	case v.set && known:
+		c.errorf(key, "only type office365 and outlook have a tenant")
+	}
+	return ""
+}
+
+func (c *checker) clientID(v val, key string) string {
+	id := c.str(v, key, "")
+	if id == "" && !c.bad[key] {
+		c.errorf(key, "required: the application (client) ID of the app registration")
+	} else if strings.ContainsFunc(id, unicode.IsSpace) {
+		c.errorf(key, "must not contain spaces")
+	}
+	return id
+}
+
+// clientSecret reads client_secret, or the file client_secret_file names.
+// "" means none for both, as in the example config.
+func (c *checker) clientSecret(r *rawProvider, base string) string {
+	secret := c.str(r.ClientSecret, base+".client_secret", "")
+	key := base + ".client_secret_file"
+	if !r.ClientSecretFile.set {
+		return secret
+	}
+	path := c.path(r.ClientSecretFile, key)
+	switch {
+	case c.bad[key] || path == "":
+		return secret
+	case secret != "":
+		c.errorf(key, "conflicts with client_secret: use one of them")
+		return secret
+	}
+	return c.secretFile(key, path)
+}
+
+// secretFile reads a client secret from its file: one line.
+func (c *checker) secretFile(key, path string) string {
+	data, err := readFile(path, maxSecretSize)
+	if err != nil {
+		c.add(key, "cannot read the client secret", err)
+		return ""
+	}
+	secret := strings.TrimRight(string(data), "\r\n")
+	if secret == "" {
+		c.errorf(key, "%s is empty", path)
+	} else if hasControl(secret) {
+		c.errorf(key, "%s holds a control character or several lines", path)
+	}
+	return secret
+}
+
+// redirectURL reads where the identity provider sends the browser back;
+// the default is the admin page's callback on port.
+func (c *checker) redirectURL(v val, key, port string) string {
+	s := c.strDef(v, key, "http://localhost:"+port+"/oauth2/callback")
+	if u, err := url.Parse(s); !c.bad[key] &&
+		(err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Fragment != "" || u.User != nil) {
+		c.errorf(key, "%s is not an absolute http or https URL", q(s))
+	}
+	return s
 }
 
 // validName accepts provider names and tenants: both end up in URLs, file
@@ -127,18 +166,29 @@ func validName(s string) bool {
 	return true
 }
 
+// presetStr reads a string that a provider type's preset fills in and
+// type custom must set (required); emptyOK allows "" otherwise. ok says
+// that the value is there to be checked further.
+func (c *checker) presetStr(v val, key, def string, required, emptyOK bool) (s string, ok bool) {
+	s = c.str(v, key, def)
+	switch {
+	case c.bad[key]:
+	case s != "":
+		return s, true
+	case required:
+		c.errorf(key, "required for type custom")
+	case !emptyOK:
+		c.errorf(key, "must not be empty")
+	}
+	return s, false
+}
+
 // endpoint reads an identity provider URL: https, or http for loopback so
 // that local fakes work.
 func (c *checker) endpoint(v val, key, def string, required bool) string {
-	s := c.str(v, key, def)
-	if c.bad[key] {
+	s, ok := c.presetStr(v, key, def, required, true)
+	if !ok {
 		return s
-	}
-	if s == "" {
-		if required {
-			c.errorf(key, "required for type custom")
-		}
-		return ""
 	}
 	u, err := url.Parse(s)
 	if err != nil || u.Host == "" || u.User != nil || u.Fragment != "" {
@@ -178,16 +228,8 @@ func (c *checker) scopes(v val, key string, def []string, required, nonEmpty boo
 
 // server reads an upstream host:port.
 func (c *checker) server(v val, key, def string, required bool) string {
-	s := c.str(v, key, def)
-	if c.bad[key] {
-		return s
-	}
-	if s == "" {
-		if required {
-			c.errorf(key, "required for type custom")
-		} else {
-			c.errorf(key, "must not be empty")
-		}
+	s, ok := c.presetStr(v, key, def, required, false)
+	if !ok {
 		return s
 	}
 	host, port, err := splitHostPort(s)
