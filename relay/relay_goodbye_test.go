@@ -112,26 +112,30 @@ func TestRelayGoodbyeAfterUpstreamEOF(t *testing.T) {
 	}
 }
 
-// testSafePoint is a SafePoint the test steers: unsafe while hold is set.
-// It counts the bytes it is given.
+// testSafePoint is a line-based SafePoint: safe where the upstream's
+// stream so far ends with a line ending (or is empty). It counts the bytes
+// it is given.
 type testSafePoint struct {
-	hold             atomic.Bool
+	midLine          atomic.Bool
 	upstream, client atomic.Int64
 }
 
-func (p *testSafePoint) FromUpstream(b []byte) { p.upstream.Add(int64(len(b))) }
-func (p *testSafePoint) FromClient(b []byte)   { p.client.Add(int64(len(b))) }
-func (p *testSafePoint) Safe() bool            { return !p.hold.Load() }
+func (p *testSafePoint) FromUpstream(b []byte) {
+	p.upstream.Add(int64(len(b)))
+	p.midLine.Store(b[len(b)-1] != '\n')
+}
+func (p *testSafePoint) FromClient(b []byte) { p.client.Add(int64(len(b))) }
+func (p *testSafePoint) Safe() bool          { return !p.midLine.Load() }
 
-// The goodbye waits for the SafePoint: what the upstream sends while it
-// says no goes to the client, and the line follows the first chunk after
-// it says yes. The SafePoint sees every byte of both streams.
+// The goodbye waits for the SafePoint: asked for while the upstream's
+// stream is in the middle of a line, it waits, and what the upstream sends
+// meanwhile goes to the client; the line follows the chunk that makes the
+// SafePoint say yes. The SafePoint sees every byte of both streams.
 func TestRelayGoodbyeWaitsForSafePoint(t *testing.T) {
 	clientFar, clientProxy := testutil.TCPPair(t)
 	upProxy, upFar := testutil.TCPPair(t)
 	var g Goodbye
 	var sp testSafePoint
-	sp.hold.Store(true)
 	res := startRelayWith(clientProxy, nil, upProxy, nil, RelayOptions{Goodbye: &g, SafePoint: &sp})
 	clientFar.Write([]byte("a NOOP\r\n"))
 	got := make([]byte, 64)
@@ -139,19 +143,22 @@ func TestRelayGoodbyeWaitsForSafePoint(t *testing.T) {
 	if _, err := io.ReadFull(upFar, got[:8]); err != nil {
 		t.Fatalf("upstream ReadFull() = %v", err)
 	}
-	g.Say(testBye)
-	const held, last = "* 1 FETCH (BODY[] {3}\r\n", "abc)\r\n"
+	const held, more, last = "* 1 FETCH (UID 7 ", "FLAGS (\\Seen)", ")\r\n"
 	upFar.Write([]byte(held))
 	clientFar.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := io.ReadFull(clientFar, got[:len(held)]); err != nil || string(got[:len(held)]) != held {
 		t.Fatalf("client ReadFull() = %q, %v, want %q", got[:len(held)], err, held)
+	}
+	g.Say(testBye) // mid-line: it waits
+	upFar.Write([]byte(more))
+	if _, err := io.ReadFull(clientFar, got[:len(more)]); err != nil || string(got[:len(more)]) != more {
+		t.Fatalf("client ReadFull() = %q, %v, want %q", got[:len(more)], err, more)
 	}
 	select {
 	case r := <-res:
 		t.Fatalf("Relay() = %v while the SafePoint says no, want it to go on", r.err)
 	default:
 	}
-	sp.hold.Store(false)
 	upFar.Write([]byte(last))
 	if b := readUntilEOF(t, clientFar); string(b) != last+testBye {
 		t.Errorf("client read %q, want %q and EOF", b, last+testBye)
@@ -161,7 +168,8 @@ func TestRelayGoodbyeWaitsForSafePoint(t *testing.T) {
 	if !errors.Is(r.err, ErrSaidGoodbye) {
 		t.Errorf("Relay() = %v, want ErrSaidGoodbye", r.err)
 	}
-	if up, cl := sp.upstream.Load(), sp.client.Load(); up != int64(len(held+last)) || cl != 8 || r.toClient != up || r.toUpstream != cl {
-		t.Errorf("SafePoint saw %d upstream and %d client bytes; Relay() = %d, %d; want %d and 8 both", up, cl, r.toUpstream, r.toClient, len(held+last))
+	want := int64(len(held + more + last))
+	if up, cl := sp.upstream.Load(), sp.client.Load(); up != want || cl != 8 || r.toClient != up || r.toUpstream != cl {
+		t.Errorf("SafePoint saw %d upstream and %d client bytes; Relay() = %d, %d; want %d and 8 both", up, cl, r.toUpstream, r.toClient, want)
 	}
 }
