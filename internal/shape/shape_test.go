@@ -41,8 +41,6 @@ var exceptions = map[string]bool{
 	"spool/repair.go:repairFields":                 true,
 	"config/validate.go":                           true,
 	"front/imap/session.go":                        true,
-	"internal/fake365/graph.go":                    true,
-	"internal/fake365/idp.go":                      true,
 }
 
 // root is the module's root: two levels up from this package.
