@@ -1,13 +1,11 @@
 package fake365
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -44,9 +42,7 @@ type Graph struct {
 	URL string // "http://127.0.0.1:PORT"; the API is under URL + "/v1.0"
 
 	idp    *IdP
-	srv    *http.Server
-	served chan struct{}
-	once   sync.Once
+	server *httpServer
 
 	mu          sync.Mutex // protects every field below
 	drafts      map[string]*graphDraft
@@ -106,7 +102,6 @@ func NewGraph(idp *IdP) (*Graph, error) {
 	g := &Graph{
 		URL:         "http://" + ln.Addr().String(),
 		idp:         idp,
-		served:      make(chan struct{}),
 		drafts:      map[string]*graphDraft{},
 		uploads:     map[string]*graphUpload{},
 		sendAs:      map[string]bool{},
@@ -126,25 +121,12 @@ func NewGraph(idp *IdP) (*Graph, error) {
 	mux.HandleFunc("PUT /upload/{token}", g.uploadChunk)
 	mux.HandleFunc("GET /upload/{token}", g.uploadStatus)
 	mux.HandleFunc("DELETE /upload/{token}", g.uploadCancel)
-	g.srv = &http.Server{Handler: mux, ReadHeaderTimeout: idpReadHeaderTimeout, IdleTimeout: idpIdleTimeout}
-	go func() {
-		defer close(g.served)
-		g.srv.Serve(ln)
-	}()
+	g.server = startHTTP(ln, &http.Server{Handler: mux, ReadHeaderTimeout: idpReadHeaderTimeout, IdleTimeout: idpIdleTimeout})
 	return g, nil
 }
 
 // Close stops the server.
-func (g *Graph) Close() {
-	g.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), idpCloseTimeout)
-		defer cancel()
-		if err := g.srv.Shutdown(ctx); err != nil {
-			g.srv.Close()
-		}
-		<-g.served
-	})
-}
+func (g *Graph) Close() { g.server.stop(nil) }
 
 // AllowSendAs lets mailbox send with From: from (Send As permission).
 func (g *Graph) AllowSendAs(mailbox, from string) {
@@ -223,6 +205,51 @@ func gerr(status int, code, format string, args ...any) *graphErr {
 	return &graphErr{status: status, code: code, msg: fmt.Sprintf(format, args...)}
 }
 
+func (e *graphErr) write(w http.ResponseWriter) { graphWriteError(w, e.status, e.code, e.msg) }
+
+// enterLocked counts a request for mailbox as in flight (leave ends it) and
+// takes the next injected failure, if any. It returns how many requests for
+// mailbox are in flight, this one included.
+func (g *Graph) enterLocked(mailbox string) (int, *graphFailure) {
+	g.inflight[mailbox]++
+	n := g.inflight[mailbox]
+	g.maxInflight[mailbox] = max(g.maxInflight[mailbox], n)
+	var f *graphFailure
+	if len(g.fail) > 0 {
+		f = &g.fail[0]
+		g.fail = g.fail[1:]
+	}
+	return n, f
+}
+
+func (g *Graph) leave(mailbox string) {
+	g.mu.Lock()
+	g.inflight[mailbox]--
+	g.mu.Unlock()
+}
+
+// graphThrottled answers a request over the mailbox's concurrency limit.
+func graphThrottled(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", "1")
+	graphWriteError(w, http.StatusTooManyRequests, "ApplicationThrottled", "Application is over its MailboxConcurrency limit.")
+}
+
+func graphTooLarge() *graphErr {
+	return gerr(http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", "The maximum request length supported is 4MB.")
+}
+
+// graphReadBody reads a request body of at most GraphMaxRequest bytes.
+func graphReadBody(r *http.Request) ([]byte, *graphErr) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, GraphMaxRequest+1))
+	if err != nil {
+		return nil, gerr(http.StatusBadRequest, "BadRequest", "could not read the request body")
+	}
+	if len(body) > GraphMaxRequest {
+		return nil, graphTooLarge()
+	}
+	return body, nil
+}
+
 // graphCall is one authenticated API request.
 type graphCall struct {
 	mailbox string
@@ -238,44 +265,25 @@ func (g *Graph) api(h func(*graphCall) (int, any, *graphErr)) http.HandlerFunc {
 		mailbox := strings.ToLower(r.PathValue("mailbox"))
 		g.mu.Lock()
 		g.requests++
-		g.inflight[mailbox]++
-		n := g.inflight[mailbox]
-		g.maxInflight[mailbox] = max(g.maxInflight[mailbox], n)
-		var f *graphFailure
-		if len(g.fail) > 0 {
-			f = &g.fail[0]
-			g.fail = g.fail[1:]
-		}
+		n, f := g.enterLocked(mailbox)
 		refuse := g.refuse > 0
 		if refuse {
 			g.refuse--
 		}
 		g.mu.Unlock()
-		defer func() {
-			g.mu.Lock()
-			g.inflight[mailbox]--
-			g.mu.Unlock()
-		}()
+		defer g.leave(mailbox)
 
 		if n > GraphMailboxConcurrency {
-			w.Header().Set("Retry-After", "1")
-			graphWriteError(w, http.StatusTooManyRequests, "ApplicationThrottled", "Application is over its MailboxConcurrency limit.")
+			graphThrottled(w)
 			return
 		}
-		body, err := io.ReadAll(io.LimitReader(r.Body, GraphMaxRequest+1))
-		if err != nil {
-			graphWriteError(w, http.StatusBadRequest, "BadRequest", "could not read the request body")
-			return
-		}
-		if len(body) > GraphMaxRequest {
-			graphWriteError(w, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", "The maximum request length supported is 4MB.")
+		body, e := graphReadBody(r)
+		if e != nil {
+			e.write(w)
 			return
 		}
 		if f != nil {
-			if f.retryAfter > 0 {
-				w.Header().Set("Retry-After", strconv.Itoa(int((f.retryAfter+time.Second-1)/time.Second)))
-			}
-			graphWriteError(w, f.status, f.code, f.msg)
+			f.write(w)
 			return
 		}
 		tok, e := g.authorize(r, refuse)
@@ -283,12 +291,12 @@ func (g *Graph) api(h func(*graphCall) (int, any, *graphErr)) http.HandlerFunc {
 			if e.status == http.StatusUnauthorized {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize"`)
 			}
-			graphWriteError(w, e.status, e.code, e.msg)
+			e.write(w)
 			return
 		}
 		status, v, e := h(&graphCall{mailbox: mailbox, token: tok, body: body, r: r})
 		if e != nil {
-			graphWriteError(w, e.status, e.code, e.msg)
+			e.write(w)
 			return
 		}
 		if v == nil {

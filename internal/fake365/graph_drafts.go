@@ -55,21 +55,17 @@ func (g *Graph) createDraft(c *graphCall) (int, any, *graphErr) {
 	if e := c.need("Mail.ReadWrite"); e != nil {
 		return 0, nil, e
 	}
-	data, e := c.decodeMIME()
-	if e != nil {
-		return 0, nil, e
-	}
-	from, to, cc, bcc, e := g.parseMIME(data)
+	m, e := c.readMIME()
 	if e != nil {
 		return 0, nil, e
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.nextID++
-	d := &graphDraft{id: fmt.Sprintf("AAMkAD%08d=", g.nextID), mailbox: c.mailbox, from: from, to: to, cc: cc, bcc: bcc,
-		size: len(data), digest: sha256.Sum256(data)}
+	d := &graphDraft{id: fmt.Sprintf("AAMkAD%08d=", g.nextID), mailbox: c.mailbox, from: m.from, to: m.to, cc: m.cc, bcc: m.bcc,
+		size: len(m.data), digest: sha256.Sum256(m.data)}
 	if !g.digestOnly {
-		d.mime = data
+		d.mime = m.data
 	}
 	g.drafts[d.id] = d
 	return http.StatusCreated, d.json(), nil

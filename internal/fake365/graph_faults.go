@@ -2,6 +2,7 @@ package fake365
 
 import (
 	"net/http"
+	"strconv"
 	"time"
 )
 
@@ -51,4 +52,13 @@ func (g *Graph) RefuseTokens(n int) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.refuse = n
+}
+
+// write sends the injected answer, with Retry-After in whole seconds
+// (rounded up) when it has one.
+func (f *graphFailure) write(w http.ResponseWriter) {
+	if f.retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int((f.retryAfter+time.Second-1)/time.Second)))
+	}
+	graphWriteError(w, f.status, f.code, f.msg)
 }

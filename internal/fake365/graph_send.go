@@ -15,8 +15,16 @@ import (
 // Sending: sendMail, the MIME checks shared with drafts, what was sent, and
 // the message as its recipients get it.
 
-// decodeMIME reads a text/plain base64 MIME body.
-func (c *graphCall) decodeMIME() ([]byte, *graphErr) {
+// graphMIME is a MIME message a request carried, with its addresses.
+type graphMIME struct {
+	data        []byte
+	from        string // the From address, "" if none
+	to, cc, bcc []string
+}
+
+// readMIME reads a text/plain base64 MIME body and the From, To, Cc and
+// Bcc addresses of the message in it.
+func (c *graphCall) readMIME() (*graphMIME, *graphErr) {
 	mt, _, _ := mime.ParseMediaType(c.r.Header.Get("Content-Type"))
 	if mt != "text/plain" {
 		return nil, gerr(http.StatusBadRequest, "ErrorMimeContentInvalid", "MIME content must be sent as text/plain base64, not %q.", mt)
@@ -25,15 +33,9 @@ func (c *graphCall) decodeMIME() ([]byte, *graphErr) {
 	if err != nil {
 		return nil, gerr(http.StatusBadRequest, "ErrorMimeContentInvalidBase64String", "Invalid base64 string for MIME content.")
 	}
-	return data, nil
-}
-
-// parseMIME returns the From address and the To, Cc and Bcc addresses of
-// a MIME message.
-func (g *Graph) parseMIME(data []byte) (from string, to, cc, bcc []string, e *graphErr) {
 	m, err := mail.ReadMessage(bytes.NewReader(data))
 	if err != nil {
-		return "", nil, nil, nil, gerr(http.StatusBadRequest, "ErrorMimeContentInvalid", "The MIME content is not valid: %v", err)
+		return nil, gerr(http.StatusBadRequest, "ErrorMimeContentInvalid", "The MIME content is not valid: %v", err)
 	}
 	list := func(key string) []string {
 		addrs, _ := m.Header.AddressList(key)
@@ -43,10 +45,11 @@ func (g *Graph) parseMIME(data []byte) (from string, to, cc, bcc []string, e *gr
 		}
 		return out
 	}
+	msg := &graphMIME{data: data, to: list("To"), cc: list("Cc"), bcc: list("Bcc")}
 	if f := list("From"); len(f) > 0 {
-		from = f[0]
+		msg.from = f[0]
 	}
-	return from, list("To"), list("Cc"), list("Bcc"), nil
+	return msg, nil
 }
 
 func (g *Graph) checkFrom(mailbox, from string) *graphErr {
@@ -93,22 +96,18 @@ func (g *Graph) sendMail(c *graphCall) (int, any, *graphErr) {
 	if e := c.need("Mail.Send"); e != nil {
 		return 0, nil, e
 	}
-	data, e := c.decodeMIME()
+	m, e := c.readMIME()
 	if e != nil {
 		return 0, nil, e
 	}
-	from, to, cc, bcc, e := g.parseMIME(data)
-	if e != nil {
-		return 0, nil, e
-	}
-	if len(to)+len(cc)+len(bcc) == 0 {
+	if len(m.to)+len(m.cc)+len(m.bcc) == 0 {
 		return 0, nil, noRecipients()
 	}
-	if e := g.checkFrom(c.mailbox, from); e != nil {
+	if e := g.checkFrom(c.mailbox, m.from); e != nil {
 		return 0, nil, e
 	}
-	sent := &GraphSent{Mailbox: c.mailbox, Via: "sendMail", To: to, Cc: cc, Bcc: bcc, SaveToSentItems: true}
-	g.record(sent, data)
+	sent := &GraphSent{Mailbox: c.mailbox, Via: "sendMail", To: m.to, Cc: m.cc, Bcc: m.bcc, SaveToSentItems: true}
+	g.record(sent, m.data)
 	g.deliverNow(sent)
 	return http.StatusAccepted, nil, nil
 }

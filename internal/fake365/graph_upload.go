@@ -125,23 +125,11 @@ func (g *Graph) uploadChunk(w http.ResponseWriter, r *http.Request) {
 	}
 	mailbox := u.draft.mailbox
 	g.mu.Lock()
-	g.inflight[mailbox]++
-	n := g.inflight[mailbox]
-	g.maxInflight[mailbox] = max(g.maxInflight[mailbox], n)
-	var f *graphFailure
-	if len(g.fail) > 0 {
-		f = &g.fail[0]
-		g.fail = g.fail[1:]
-	}
+	n, f := g.enterLocked(mailbox)
 	g.mu.Unlock()
-	defer func() {
-		g.mu.Lock()
-		g.inflight[mailbox]--
-		g.mu.Unlock()
-	}()
+	defer g.leave(mailbox)
 	if n > GraphMailboxConcurrency {
-		w.Header().Set("Retry-After", "1")
-		graphWriteError(w, http.StatusTooManyRequests, "ApplicationThrottled", "Application is over its MailboxConcurrency limit.")
+		graphThrottled(w)
 		return
 	}
 	if r.Header.Get("Authorization") != "" {
@@ -149,7 +137,7 @@ func (g *Graph) uploadChunk(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.ContentLength > GraphMaxRequest {
-		graphWriteError(w, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", "The maximum request length supported is 4MB.")
+		graphTooLarge().write(w)
 		return
 	}
 	start, end, total, err := parseContentRange(r.Header.Get("Content-Range"))
@@ -157,13 +145,10 @@ func (g *Graph) uploadChunk(w http.ResponseWriter, r *http.Request) {
 		graphWriteError(w, http.StatusBadRequest, "InvalidContentRange", err.Error())
 		return
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, GraphMaxRequest+1))
+	body, e := graphReadBody(r)
 	switch {
-	case err != nil:
-		graphWriteError(w, http.StatusBadRequest, "BadRequest", "could not read the request body")
-		return
-	case len(body) > GraphMaxRequest:
-		graphWriteError(w, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", "The maximum request length supported is 4MB.")
+	case e != nil:
+		e.write(w)
 		return
 	case total != u.size:
 		graphWriteError(w, http.StatusBadRequest, "InvalidContentRange", fmt.Sprintf("the total %d differs from the session's size %d", total, u.size))
@@ -173,10 +158,7 @@ func (g *Graph) uploadChunk(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if f != nil {
-		if f.retryAfter > 0 {
-			w.Header().Set("Retry-After", strconv.Itoa(int((f.retryAfter+time.Second-1)/time.Second)))
-		}
-		graphWriteError(w, f.status, f.code, f.msg)
+		f.write(w)
 		return
 	}
 	g.mu.Lock()

@@ -1,7 +1,6 @@
 package fake365
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
@@ -126,10 +125,8 @@ type IdP struct {
 	URL string // "http://127.0.0.1:PORT"
 
 	tenantID string // the tid claim and issuer path
-	srv      *http.Server
+	server   *httpServer
 	closing  chan struct{} // closed by Close: releases hanging requests
-	served   chan struct{} // closed when Serve returns
-	close    sync.Once
 
 	mu              sync.Mutex          // protects every field below
 	appRoles        map[string][]string // by audience: the app registration's granted application permissions
@@ -177,7 +174,6 @@ func NewIdP() (*IdP, error) {
 		URL:            "http://" + ln.Addr().String(),
 		tenantID:       idpUUID(),
 		closing:        make(chan struct{}),
-		served:         make(chan struct{}),
 		now:            time.Now,
 		tokenLifetime:  idpDefaultTokenLifetime,
 		deviceInterval: idpDefaultDeviceInterval,
@@ -204,30 +200,18 @@ func NewIdP() (*IdP, error) {
 	mux.HandleFunc("GET /devicelogin", p.handleDeviceLogin)
 	mux.HandleFunc("POST /devicelogin", p.handleDeviceLogin)
 	// No WriteTimeout: a hanging token request must be able to outlast it.
-	p.srv = &http.Server{
+	p.server = startHTTP(ln, &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: idpReadHeaderTimeout,
 		ReadTimeout:       idpReadTimeout,
 		IdleTimeout:       idpIdleTimeout,
-	}
-	go func() {
-		defer close(p.served)
-		p.srv.Serve(ln)
-	}()
+	})
 	return p, nil
 }
 
 // Close stops the server, releasing requests held by a hanging Failure.
 func (p *IdP) Close() {
-	p.close.Do(func() {
-		close(p.closing)
-		ctx, cancel := context.WithTimeout(context.Background(), idpCloseTimeout)
-		defer cancel()
-		if err := p.srv.Shutdown(ctx); err != nil {
-			p.srv.Close()
-		}
-		<-p.served
-	})
+	p.server.stop(func() { close(p.closing) })
 }
 
 // Endpoints returns the authorize, token and device code URLs for tenant
