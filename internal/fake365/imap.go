@@ -6,6 +6,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapserver"
+	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
+	"github.com/emersion/go-sasl"
 	"io"
 	"log"
 	"net"
@@ -13,11 +17,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/emersion/go-imap/v2"
-	"github.com/emersion/go-imap/v2/imapserver"
-	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
-	"github.com/emersion/go-sasl"
 )
 
 // Replies that mimic Exchange Online and Gmail. Clients (and our proxy)
@@ -121,14 +120,7 @@ func NewIMAPUpstream(v TokenValidator, tlsCfg *tls.Config) (*IMAPUpstream, error
 // Close stops the listener and closes every live connection.
 func (u *IMAPUpstream) Close() error {
 	u.closeOnce.Do(func() {
-		u.closeErr = u.srv.Close()
-		// Serve may not have registered the listener with imapserver yet, and
-		// a connection accepted a moment ago may not be in imapserver's set.
-		if err := u.ln.Close(); err != nil && u.closeErr == nil && !errors.Is(err, net.ErrClosed) {
-			u.closeErr = err
-		}
-		u.ln.closeAll()
-		<-u.serveDone
+		u.closeErr = u.ln.shutdown(u.srv.Close, u.serveDone)
 		u.closeStore()
 	})
 	if u.closeErr != nil {
@@ -419,123 +411,4 @@ func parseXOAuth2(resp []byte) (user, token string, err error) {
 		return "", "", errors.New("fake365: XOAUTH2 response lacks user or auth")
 	}
 	return user, token, nil
-}
-
-// trackingListener counts connections and remembers the open ones, so
-// Close can close connections the protocol server has not registered yet
-// and tests can wait for connections to go away.
-type trackingListener struct {
-	net.Listener
-
-	mu       sync.Mutex // protects everything below
-	conns    map[*trackedConn]struct{}
-	accepted int
-	closed   bool
-	changed  chan struct{} // closed and replaced when the set of conns changes
-}
-
-func newTrackingListener(ln net.Listener) *trackingListener {
-	return &trackingListener{
-		Listener: ln,
-		conns:    make(map[*trackedConn]struct{}),
-		changed:  make(chan struct{}),
-	}
-}
-
-func (l *trackingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	tc := &trackedConn{Conn: c, l: l}
-	l.mu.Lock()
-	closed := l.closed
-	if !closed {
-		l.conns[tc] = struct{}{}
-		l.accepted++
-		l.notifyLocked()
-	}
-	l.mu.Unlock()
-	if closed {
-		c.Close()
-		return nil, net.ErrClosed
-	}
-	return tc, nil
-}
-
-// locked runs f under the listener lock. Settings written in f are seen by
-// the goroutines of every connection accepted later: Accept takes the same
-// lock before the server starts a connection goroutine.
-func (l *trackingListener) locked(f func()) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	f()
-}
-
-func (l *trackingListener) notifyLocked() {
-	close(l.changed)
-	l.changed = make(chan struct{})
-}
-
-func (l *trackingListener) remove(tc *trackedConn) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if _, ok := l.conns[tc]; ok {
-		delete(l.conns, tc)
-		l.notifyLocked()
-	}
-}
-
-func (l *trackingListener) open() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.conns)
-}
-
-func (l *trackingListener) total() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.accepted
-}
-
-func (l *trackingListener) waitOpen(ctx context.Context, n int) error {
-	for {
-		l.mu.Lock()
-		got, changed := len(l.conns), l.changed
-		l.mu.Unlock()
-		if got == n {
-			return nil
-		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return fmt.Errorf("fake365: wait for %d open connections (have %d): %w", n, got, ctx.Err())
-		}
-	}
-}
-
-// closeAll stops accepting and closes every open connection.
-func (l *trackingListener) closeAll() {
-	l.mu.Lock()
-	l.closed = true
-	conns := make([]*trackedConn, 0, len(l.conns))
-	for c := range l.conns {
-		conns = append(conns, c)
-	}
-	l.mu.Unlock()
-	for _, c := range conns {
-		c.Close()
-	}
-}
-
-type trackedConn struct {
-	net.Conn
-	l    *trackingListener
-	once sync.Once
-}
-
-func (c *trackedConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(func() { c.l.remove(c) })
-	return err
 }

@@ -107,9 +107,7 @@ func (u *POP3Upstream) serve() {
 // their goroutines.
 func (u *POP3Upstream) Close() error {
 	u.closeOnce.Do(func() {
-		u.ln.Close()
-		u.ln.closeAll()
-		<-u.serveDone
+		u.ln.shutdown(nil, u.serveDone)
 	})
 	return nil
 }
