@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -33,6 +34,33 @@ var benchScopes = []string{
 // while it writes a FETCH response, which would serialize clients sharing
 // one mailbox and let one stalled client block the rest.
 func fetchMailbox(i int) string { return "fetch" + strconv.Itoa(i+1) + "@contoso.test" }
+
+// newTenant starts the fake tenant every upstream role has: a CA and the
+// TLS config of a server certificate it signed, and an IdP that knows
+// benchClientID and benchUser. The caller closes the IdP.
+func newTenant() (*fake365.CA, *tls.Config, *fake365.IdP, error) {
+	ca, err := fake365.NewCA()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	srvTLS, err := ca.ServerTLS()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	idp, err := fake365.NewIdP()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	idp.AddClient(fake365.Client{ID: benchClientID})
+	idp.AddUser(benchUser)
+	return ca, srvTLS, idp, nil
+}
+
+// tenantTokenURL is the token endpoint the bench's clients use.
+func tenantTokenURL(idp *fake365.IdP) string {
+	_, tokenURL, _ := idp.Endpoints("contoso.test")
+	return tokenURL
+}
 
 // upstreamHello is what the upstream role tells the orchestrator.
 type upstreamHello struct {
@@ -72,21 +100,11 @@ func runUpstream(args []string, in io.Reader, out io.Writer) error {
 		return runDovecotUpstream(*fetchSize, *mailboxes, *linkMiBps, in, out)
 	}
 
-	ca, err := fake365.NewCA()
-	if err != nil {
-		return err
-	}
-	srvTLS, err := ca.ServerTLS()
-	if err != nil {
-		return err
-	}
-	idp, err := fake365.NewIdP()
+	ca, srvTLS, idp, err := newTenant()
 	if err != nil {
 		return err
 	}
 	defer idp.Close()
-	idp.AddClient(fake365.Client{ID: benchClientID})
-	idp.AddUser(benchUser)
 
 	imapUp, err := fake365.NewIMAPUpstream(idp, srvTLS)
 	if err != nil {
@@ -124,12 +142,11 @@ func runUpstream(args []string, in io.Reader, out io.Writer) error {
 		imapAddr = l.Addr().String()
 	}
 
-	_, tokenURL, _ := idp.Endpoints("contoso.test")
 	if err := writeJSONLine(out, upstreamHello{
 		IMAP:         imapAddr,
 		SMTP:         smtpUp.Addr,
 		CAPEM:        string(ca.CertPEM),
-		TokenURL:     tokenURL,
+		TokenURL:     tenantTokenURL(idp),
 		FetchSize:    *fetchSize,
 		Mailboxes:    *mailboxes,
 		PID:          os.Getpid(),
@@ -172,21 +189,11 @@ func runDovecotUpstream(fetchSize int64, mailboxes int, linkMiBps float64, in io
 	if linkMiBps > 0 {
 		return fmt.Errorf("-link-mibps is not supported with Dovecot")
 	}
-	ca, err := fake365.NewCA()
-	if err != nil {
-		return err
-	}
-	srvTLS, err := ca.ServerTLS()
-	if err != nil {
-		return err
-	}
-	idp, err := fake365.NewIdP()
+	ca, srvTLS, idp, err := newTenant()
 	if err != nil {
 		return err
 	}
 	defer idp.Close()
-	idp.AddClient(fake365.Client{ID: benchClientID})
-	idp.AddUser(benchUser)
 	smtpUp, err := fake365.NewSMTPUpstream(idp, srvTLS, false)
 	if err != nil {
 		return err
@@ -218,12 +225,11 @@ func runDovecotUpstream(fetchSize int64, mailboxes int, linkMiBps float64, in io
 			names = append(names, benchUser)
 		}
 	}
-	_, tokenURL, _ := idp.Endpoints("contoso.test")
 	if err := writeJSONLine(out, upstreamHello{
 		IMAP:         dv.IMAPS,
 		SMTP:         smtpUp.Addr,
 		CAPEM:        string(ca.CertPEM),
-		TokenURL:     tokenURL,
+		TokenURL:     tenantTokenURL(idp),
 		FetchSize:    fetchSize,
 		Mailboxes:    mailboxes,
 		PID:          os.Getpid(),
