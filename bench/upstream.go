@@ -142,17 +142,41 @@ func runUpstream(args []string, in io.Reader, out io.Writer) error {
 		imapAddr = l.Addr().String()
 	}
 
-	if err := writeJSONLine(out, upstreamHello{
+	return serveUpstream(in, out, idp, upstreamHello{
 		IMAP:         imapAddr,
 		SMTP:         smtpUp.Addr,
 		CAPEM:        string(ca.CertPEM),
-		TokenURL:     tenantTokenURL(idp),
 		FetchSize:    *fetchSize,
 		Mailboxes:    *mailboxes,
-		PID:          os.Getpid(),
 		Kind:         "fake365",
 		MailboxNames: names,
-	}); err != nil {
+	}, upstreamServer{
+		conns: func() string { return fmt.Sprintf("%d %d", imapUp.Conns(), smtpUp.Conns()) },
+		records: func(arg string) error {
+			n, err := strconv.Atoi(arg)
+			if err != nil {
+				return fmt.Errorf("records: %q is not a size", arg)
+			}
+			imapUp.SetRecordSize(n)
+			return nil
+		},
+		deliver: func(mailbox string) error { return imapUp.Append(mailbox, "INBOX", []byte(idleMessage)) },
+	})
+}
+
+// upstreamServer is what the fake365 and the Dovecot upstream roles do
+// each their own way.
+type upstreamServer struct {
+	conns   func() string         // the open IMAP and SMTP connections, "IMAP SMTP"
+	records func(n string) error  // IMAP connections from now on write TLS records of n bytes
+	deliver func(to string) error // deliver idleMessage to a mailbox's INBOX
+}
+
+// serveUpstream says hello (with the tenant's token URL and this process's
+// PID) and answers the orchestrator's commands (see runUpstream).
+func serveUpstream(in io.Reader, out io.Writer, idp *fake365.IdP, hello upstreamHello, s upstreamServer) error {
+	hello.TokenURL, hello.PID = tenantTokenURL(idp), os.Getpid()
+	if err := writeJSONLine(out, hello); err != nil {
 		return err
 	}
 	return serveCommands(in, out, func(cmd, arg string) (string, error) {
@@ -160,16 +184,11 @@ func runUpstream(args []string, in io.Reader, out io.Writer) error {
 		case "rt":
 			return idp.GrantRefreshToken(benchClientID, benchUser, benchScopes), nil
 		case "conns":
-			return fmt.Sprintf("%d %d", imapUp.Conns(), smtpUp.Conns()), nil
+			return s.conns(), nil
 		case "records":
-			n, err := strconv.Atoi(arg)
-			if err != nil {
-				return "", fmt.Errorf("records: %q is not a size", arg)
-			}
-			imapUp.SetRecordSize(n)
-			return "ok", nil
+			return "ok", s.records(arg)
 		case "append":
-			return "ok", imapUp.Append(arg, "INBOX", []byte(idleMessage))
+			return "ok", s.deliver(arg)
 		}
 		return "", fmt.Errorf("unknown command %q", cmd)
 	})
@@ -225,31 +244,18 @@ func runDovecotUpstream(fetchSize int64, mailboxes int, linkMiBps float64, in io
 			names = append(names, benchUser)
 		}
 	}
-	if err := writeJSONLine(out, upstreamHello{
+	return serveUpstream(in, out, idp, upstreamHello{
 		IMAP:         dv.IMAPS,
 		SMTP:         smtpUp.Addr,
 		CAPEM:        string(ca.CertPEM),
-		TokenURL:     tenantTokenURL(idp),
 		FetchSize:    fetchSize,
 		Mailboxes:    mailboxes,
-		PID:          os.Getpid(),
 		Kind:         "dovecot",
 		MailboxNames: names,
-	}); err != nil {
-		return err
-	}
-	return serveCommands(in, out, func(cmd, arg string) (string, error) {
-		switch cmd {
-		case "rt":
-			return idp.GrantRefreshToken(benchClientID, benchUser, benchScopes), nil
-		case "conns":
-			return fmt.Sprintf("0 %d", smtpUp.Conns()), nil
-		case "records":
-			return "", errors.New("the TLS record size is chosen by Dovecot itself")
-		case "append":
-			return "ok", dv.Deliver(strings.ToLower(arg), []byte(idleMessage))
-		}
-		return "", fmt.Errorf("unknown command %q", cmd)
+	}, upstreamServer{
+		conns:   func() string { return fmt.Sprintf("0 %d", smtpUp.Conns()) },
+		records: func(string) error { return errors.New("the TLS record size is chosen by Dovecot itself") },
+		deliver: func(mailbox string) error { return dv.Deliver(strings.ToLower(mailbox), []byte(idleMessage)) },
 	})
 }
 
