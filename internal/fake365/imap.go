@@ -74,14 +74,14 @@ func NewIMAPUpstream(v TokenValidator, tlsCfg *tls.Config) (*IMAPUpstream, error
 	if v == nil {
 		return nil, errors.New("fake365: new IMAP upstream: nil TokenValidator")
 	}
-	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	tl, err := listenTracking("IMAP")
 	if err != nil {
-		return nil, fmt.Errorf("fake365: IMAP upstream listen: %w", err)
+		return nil, err
 	}
 	u := &IMAPUpstream{
-		Addr:         raw.Addr().String(),
+		Addr:         tl.Addr().String(),
 		validator:    v,
-		ln:           newTrackingListener(raw),
+		ln:           tl,
 		serveDone:    make(chan struct{}),
 		mailboxes:    make(map[string]*imapmemserver.User),
 		delegates:    make(map[string]map[string]struct{}),

@@ -65,15 +65,15 @@ func NewPOP3Upstream(v TokenValidator, store *IMAPUpstream, tlsCfg *tls.Config) 
 	if v == nil || store == nil {
 		return nil, errors.New("fake365: new POP3 upstream: nil TokenValidator or store")
 	}
-	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	tl, err := listenTracking("POP3")
 	if err != nil {
-		return nil, fmt.Errorf("fake365: POP3 upstream listen: %w", err)
+		return nil, err
 	}
 	u := &POP3Upstream{
-		Addr:      raw.Addr().String(),
+		Addr:      tl.Addr().String(),
 		validator: v,
 		store:     store,
-		ln:        newTrackingListener(raw),
+		ln:        tl,
 		tlsCfg:    tlsCfg,
 		serveDone: make(chan struct{}),
 	}

@@ -21,6 +21,16 @@ type trackingListener struct {
 	changed  chan struct{} // closed and replaced when the set of conns changes
 }
 
+// listenTracking listens on 127.0.0.1 with a kernel-chosen port for the
+// fake server named what ("IMAP").
+func listenTracking(what string) (*trackingListener, error) {
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("fake365: %s upstream listen: %w", what, err)
+	}
+	return newTrackingListener(raw), nil
+}
+
 func newTrackingListener(ln net.Listener) *trackingListener {
 	return &trackingListener{
 		Listener: ln,
