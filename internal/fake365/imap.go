@@ -61,7 +61,7 @@ type IMAPUpstream struct {
 
 	mu        sync.Mutex                     // protects mailboxes, delegates and folders
 	mailboxes map[string]*imapmemserver.User // key: lower-case address
-	delegates map[string]map[string]struct{} // lower-case mailbox -> lower-case delegate
+	delegates delegations
 	folders   map[string]map[string]struct{} // lower-case mailbox -> folder names (folders.go)
 	// Exchange's setup failures by lower-case mailbox (exchange_errors.go).
 	refuseApps, notConnected map[string]bool
@@ -84,7 +84,7 @@ func NewIMAPUpstream(v TokenValidator, tlsCfg *tls.Config) (*IMAPUpstream, error
 		ln:           tl,
 		serveDone:    make(chan struct{}),
 		mailboxes:    make(map[string]*imapmemserver.User),
-		delegates:    make(map[string]map[string]struct{}),
+		delegates:    make(delegations),
 		folders:      make(map[string]map[string]struct{}),
 		refuseApps:   make(map[string]bool),
 		notConnected: make(map[string]bool),
@@ -152,13 +152,9 @@ func (u *IMAPUpstream) AddMailbox(mailbox string) {
 // Delegate lets tokens issued to username open mailbox (a shared mailbox
 // with FullAccess for that user).
 func (u *IMAPUpstream) Delegate(mailbox, username string) {
-	key := strings.ToLower(mailbox)
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.delegates[key] == nil {
-		u.delegates[key] = make(map[string]struct{})
-	}
-	u.delegates[key][strings.ToLower(username)] = struct{}{}
+	u.delegates.add(mailbox, username)
 }
 
 // Append stores msg in folder of mailbox; the folder is created when
@@ -251,6 +247,18 @@ func (u *IMAPUpstream) authorize(mailbox, token string) (*imapmemserver.User, ti
 		return nil, time.Time{}, false
 	}
 	return user, expiry, true
+}
+
+// delegations says who may open a mailbox besides its owner: lower-case
+// mailbox -> lower-case usernames.
+type delegations map[string]map[string]struct{}
+
+func (d delegations) add(mailbox, username string) {
+	key := strings.ToLower(mailbox)
+	if d[key] == nil {
+		d[key] = make(map[string]struct{})
+	}
+	d[key][strings.ToLower(username)] = struct{}{}
 }
 
 // mayAct reports whether a token for subject may act as mailbox.
