@@ -361,3 +361,15 @@ func TestDeviceRefusedOffersBrowser(t *testing.T) {
 		})
 	}
 }
+
+// A Google provider (OfflineConsent) gets access_type=offline and
+// prompt=consent from the admin page as from the CLI: one rule, in
+// oauth.NewAuthCode.
+func TestSignInOfflineConsent(t *testing.T) {
+	e := newEnv(t)
+	e.prov.OfflineConsent = true
+	q := mustURL(t, startSignIn(t, e.browser(), alice)).Query()
+	if q.Get("access_type") != "offline" || q.Get("prompt") != "consent" {
+		t.Errorf("sign-in address for an OfflineConsent provider: access_type %q, prompt %q; want offline, consent", q.Get("access_type"), q.Get("prompt"))
+	}
+}

@@ -12,8 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/oauth2"
-
 	"mailproxy/config"
 	"mailproxy/daemon"
 	"mailproxy/internal/cmdline"
@@ -217,12 +215,8 @@ func signIn(ctx context.Context, env *cmdEnv, in *bufio.Reader, method string, a
 	if hint == "" && strings.Contains(acct.Username, "@") {
 		hint = acct.Username
 	}
-	var opts []oauth2.AuthCodeOption
-	if acct.Provider.Type == config.TypeGmail {
-		// Google sends a refresh token only for access_type=offline, and
-		// again on a later sign-in only after the consent screen.
-		opts = append(opts, oauth2.AccessTypeOffline, oauth2.SetAuthURLParam("prompt", "consent"))
-	}
+	// Google's access_type=offline and prompt=consent: oauth.NewAuthCode
+	// adds them (Provider.OfflineConsent), for the admin page too.
 	switch method {
 	case methodDevice:
 		f := &oauth.DeviceFlow{Provider: p, Wait: deviceWait}
@@ -239,7 +233,7 @@ func signIn(ctx context.Context, env *cmdEnv, in *bufio.Reader, method string, a
 		return f.Poll(ctx, dc)
 
 	case methodManual:
-		a, authURL := oauth.NewAuthCode(p, p.RedirectURL, hint, opts...)
+		a, authURL := oauth.NewAuthCode(p, p.RedirectURL, hint)
 		fmt.Fprintf(out, "Open this address in a browser on any machine and sign in:\n\n  %s\n\n", authURL)
 		fmt.Fprintf(out, "The browser then goes to %s...; that page may fail to load, which is fine.\n", p.RedirectURL)
 		fmt.Fprintln(out, "Copy the whole address from the address bar and paste it here:")
@@ -259,7 +253,7 @@ func signIn(ctx context.Context, env *cmdEnv, in *bufio.Reader, method string, a
 		if open == nil {
 			open = func(u string) error { return openBrowser(env, u) }
 		}
-		f := &oauth.BrowserFlow{Provider: p, LoginHint: hint, Open: open, Out: out, Options: opts}
+		f := &oauth.BrowserFlow{Provider: p, LoginHint: hint, Open: open, Out: out}
 		fmt.Fprintln(out, "If your browser runs on another machine, stop this (Ctrl-C) and use -manual or -device instead.")
 		fmt.Fprintf(out, "Waiting up to %s for the browser to come back; then the sign-in is redeemed at %s.\n", signInTimeout, hostOf(p.TokenURL))
 		return f.Run(ctx)

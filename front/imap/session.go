@@ -79,7 +79,7 @@ type session struct {
 	mu       sync.Mutex // protects upstream
 	upstream net.Conn
 
-	goodbye relay.Goodbye // Shutdown asks a relayed session to say BYE
+	goodbye goodbye // Shutdown asks a relayed session to say BYE
 }
 
 // closeConns closes the client connection and the upstream one, if any.
@@ -631,7 +631,7 @@ func (c *session) login(tag, user, pass string) bool {
 		c.trace.Debug("relaying; trace ends")
 	}
 	m.Session(grant.Username, 1)
-	c.up, c.down, err = relay.Relay(c.conn, r, up, upr, relay.RelayOptions{Idle: c.s.idleTimeout(), Goodbye: &c.goodbye})
+	c.up, c.down, err = relay.Relay(c.conn, r, up, upr, relay.RelayOptions{Idle: c.s.idleTimeout(), Goodbye: &c.goodbye.Goodbye, SafePoint: &c.goodbye})
 	m.Session(grant.Username, -1)
 	m.Relayed(Name, c.up, c.down)
 	c.outcome = outcomeRelayed

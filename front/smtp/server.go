@@ -29,6 +29,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"mailproxy/auth"
+	"mailproxy/config"
 	"mailproxy/front"
 	"mailproxy/internal/wait"
 	"mailproxy/submit"
@@ -41,7 +42,6 @@ const (
 	defaultReadTimeout     = 10 * time.Minute // one client command, or the whole DATA phase
 	defaultWriteTimeout    = time.Minute      // one reply to the client
 	defaultUpstreamTimeout = 30 * time.Second // token + dial + TLS + EHLO + AUTH, all together
-	defaultMaxMessageBytes = 35 << 20         // what Exchange Online accepts
 	defaultDomain          = "localhost"
 
 	shutdownNoticeTimeout = time.Second // writing "421 shutting down" to an idle client
@@ -153,7 +153,7 @@ func (s *Server) maxMessageBytes() int64 {
 	if s.MaxMessageBytes > 0 {
 		return s.MaxMessageBytes
 	}
-	return defaultMaxMessageBytes
+	return config.FallbackMaxMessageBytes
 }
 
 func (s *Server) readTimeout() time.Duration {

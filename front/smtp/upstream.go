@@ -98,13 +98,9 @@ func (s *session) opener() submit.Opener {
 		return nil
 	}
 	addr := s.grant.Upstream.AddrOf(Name)
-	cfg := s.grant.Upstream.TLSFor(addr)
-	// Full-size TLS records from the first message on: small first
-	// records help a browser render early, not a mail submission.
-	cfg.DynamicRecordSizingDisabled = true
 	return smtpclient.Opener(smtpclient.Options{
 		Addr:    addr,
-		TLS:     cfg,
+		TLS:     s.grant.Upstream.TLSFor(addr), // full-size records: upstream sets that
 		Dial:    s.srv.Dial,
 		Domain:  s.srv.domain(),
 		Timeout: s.srv.upstreamTimeout(),

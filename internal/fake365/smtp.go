@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"mailproxy/config"
+
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 )
@@ -21,8 +23,8 @@ import (
 // Defaults of the fake SMTP server, close to Exchange Online's.
 const (
 	// DefaultMaxMessageBytes is Exchange Online's default message size
-	// limit (35 MB), advertised with SIZE.
-	DefaultMaxMessageBytes = 35 << 20
+	// limit (35 MiB), advertised with SIZE: config's one definition.
+	DefaultMaxMessageBytes = config.FallbackMaxMessageBytes
 	// smtpMaxRecipients is Exchange Online's per-message recipient limit.
 	smtpMaxRecipients = 500
 	// smtpMaxLineLength lets through the long AUTH response line of an
