@@ -42,7 +42,7 @@ func (c *session) openUpstream(deadline time.Time, tag string, g *auth.Grant, lo
 	if g == nil || g.Tokens == nil || g.Upstream.AddrOf(Name) == "" {
 		return unavailable("no IMAP server configured for this account", errors.New("grant without IMAP upstream"))
 	}
-	ctx, cancel := context.WithDeadline(c.ctx, deadline)
+	ctx, cancel := context.WithDeadline(c.Ctx, deadline)
 	defer cancel()
 	// Getting the token may wait for the identity provider. Give it half
 	// of the time at most: when the provider hangs, the token source
@@ -89,12 +89,12 @@ func (c *session) tryUpstream(ctx context.Context, tag string, g *auth.Grant, to
 	if err != nil {
 		return unavailable("cannot reach the mail server", fmt.Errorf("dial upstream %s: %w", addr, err)), ""
 	}
-	c.setUpstream(up)
+	c.SetUpstream(up)
 	ok := false
 	defer func() {
 		if !ok {
 			up.Close()
-			c.setUpstream(nil)
+			c.SetUpstream(nil)
 		}
 	}()
 	if dl, has := ctx.Deadline(); has {
@@ -118,7 +118,7 @@ func (c *session) tryUpstream(ctx context.Context, tag string, g *auth.Grant, to
 		if status == "BYE" && text != "" {
 			msg += ": " + text
 		}
-		return unavailable(msg, fmt.Errorf("upstream greeting %q", clean(string(bytes.TrimRight(greeting, "\r\n"))))), ""
+		return unavailable(msg, fmt.Errorf("upstream greeting %q", front.Clean(string(bytes.TrimRight(greeting, "\r\n"))))), ""
 	}
 	saslIR := hasCap(text, "SASL-IR")
 
@@ -201,7 +201,7 @@ func (c *session) tryUpstream(ctx context.Context, tag string, g *auth.Grant, to
 				bye = text
 			}
 			if _, ok := upstream.ThrottleDelay(text); ok && status != "" {
-				throttle = clean(text)
+				throttle = front.Clean(text)
 			}
 		case bytes.HasPrefix(line, []byte(tagSP)):
 			status, text := parseStatus(line[len(tagSP):])
@@ -215,16 +215,16 @@ func (c *session) tryUpstream(ctx context.Context, tag string, g *auth.Grant, to
 						text = throttle
 					}
 					c.throttled(mailbox, text)
-					return unavailable(clean(text), fmt.Errorf("upstream AUTHENTICATE: %s %s", status, text)), ""
+					return unavailable(front.Clean(text), fmt.Errorf("upstream AUTHENTICATE: %s %s", status, text)), ""
 				}
 				if text == "" {
 					text = status
 				}
 				return upstreamResult{}, text
 			}
-			return unavailable("the mail server sent an unexpected reply", fmt.Errorf("upstream AUTHENTICATE reply %q", clean(string(bytes.TrimRight(line, "\r\n"))))), ""
+			return unavailable("the mail server sent an unexpected reply", fmt.Errorf("upstream AUTHENTICATE reply %q", front.Clean(string(bytes.TrimRight(line, "\r\n"))))), ""
 		default:
-			return unavailable("the mail server sent an unexpected reply", fmt.Errorf("upstream AUTHENTICATE reply %q", clean(string(bytes.TrimRight(line, "\r\n"))))), ""
+			return unavailable("the mail server sent an unexpected reply", fmt.Errorf("upstream AUTHENTICATE reply %q", front.Clean(string(bytes.TrimRight(line, "\r\n"))))), ""
 		}
 	}
 }
@@ -237,7 +237,7 @@ func (c *session) throttled(mailbox, text string) {
 		d = upstream.DefaultThrottleBackoff
 	}
 	c.s.backoff.Set(mailbox, d)
-	c.log.Warn("upstream throttles this mailbox; new logins wait", "mailbox", mailbox, "backoff", d, "reply", clean(text))
+	c.Log.Warn("upstream throttles this mailbox; new logins wait", "mailbox", mailbox, "backoff", d, "reply", front.Clean(text))
 }
 
 // readResponse appends one upstream response to dst: a line with its line

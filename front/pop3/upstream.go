@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"mailproxy/auth"
+	"mailproxy/front"
 	"mailproxy/upstream"
 )
 
@@ -42,7 +43,7 @@ func (c *session) openUpstream(deadline time.Time, g *auth.Grant, log *slog.Logg
 		return unavailable("no POP3 server configured for this account", errors.New("grant without POP3 upstream"))
 	}
 	addr := g.Upstream.AddrOf(Name)
-	ctx, cancel := context.WithDeadline(c.ctx, deadline)
+	ctx, cancel := context.WithDeadline(c.Ctx, deadline)
 	defer cancel()
 	// Half of the time at most for the token, as for IMAP: when the
 	// identity provider hangs, the source hands out the current token once
@@ -81,12 +82,12 @@ func (c *session) tryUpstream(ctx context.Context, addr string, g *auth.Grant, t
 	if err != nil {
 		return unavailable("cannot reach the mail server", fmt.Errorf("dial upstream %s: %w", addr, err)), ""
 	}
-	c.setUpstream(up)
+	c.SetUpstream(up)
 	ok := false
 	defer func() {
 		if !ok {
 			up.Close()
-			c.setUpstream(nil)
+			c.SetUpstream(nil)
 		}
 	}()
 	if dl, has := ctx.Deadline(); has {
@@ -98,7 +99,7 @@ func (c *session) tryUpstream(ctx context.Context, addr string, g *auth.Grant, t
 		return unavailable("the mail server did not greet", fmt.Errorf("read upstream greeting: %w", err)), ""
 	}
 	if !bytes.HasPrefix(greeting, []byte("+OK")) {
-		return unavailable("the mail server is unavailable", fmt.Errorf("upstream greeting %q", clean(string(trimEOL(greeting))))), ""
+		return unavailable("the mail server is unavailable", fmt.Errorf("upstream greeting %q", front.Clean(string(trimEOL(greeting))))), ""
 	}
 
 	mailbox := g.Mailbox
@@ -150,18 +151,18 @@ func (c *session) tryUpstream(ctx context.Context, addr string, g *auth.Grant, t
 					d = upstream.DefaultThrottleBackoff
 				}
 				c.s.backoff.Set(mailbox, d)
-				c.log.Warn("upstream throttles this mailbox; new logins wait", "mailbox", mailbox, "backoff", d, "reply", clean(text))
-				return unavailable(clean(text), fmt.Errorf("upstream AUTH: -ERR %s", text)), ""
+				c.Log.Warn("upstream throttles this mailbox; new logins wait", "mailbox", mailbox, "backoff", d, "reply", front.Clean(text))
+				return unavailable(front.Clean(text), fmt.Errorf("upstream AUTH: -ERR %s", text)), ""
 			}
 			if code := respCode(text); code == "SYS/TEMP" || code == "IN-USE" || code == "LOGIN-DELAY" {
-				return unavailable("the mail server is busy: "+clean(text), fmt.Errorf("upstream AUTH: -ERR %s", text)), ""
+				return unavailable("the mail server is busy: "+front.Clean(text), fmt.Errorf("upstream AUTH: -ERR %s", text)), ""
 			}
 			if text == "" {
 				text = "-ERR"
 			}
 			return upstreamResult{}, text
 		default:
-			return unavailable("the mail server sent an unexpected reply", fmt.Errorf("upstream AUTH reply %q", clean(string(trimEOL(line))))), ""
+			return unavailable("the mail server sent an unexpected reply", fmt.Errorf("upstream AUTH reply %q", front.Clean(string(trimEOL(line))))), ""
 		}
 	}
 }
