@@ -52,9 +52,9 @@ func TestRetryListenerWaitsOutFailures(t *testing.T) {
 func TestRetryListenerReturns(t *testing.T) {
 	other := errors.New("not temporary")
 	for _, tc := range []struct {
-		name  string
-		err   error
-		rl    RetryListener
+		name string
+		err  error
+		rl   RetryListener
 	}{
 		{name: "closed", err: net.ErrClosed},
 		{name: "stop", err: syscall.EMFILE, rl: RetryListener{Stop: func() bool { return true }}},
