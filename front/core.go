@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -23,6 +22,8 @@ const (
 	lingerMaxBytes  = 32 << 20              // ... at most this much
 	shutdownKick    = 50 * time.Millisecond // how often Shutdown re-checks live connections
 	pastDeadline    = -1 * time.Millisecond // a read deadline in the past wakes a blocked read
+	// upstreamBufferSize is the upstream reader's buffer during login.
+	upstreamBufferSize = 4 << 10
 )
 
 // Session states, for Shutdown: it wakes the reads of pre-login sessions
@@ -37,6 +38,8 @@ const (
 const (
 	OutcomeError     = "error"
 	OutcomeTLSFailed = "tls handshake failed"
+	OutcomeRelayed   = "relayed"
+	OutcomeIdle      = "idle timeout"
 )
 
 // Session is a front's conversation with one client. The core calls Serve
@@ -94,38 +97,6 @@ type Core struct {
 	cancel    context.CancelFunc
 	active    sync.WaitGroup // one per session; Add only under mu while !closed
 	metrics   Metrics        // never nil once inited
-}
-
-// Conn is one accepted client connection as the core tracks it; a front's
-// session embeds it. The exported fields other than NC, ID and Ctx are
-// owned by the session goroutine.
-type Conn struct {
-	NC  net.Conn        // as accepted; deadlines set here reach a TLS layer above
-	ID  uint64          // the conn attribute of its log lines
-	Ctx context.Context // canceled by Close and when the session ends
-	Log *slog.Logger    // with proto, conn and remote
-
-	Start    time.Time // accepted (the session goroutine started)
-	Deadline time.Time // end of the pre-login phase
-	IsTLS    bool      // implicit TLS, or after STARTTLS
-
-	// For the end line.
-	Account  string
-	Outcome  string
-	Up, Down int64 // relayed bytes to the upstream, to the client
-
-	core    *Core
-	sess    Session
-	cancel  context.CancelFunc
-	state   atomic.Int32
-	waiting *atomic.Int32 // the listener's count of connections not logged in; nil: no cap
-	left    atomic.Bool
-
-	plainChecked bool // plainOK is set
-	plainOK      bool // PlaintextAllowed's answer for the client's address
-
-	mu       sync.Mutex // protects upstream
-	upstream net.Conn
 }
 
 func (k *Core) logger() *slog.Logger {
@@ -399,88 +370,4 @@ func (c *Conn) serve() {
 		c.IsTLS = true
 	}
 	c.sess.Serve()
-}
-
-// Shutting reports whether the front is closing (Close or Shutdown).
-func (c *Conn) Shutting() bool { return c.core.Shutting() }
-
-// SetState tells Shutdown what the session is doing.
-func (c *Conn) SetState(s int32) { c.state.Store(s) }
-
-// LeaveWaiting takes the connection off its listener's pre-login count;
-// the first call counts.
-func (c *Conn) LeaveWaiting() {
-	if c.waiting != nil && c.left.CompareAndSwap(false, true) {
-		c.waiting.Add(-1)
-	}
-}
-
-// SetUpstream records the session's upstream connection (nil: none), so
-// that Close closes it too.
-func (c *Conn) SetUpstream(up net.Conn) {
-	c.mu.Lock()
-	c.upstream = up
-	c.mu.Unlock()
-}
-
-// closeConns closes the client connection and the upstream one, if any.
-func (c *Conn) closeConns() {
-	c.NC.Close()
-	c.mu.Lock()
-	if c.upstream != nil {
-		c.upstream.Close()
-	}
-	c.mu.Unlock()
-}
-
-// Remote is the client's address for the Authenticator (lockout,
-// plaintext policy).
-func (c *Conn) Remote() netip.Addr { return RemoteAddr(c.NC) }
-
-// PlaintextOK reports whether the client may log in on this connection:
-// it has TLS, or allowed (nil: everyone) says its address may send
-// passwords in clear text. The answer for the address is asked once.
-func (c *Conn) PlaintextOK(allowed func(netip.Addr) bool) bool {
-	if c.IsTLS || allowed == nil {
-		return true
-	}
-	if !c.plainChecked {
-		c.plainOK = allowed(c.Remote())
-		c.plainChecked = true
-	}
-	return c.plainOK
-}
-
-// Linger is for the last line after an error that may leave unread input
-// (an overlong line, pipelined garbage): conn being the connection the
-// session speaks on (NC, or the TLS connection over it), it half-closes
-// it and drains the input for a moment, since closing a socket with unread
-// data makes the kernel send a reset, and the client may then never see
-// the line.
-func (c *Conn) Linger(conn net.Conn) {
-	raw := c.NC
-	if tc, ok := raw.(*tls.Conn); ok {
-		raw = tc.NetConn()
-	}
-	if tc, ok := conn.(*tls.Conn); ok {
-		tc.CloseWrite() // close_notify
-	}
-	if cw, ok := raw.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite() // FIN
-	}
-	raw.SetReadDeadline(time.Now().Add(lingerTimeout))
-	io.CopyN(io.Discard, raw, lingerMaxBytes)
-}
-
-// RemoteAddr is c's remote address without port or IPv4-mapped prefix;
-// the zero Addr when it has none.
-func RemoteAddr(c net.Conn) netip.Addr {
-	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		return ta.AddrPort().Addr().Unmap()
-	}
-	ap, err := netip.ParseAddrPort(c.RemoteAddr().String())
-	if err != nil {
-		return netip.Addr{}
-	}
-	return ap.Addr().Unmap()
 }

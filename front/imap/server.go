@@ -113,50 +113,21 @@ type Server struct {
 	metrics   front.Metrics            // never nil
 }
 
-func (s *Server) logger() *slog.Logger {
-	if s.Logger != nil {
-		return s.Logger
-	}
-	return slog.Default()
-}
+func (s *Server) logger() *slog.Logger { return front.LoggerOr(s.Logger) }
 
 func (s *Server) preAuthTimeout() time.Duration {
-	if s.PreAuthTimeout > 0 {
-		return s.PreAuthTimeout
-	}
-	return DefaultPreAuthTimeout
+	return front.Or(s.PreAuthTimeout, DefaultPreAuthTimeout)
 }
 
 func (s *Server) upstreamTimeout() time.Duration {
-	if s.UpstreamTimeout > 0 {
-		return s.UpstreamTimeout
-	}
-	return DefaultUpstreamTimeout
+	return front.Or(s.UpstreamTimeout, DefaultUpstreamTimeout)
 }
 
-func (s *Server) idleTimeout() time.Duration {
-	switch {
-	case s.IdleTimeout > 0:
-		return s.IdleTimeout
-	case s.IdleTimeout < 0:
-		return 0
-	}
-	return DefaultIdleTimeout
-}
+func (s *Server) idleTimeout() time.Duration { return front.IdleOr(s.IdleTimeout, DefaultIdleTimeout) }
 
-func (s *Server) maxLine() int {
-	if s.MaxLine > 0 {
-		return s.MaxLine
-	}
-	return DefaultMaxLine
-}
+func (s *Server) maxLine() int { return front.Or(s.MaxLine, DefaultMaxLine) }
 
-func (s *Server) maxLiteral() int {
-	if s.MaxLiteral > 0 {
-		return s.MaxLiteral
-	}
-	return DefaultMaxLiteral
-}
+func (s *Server) maxLiteral() int { return front.Or(s.MaxLiteral, DefaultMaxLiteral) }
 
 // init sets up the core and what the sessions share, once.
 func (s *Server) init() *front.Core {
@@ -192,12 +163,7 @@ func (s *Server) Serve(ln net.Listener) error { return s.init().Serve(ln) }
 // MaxPreAuthConns connections that have not logged in.
 const TooManyWaiting = "* BYE too many connections waiting to log in; try again later\r\n"
 
-func (s *Server) maxPreAuthConns() int {
-	if s.MaxPreAuthConns > 0 {
-		return s.MaxPreAuthConns
-	}
-	return DefaultMaxPreAuthConns
-}
+func (s *Server) maxPreAuthConns() int { return front.Or(s.MaxPreAuthConns, DefaultMaxPreAuthConns) }
 
 // Close closes the listeners and every connection, client and upstream, at
 // once.

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -13,10 +12,8 @@ import (
 	"os"
 	"time"
 
-	"mailproxy/auth"
 	"mailproxy/front"
 	"mailproxy/relay"
-	"mailproxy/upstream"
 )
 
 // Outcomes, for the end-of-connection log line.
@@ -29,7 +26,6 @@ const (
 	outcomeLiteralBig   = "literal too big"
 	outcomeTooManyErrs  = "too many errors"
 	outcomeTLSFailed    = front.OutcomeTLSFailed
-	outcomeRelayed      = "relayed"
 	outcomeServerClosed = "server closed"
 )
 
@@ -318,207 +314,4 @@ func (c *session) startTLS(tag []byte) bool {
 	c.r.Reset(tc)
 	c.w.Reset(c.traced(tc))
 	return true
-}
-
-// authenticate runs AUTHENTICATE PLAIN or LOGIN.
-func (c *session) authenticate(tagb []byte) bool {
-	p := &c.p
-	args := p.args
-	if len(args) < 1 || len(args) > 2 || args[0].kind != argAtom || (len(args) == 2 && args[1].kind != argAtom) {
-		return c.bad(tagb, "AUTHENTICATE needs a mechanism and at most an initial response")
-	}
-	if !c.plaintextOK() {
-		return c.refusePlaintext(tagb)
-	}
-	tag := string(tagb)
-	mech := p.bytes(args[0].span)
-	for i, b := range mech {
-		if 'a' <= b && b <= 'z' {
-			mech[i] = b - 'a' + 'A'
-		}
-	}
-	var resp []byte // nil: no initial response
-	if len(args) == 2 {
-		var err error
-		if resp, err = front.DecodeSASL(p.bytes(args[1].span)); err != nil {
-			return c.bad(tagb, "invalid base64 in initial response")
-		}
-	}
-
-	var user, pass string
-	srv := front.NewSASLServer(string(mech), func(u, pw string) { user, pass = u, pw })
-	if srv == nil {
-		c.reply(tagb, "NO", "unsupported authentication mechanism")
-		return c.countError()
-	}
-
-	for {
-		challenge, done, err := srv.Next(resp)
-		if err != nil {
-			if front.IdentityRefused(err) {
-				c.reply(tagb, "NO", "[AUTHORIZATIONFAILED] authorization identity not supported")
-				return c.countError()
-			}
-			return c.bad(tagb, "invalid SASL response")
-		}
-		if done {
-			break
-		}
-		c.w.WriteString("+ ")
-		c.w.WriteString(base64.StdEncoding.EncodeToString(challenge))
-		c.w.WriteString("\r\n")
-		if c.flush() != nil {
-			c.Outcome = outcomeClientGone
-			return false
-		}
-		line, err := p.readContinuation()
-		if err != nil {
-			c.readFailed(err)
-			return false
-		}
-		if len(line) == 1 && line[0] == '*' {
-			c.traceLine(dirFromClient, "*")
-			return c.bad(tagb, "AUTHENTICATE cancelled")
-		}
-		c.traceLine(dirFromClient, redacted)
-		if resp, err = front.DecodeSASL(line); err != nil {
-			return c.bad(tagb, "invalid base64 in SASL response")
-		}
-	}
-	return c.login(tag, user, pass)
-}
-
-// login checks the local password, logs in upstream and relays. It reports
-// whether to read the next command (false once relayed or closed).
-func (c *session) login(tag, user, pass string) bool {
-	tagb := []byte(tag)
-	c.Account = user
-	log := c.Log.With("account", user)
-	m := c.s.metrics
-
-	ctx, cancel := context.WithDeadline(c.Ctx, c.Deadline)
-	grant, err := c.s.Auth.Authenticate(ctx, user, pass, c.Remote())
-	cancel()
-	if err != nil {
-		m.Login(Name, false)
-		ae := front.AsAuthError(err)
-		log.Info("imap login refused", "kind", front.KindName(ae.Kind), "err", ae)
-		if ae.Kind == auth.AuthFailed || errors.Is(ae, auth.ErrLockedOut) {
-			c.logAuthFailure(user, ae)
-		}
-		c.refuse(tagb, ae)
-		return c.countError()
-	}
-	m.Login(Name, true)
-
-	mailbox := grant.Mailbox
-	if mailbox == "" {
-		mailbox = grant.Username
-	}
-	if d := c.s.backoff.Remaining(mailbox); d > 0 {
-		c.s.refusals.Log(log, slog.LevelWarn, mailbox, "imap login refused: the upstream throttled this mailbox", "mailbox", mailbox, "retry_in", d.Round(time.Second))
-		c.reply(tagb, "NO", "[UNAVAILABLE] "+upstream.ThrottledText(d))
-		return c.countError()
-	}
-	release, ok := c.s.mailboxes.Acquire(mailbox)
-	if !ok {
-		c.s.refusals.Log(log, slog.LevelWarn, mailbox, "imap login refused: too many upstream sessions for this mailbox", "mailbox", mailbox)
-		c.reply(tagb, "NO", "[UNAVAILABLE] too many sessions for this mailbox")
-		return c.countError()
-	}
-	defer release()
-
-	c.SetState(front.StateUpstream)
-	dl := time.Now().Add(c.s.upstreamTimeout())
-	// The client waits while we log in upstream; it must still get our
-	// answer if the pre-auth deadline passes meanwhile.
-	c.NC.SetDeadline(dl.Add(front.ByeWriteTimeout))
-	res := c.openUpstream(dl, tag, grant, log)
-	if res.err != nil {
-		log.Warn("imap upstream login failed", "kind", front.KindName(res.err.Kind), "err", res.err)
-		c.refuse(tagb, res.err)
-		c.SetState(front.StatePreAuth)
-		c.NC.SetDeadline(c.Deadline)
-		return c.countError()
-	}
-	if c.Shutting() {
-		res.up.Close()
-		c.reply(tagb, "NO", "[UNAVAILABLE] server shutting down")
-		c.bye("server shutting down", outcomeShutdown, false)
-		return false
-	}
-
-	// Logged in: off the listener's pre-login count before the client
-	// hears so.
-	c.LeaveWaiting()
-
-	// The upstream's untagged data and its tagged OK, which usually carries
-	// [CAPABILITY ...], go to the client as they are.
-	c.w.Write(res.reply)
-	if err := c.flush(); err != nil {
-		res.up.Close()
-		c.Outcome = outcomeClientGone
-		return false
-	}
-	c.NC.SetDeadline(time.Time{})
-	res.up.SetDeadline(time.Time{})
-	c.SetState(front.StateRelay)
-	log.Info("imap login relayed", "upstream", grant.Upstream.AddrOf(Name), "mailbox", grant.Mailbox)
-
-	// The parser and writer are done with; only the reader goes on, since
-	// it may hold commands the client pipelined after its login.
-	r, up, upr := c.r, res.up, res.upr
-	c.p, c.r, c.w, res = parser{}, nil, nil, upstreamResult{}
-	if c.trace != nil {
-		c.trace.Debug("relaying; trace ends")
-	}
-	m.Session(grant.Username, 1)
-	c.Up, c.Down, err = relay.Relay(c.conn, r, up, upr, relay.RelayOptions{Idle: c.s.idleTimeout(), Goodbye: &c.goodbye})
-	m.Session(grant.Username, -1)
-	m.Relayed(Name, c.Up, c.Down)
-	c.Outcome = outcomeRelayed
-	switch {
-	case errors.Is(err, relay.ErrSaidGoodbye):
-		c.Outcome = outcomeShutdown
-	case errors.Is(err, relay.ErrIdleTimeout):
-		c.Outcome = "idle timeout"
-		log.Info("imap session idle; closed", "idle_timeout", c.s.idleTimeout())
-	case err != nil:
-		log.Debug("imap relay ended", "err", err)
-	}
-	return false
-}
-
-// logAuthFailure writes the one line fail2ban and the like look for:
-// level=WARN msg="auth failure" proto=imap remote=IP user=NAME. The
-// username is the client's, quoted by the handler when it needs to be, so
-// it cannot forge a line.
-func (c *session) logAuthFailure(user string, ae *auth.AuthError) {
-	attrs := []any{"proto", Name, "remote", c.Remote().String(), "user", user, "conn", c.ID}
-	if errors.Is(ae, auth.ErrLockedOut) {
-		attrs = append(attrs, "reason", "locked out")
-	}
-	if errors.Is(ae, auth.ErrLockedOut) {
-		// fail2ban saw the failures that made the block; a client that
-		// keeps trying while blocked is counted, not logged each time.
-		c.s.refusals.Log(c.s.logger(), slog.LevelWarn, c.Remote().String()+" "+user, "auth failure", attrs...)
-		return
-	}
-	c.s.logger().Warn("auth failure", attrs...)
-}
-
-// refuse answers a failed login.
-func (c *session) refuse(tag []byte, ae *auth.AuthError) {
-	switch ae.Kind {
-	case auth.AuthNeedsSignIn:
-		c.reply(tag, "NO", "[ALERT] "+front.Clean(ae.Msg))
-	case auth.AuthUnavailable:
-		c.reply(tag, "NO", "[UNAVAILABLE] "+front.Clean(ae.Msg))
-	default:
-		if errors.Is(ae.Err, errUpstreamRefused) {
-			c.reply(tag, "NO", "[AUTHENTICATIONFAILED] "+front.Clean(ae.Msg))
-			return
-		}
-		c.reply(tag, "NO", "[AUTHENTICATIONFAILED] Invalid credentials")
-	}
 }

@@ -95,43 +95,19 @@ type Server struct {
 	metrics   front.Metrics // never nil
 }
 
-func (s *Server) logger() *slog.Logger {
-	if s.Logger != nil {
-		return s.Logger
-	}
-	return slog.Default()
-}
+func (s *Server) logger() *slog.Logger { return front.LoggerOr(s.Logger) }
 
 func (s *Server) preAuthTimeout() time.Duration {
-	if s.PreAuthTimeout > 0 {
-		return s.PreAuthTimeout
-	}
-	return DefaultPreAuthTimeout
+	return front.Or(s.PreAuthTimeout, DefaultPreAuthTimeout)
 }
 
 func (s *Server) upstreamTimeout() time.Duration {
-	if s.UpstreamTimeout > 0 {
-		return s.UpstreamTimeout
-	}
-	return DefaultUpstreamTimeout
+	return front.Or(s.UpstreamTimeout, DefaultUpstreamTimeout)
 }
 
-func (s *Server) idleTimeout() time.Duration {
-	switch {
-	case s.IdleTimeout > 0:
-		return s.IdleTimeout
-	case s.IdleTimeout < 0:
-		return 0
-	}
-	return DefaultIdleTimeout
-}
+func (s *Server) idleTimeout() time.Duration { return front.IdleOr(s.IdleTimeout, DefaultIdleTimeout) }
 
-func (s *Server) maxLine() int {
-	if s.MaxLine > 0 {
-		return s.MaxLine
-	}
-	return DefaultMaxLine
-}
+func (s *Server) maxLine() int { return front.Or(s.MaxLine, DefaultMaxLine) }
 
 // init sets up the core and what the sessions share, once.
 func (s *Server) init() *front.Core {

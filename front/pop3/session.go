@@ -28,8 +28,6 @@ const (
 	outcomeLineTooLong  = "line too long"
 	outcomeTooManyErrs  = "too many errors"
 	outcomeTLSFailed    = front.OutcomeTLSFailed
-	outcomeRelayed      = "relayed"
-	outcomeIdle         = "idle timeout"
 	outcomeServerClosed = "server closed"
 )
 
@@ -344,23 +342,13 @@ func (c *session) auth(arg []byte) bool {
 // login checks the local password, logs in upstream and relays. It reports
 // whether to read the next command (false once relayed or closed).
 func (c *session) login(user, pass string) bool {
-	c.Account = user
-	log := c.Log.With("account", user)
-	m := c.s.metrics
-
-	ctx, cancel := context.WithDeadline(c.Ctx, c.Deadline)
-	grant, err := c.s.Auth.Authenticate(ctx, user, pass, c.Remote())
-	cancel()
-	if err != nil {
-		m.Login(Name, false)
-		ae := front.AsAuthError(err)
-		log.Info("pop3 login refused", "kind", front.KindName(ae.Kind), "err", ae)
+	grant, log, ae := c.Authenticate(c.s.Auth, user, pass)
+	if ae != nil {
 		if ae.Kind == auth.AuthFailed {
 			c.logAuthFailure(user, ae)
 		}
 		return c.refuse(ae)
 	}
-	m.Login(Name, true)
 
 	mailbox := grant.Mailbox
 	if mailbox == "" {
@@ -377,14 +365,10 @@ func (c *session) login(user, pass string) bool {
 	}
 	defer release()
 
-	c.SetState(front.StateUpstream)
-	dl := time.Now().Add(c.s.upstreamTimeout())
-	c.NC.SetDeadline(dl.Add(front.ByeWriteTimeout))
+	dl := c.BeginUpstream(c.s.upstreamTimeout())
 	res := c.openUpstream(dl, grant, log)
 	if res.err != nil {
-		log.Warn("pop3 upstream login failed", "kind", front.KindName(res.err.Kind), "err", res.err)
-		c.SetState(front.StatePreAuth)
-		c.NC.SetDeadline(c.Deadline)
+		c.UpstreamFailed(log, res.err)
 		return c.refuse(res.err)
 	}
 	if c.Shutting() {
@@ -406,16 +390,7 @@ func (c *session) login(user, pass string) bool {
 	// after its login.
 	r, up, upr := c.r, res.up, res.upr
 	c.r, c.w, res = nil, nil, upstreamResult{}
-	m.Session(grant.Username, 1)
-	c.Up, c.Down, err = relay.Relay(c.conn, r, up, upr, relay.RelayOptions{Idle: c.s.idleTimeout()})
-	m.Session(grant.Username, -1)
-	m.Relayed(Name, c.Up, c.Down)
-	c.Outcome = outcomeRelayed
-	switch {
-	case errors.Is(err, relay.ErrIdleTimeout):
-		c.Outcome = outcomeIdle
-		log.Info("pop3 session idle; closed", "idle_timeout", c.s.idleTimeout())
-	case err != nil:
+	if err := c.Relay(log, grant.Username, c.conn, r, up, upr, relay.RelayOptions{Idle: c.s.idleTimeout()}); err != nil && !errors.Is(err, relay.ErrIdleTimeout) {
 		log.Debug("pop3 relay ended", "err", err)
 	}
 	return false
@@ -440,7 +415,7 @@ func (c *session) refuse(ae *auth.AuthError) bool {
 		return c.fail(codeSysTemp + front.Clean(ae.Msg))
 	case errors.Is(ae, auth.ErrLockedOut):
 		return c.fail(codeSysTemp + "too many failed logins; try again later")
-	case errors.Is(ae.Err, errUpstreamRefused):
+	case errors.Is(ae.Err, front.ErrUpstreamRefused):
 		return c.fail(codeAuth + front.Clean(ae.Msg))
 	default:
 		return c.fail(codeAuth + "invalid credentials")

@@ -17,10 +17,6 @@ import (
 	"mailproxy/upstream"
 )
 
-// errUpstreamRefused marks the AuthError of a login whose access token the
-// upstream refused, even after a refresh.
-var errUpstreamRefused = errors.New("upstream refused the access token")
-
 var errUpstreamTooLong = errors.New("upstream line too long")
 
 type upstreamResult struct {
@@ -45,55 +41,31 @@ func (c *session) openUpstream(deadline time.Time, g *auth.Grant, log *slog.Logg
 	addr := g.Upstream.AddrOf(Name)
 	ctx, cancel := context.WithDeadline(c.Ctx, deadline)
 	defer cancel()
-	// Half of the time at most for the token, as for IMAP: when the
-	// identity provider hangs, the source hands out the current token once
-	// we stop waiting, and the login still needs the rest.
-	tctx, tcancel := context.WithDeadline(ctx, time.Now().Add(time.Until(deadline)/2))
-	tok, err := g.Tokens.Token(tctx)
-	tcancel()
-	if err != nil {
-		return upstreamResult{err: auth.TokenAuthError(g.Username, err)}
+	var res upstreamResult
+	if ae, _ := c.LoginUpstream(ctx, deadline, g, log, func(ctx context.Context, tok string) string {
+		var refusal string
+		res, refusal = c.tryUpstream(ctx, addr, g, tok)
+		return refusal
+	}); ae != nil {
+		return upstreamResult{err: ae}
 	}
-	for attempt := 1; ; attempt++ {
-		res, refusal := c.tryUpstream(ctx, addr, g, tok)
-		if refusal == "" {
-			res.addr = addr
-			return res
-		}
-		log.Warn("pop3 upstream refused the access token", "attempt", attempt, "reply", refusal)
-		if attempt == 2 {
-			c.s.metrics.UpstreamAuthFailed(Name)
-			return upstreamResult{err: &auth.AuthError{
-				Kind: auth.AuthFailed,
-				Msg:  fmt.Sprintf("upstream refused the access token for %s; the account may need a new sign-in", g.Username),
-				Err:  fmt.Errorf("%w: %s", errUpstreamRefused, refusal),
-			}}
-		}
-		if tok, err = g.Tokens.Refresh(ctx, tok); err != nil {
-			return upstreamResult{err: auth.TokenAuthError(g.Username, err)}
-		}
-	}
+	res.addr = addr
+	return res
 }
 
 // tryUpstream makes one login attempt. A non-empty refusal is the text of
 // the upstream's -ERR to the token; the connection is then closed.
 func (c *session) tryUpstream(ctx context.Context, addr string, g *auth.Grant, tok string) (res upstreamResult, refusal string) {
-	up, err := upstream.DialTLS(ctx, c.s.Dial, addr, g.Upstream.TLSFor(addr))
+	up, r, err := c.DialUpstream(ctx, c.s.Dial, addr, g.Upstream.TLSFor(addr))
 	if err != nil {
 		return unavailable("cannot reach the mail server", fmt.Errorf("dial upstream %s: %w", addr, err)), ""
 	}
-	c.SetUpstream(up)
 	ok := false
 	defer func() {
 		if !ok {
-			up.Close()
-			c.SetUpstream(nil)
+			c.DropUpstream(up)
 		}
 	}()
-	if dl, has := ctx.Deadline(); has {
-		up.SetDeadline(dl)
-	}
-	r := bufio.NewReaderSize(up, ioBufferSize)
 	greeting, err := readUpstreamLine(r)
 	if err != nil {
 		return unavailable("the mail server did not greet", fmt.Errorf("read upstream greeting: %w", err)), ""

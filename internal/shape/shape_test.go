@@ -34,13 +34,10 @@ var exceptions = map[string]bool{
 	"config/device.go:checker.devices":             true,
 	"config/validate.go:checker.provider":          true,
 	"config/validate.go:checker.account":           true,
-	"front/imap/parse.go:parser.scan":              true,
-	"front/imap/upstream.go:session.tryUpstream":   true,
 	"internal/fake365/pop3.go:pop3Session.command": true,
 	"relay/relay.go:relayHalf.copy":                true,
 	"spool/repair.go:repairFields":                 true,
 	"config/validate.go":                           true,
-	"front/imap/session.go":                        true,
 	"internal/fake365/graph.go":                    true,
 	"internal/fake365/idp.go":                      true,
 }
