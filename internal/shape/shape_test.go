@@ -28,7 +28,6 @@ var exceptions = map[string]bool{
 	"bench/imapwork.go:env.idleRun":                true,
 	"bench/latency.go:env.benchLatency":            true,
 	"bench/main.go:parseFlags":                     true,
-	"cmd/mailproxy/check.go:runCheck":              true,
 	"cmd/mailproxy/demo.go:demo.start":             true,
 	"cmd/mailproxy/login.go:runLogin":              true,
 	"config/device.go:checker.devices":             true,
