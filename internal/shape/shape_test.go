@@ -35,7 +35,6 @@ var exceptions = map[string]bool{
 	"front/imap/upstream.go:session.tryUpstream":   true,
 	"internal/fake365/pop3.go:pop3Session.command": true,
 	"relay/relay.go:relayHalf.copy":                true,
-	"spool/repair.go:repairFields":                 true,
 	"front/imap/session.go":                        true,
 	"internal/fake365/graph.go":                    true,
 	"internal/fake365/idp.go":                      true,
