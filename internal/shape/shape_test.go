@@ -29,7 +29,6 @@ var exceptions = map[string]bool{
 	"bench/latency.go:env.benchLatency":            true,
 	"bench/main.go:parseFlags":                     true,
 	"cmd/mailproxy/check.go:runCheck":              true,
-	"cmd/mailproxy/demo.go:demo.start":             true,
 	"front/imap/parse.go:parser.scan":              true,
 	"front/imap/upstream.go:session.tryUpstream":   true,
 	"internal/fake365/pop3.go:pop3Session.command": true,
