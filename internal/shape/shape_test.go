@@ -28,7 +28,6 @@ var exceptions = map[string]bool{
 	"bench/imapwork.go:env.idleRun":                true,
 	"bench/latency.go:env.benchLatency":            true,
 	"bench/main.go:parseFlags":                     true,
-	"cmd/mailproxy/check.go:runCheck":              true,
 	"front/imap/parse.go:parser.scan":              true,
 	"front/imap/upstream.go:session.tryUpstream":   true,
 	"internal/fake365/pop3.go:pop3Session.command": true,
