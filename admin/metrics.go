@@ -22,6 +22,7 @@ var _ front.Metrics = (*Metrics)(nil)
 type Metrics struct {
 	refreshOK, refreshFailed atomic.Int64
 	submitted, rejected      atomic.Int64
+	healthGen                atomic.Int64 // counts upstream results (health.go)
 
 	mu       sync.RWMutex // protects the maps, not the counters they point to
 	protos   map[string]*protoCounters
@@ -39,8 +40,9 @@ type accountCounters struct {
 	sessions  atomic.Int64
 	lastLogin atomic.Int64 // unix nanoseconds of the last upstream login that happened; 0: none
 
-	mu sync.Mutex               // protects up
-	up map[string]UpstreamState // by protocol (health.go)
+	mu     sync.Mutex               // protects up and recent
+	up     map[string]UpstreamState // by protocol (health.go)
+	recent []UpstreamError          // the last RecentErrors upstream errors, oldest first
 }
 
 // NewMetrics returns empty counters. The series of protos (the daemon's
