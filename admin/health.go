@@ -75,7 +75,7 @@ func upstreamErrorText(err error) string {
 	words := strings.Fields(err.Error())
 	for i, w := range words {
 		if looksLikeSecret(w) {
-			words[i] = "[redacted]"
+			words[i] = "<redacted>"
 		}
 	}
 	text := strings.Join(words, " ")
