@@ -111,9 +111,7 @@ func looksLikeSecret(w string) bool {
 // RecentUpstreamErrors returns account's last upstream errors (at most
 // RecentErrors), newest first.
 func (m *Metrics) RecentUpstreamErrors(account string) []UpstreamError {
-	m.mu.RLock()
-	c := m.accounts[strings.ToLower(account)]
-	m.mu.RUnlock()
+	c := m.lookup(account)
 	if c == nil {
 		return nil
 	}
@@ -132,9 +130,7 @@ func (m *Metrics) HealthGeneration() int64 { return m.healthGen.Load() }
 
 // Upstreams returns account's upstream state per protocol, sorted.
 func (m *Metrics) Upstreams(account string) []UpstreamState {
-	m.mu.RLock()
-	c := m.accounts[strings.ToLower(account)]
-	m.mu.RUnlock()
+	c := m.lookup(account)
 	if c == nil {
 		return nil
 	}

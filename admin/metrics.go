@@ -92,6 +92,13 @@ func (m *Metrics) account(name string) *accountCounters {
 	return c
 }
 
+// lookup returns the counters of account; nil when it has none yet.
+func (m *Metrics) lookup(account string) *accountCounters {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.accounts[strings.ToLower(account)]
+}
+
 // ConnOpened implements front.Metrics.
 func (m *Metrics) ConnOpened(proto string) {
 	c := m.proto(proto)
@@ -148,9 +155,7 @@ func (m *Metrics) TokenRefresh(ok bool) {
 
 // SessionsOpen returns how many relayed sessions account has open now.
 func (m *Metrics) SessionsOpen(account string) int64 {
-	m.mu.RLock()
-	c := m.accounts[strings.ToLower(account)]
-	m.mu.RUnlock()
+	c := m.lookup(account)
 	if c == nil {
 		return 0
 	}
@@ -160,9 +165,7 @@ func (m *Metrics) SessionsOpen(account string) int64 {
 // LastUpstreamLogin returns when account last logged in upstream; the zero
 // time if it did not since the process started.
 func (m *Metrics) LastUpstreamLogin(account string) time.Time {
-	m.mu.RLock()
-	c := m.accounts[strings.ToLower(account)]
-	m.mu.RUnlock()
+	c := m.lookup(account)
 	if c == nil {
 		return time.Time{}
 	}
