@@ -49,13 +49,7 @@ Reads no password and contacts nobody. Exits 0 even when accounts need
 attention (the "!" lines say so).`)
 		fs.PrintDefaults()
 	}
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return usagef("status takes no arguments")
-	}
-	cfg, err := loadConfig(env, *cfgPath)
+	cfg, err := loadConfigFlags(env, fs, cfgPath, args)
 	if err != nil {
 		return err
 	}
