@@ -476,6 +476,7 @@ type conn struct {
 	// reading is set while go-smtp waits in Read for the client: only then
 	// has the reply to the last command been written (see closeIfIdle).
 	reading atomic.Bool
+	ra      readAhead // readahead.go
 
 	mu       sync.Mutex // protects the fields below
 	sess     *session   // the current go-smtp session, nil before EHLO and right after STARTTLS

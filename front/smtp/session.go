@@ -400,6 +400,8 @@ func (s *session) Data(r io.Reader) (err error) {
 	s.inTx = false // from here on the upstream transaction ends, one way or another
 	accepted := false
 	defer func() { s.srv.metrics.Message(accepted) }()
+	s.c.streaming(true)
+	defer s.c.streaming(false)
 	cr := &countingReader{r: r}
 	text, err := s.up.Data(newCRLFReader(cr))
 	n := cr.n
