@@ -114,6 +114,8 @@ type Server struct {
 	metrics  front.Metrics     // never nil once started
 	refusals front.Refusals    // rate-limits refusal log lines
 	backoff  *upstream.Backoff // identities the upstream throttled; tests may set it before Serve
+	// throttles counts the throttling replies noted in backoff (upstream.go).
+	throttles atomic.Uint64
 
 	mu      sync.Mutex // protects the fields below
 	started bool
