@@ -74,65 +74,18 @@ func (c *checker) devices(rs []rawDevice, cfg *Config) {
 		r := &rs[i]
 		d := &Device{}
 
-		d.Name = c.str(r.Name, k("name"), "")
-		switch {
-		case c.bad[k("name")]:
-		case d.Name == "":
-			c.errorf(k("name"), "required: the name the delivery log and the page show")
-		case !validName(d.Name):
-			c.errorf(k("name"), "%s: use letters, digits, '.', '-' and '_' (at most 64)", q(d.Name))
-		default:
+		var ok bool
+		if d.Name, ok = c.name(r.Name, k("name"), "required: the name the delivery log and the page show", "'.', '-' and '_'"); ok {
 			if j, dup := names[d.Name]; dup {
 				c.errorf(k("name"), "%s is already the name of device[%d]", q(d.Name), j)
 			}
 			names[d.Name] = i
 		}
+		d.From = c.deviceFrom(r.From, k("from"), cfg.Security.AllowFrom)
+		d.Account = c.deviceAccount(r.Account, k("account"), cfg)
+		d.EnvelopeFrom, d.HeaderFrom = c.senderRepair(r, base)
 
-		d.From = c.prefixes(r.From, k("from"), nil)
-		if len(d.From) == 0 && !c.bad[k("from")] {
-			c.errorf(k("from"), "required: the device's addresses or networks, e.g. [\"192.168.1.50\"]")
-		}
-		for j, p := range d.From {
-			if !coveredBy(p, cfg.Security.AllowFrom) && !c.bad["security.allow_from"] {
-				c.errorf(fmt.Sprintf("%s[%d]", k("from"), j), "%s is outside security.allow_from, so the device could not connect; add it there", p)
-			}
-		}
-
-		name := c.str(r.Account, k("account"), "")
-		switch a := cfg.Account(name); {
-		case c.bad[k("account")]:
-		case name == "":
-			c.errorf(k("account"), "required: the [[account]] whose mailbox sends the device's mail")
-		case a == nil:
-			c.errorf(k("account"), "no [[account]] has username %s", q(name))
-		case a.Flow != FlowClientCredentials && a.Seal != SealService:
-			c.errorf(k("account"), "account %s has seal = %q: its tokens open only with a client's password, which a device never gives; set seal = \"service\" on that account (then `mailproxy login` it again) or use flow = \"client_credentials\"", q(a.Username), a.Seal)
-		default:
-			d.Account = a
-		}
-
-		d.EnvelopeFrom = c.strDef(r.EnvelopeFrom, k("envelope_from"), RepairAccount)
-		if d.EnvelopeFrom != RepairKeep && d.EnvelopeFrom != RepairAccount && !c.bad[k("envelope_from")] {
-			c.errorf(k("envelope_from"), "%s: use \"keep\" or \"account\"", q(d.EnvelopeFrom))
-		}
-		d.HeaderFrom = c.strDef(r.HeaderFrom, k("header_from"), RepairFix)
-		switch d.HeaderFrom {
-		case RepairKeep, RepairFix, RepairAccount:
-		default:
-			if !c.bad[k("header_from")] {
-				c.errorf(k("header_from"), "%s: use \"keep\", \"fix\" or \"account\"", q(d.HeaderFrom))
-			}
-		}
-
-		d.Username = c.str(r.Username, k("username"), "")
-		d.PasswordHash = c.phc(r.PasswordHash, k("password_hash"))
-		switch {
-		case c.bad[k("username")] || c.bad[k("password_hash")]:
-		case d.Username != "" && d.PasswordHash == "":
-			c.errorf(k("password_hash"), "required with username: the device's own password, hashed with `mailproxy hash-password` (never a Microsoft password)")
-		case d.Username == "" && d.PasswordHash != "":
-			c.errorf(k("username"), "required with password_hash: the name the device logs in with")
-		case d.Username != "":
+		if d.Username, d.PasswordHash, ok = c.deviceLogin(r, base); ok {
 			f := foldUser(d.Username)
 			if cfg.Account(d.Username) != nil {
 				c.errorf(k("username"), "%s is also an [[account]] username; a device's login must be its own", q(d.Username))
@@ -143,6 +96,76 @@ func (c *checker) devices(rs []rawDevice, cfg *Config) {
 		}
 		cfg.Devices = append(cfg.Devices, d)
 	}
+}
+
+// deviceFrom reads a device's networks, which security.allow_from must
+// cover.
+func (c *checker) deviceFrom(v val, key string, allowFrom []netip.Prefix) []netip.Prefix {
+	from := c.prefixes(v, key, nil)
+	if len(from) == 0 && !c.bad[key] {
+		c.errorf(key, "required: the device's addresses or networks, e.g. [\"192.168.1.50\"]")
+	}
+	for j, p := range from {
+		if !coveredBy(p, allowFrom) && !c.bad["security.allow_from"] {
+			c.errorf(fmt.Sprintf("%s[%d]", key, j), "%s is outside security.allow_from, so the device could not connect; add it there", p)
+		}
+	}
+	return from
+}
+
+// deviceAccount reads the account a device sends as: one whose tokens open
+// without a client's password.
+func (c *checker) deviceAccount(v val, key string, cfg *Config) *Account {
+	name := c.str(v, key, "")
+	switch a := cfg.Account(name); {
+	case c.bad[key]:
+	case name == "":
+		c.errorf(key, "required: the [[account]] whose mailbox sends the device's mail")
+	case a == nil:
+		c.errorf(key, "no [[account]] has username %s", q(name))
+	case a.Flow != FlowClientCredentials && a.Seal != SealService:
+		c.errorf(key, "account %s has seal = %q: its tokens open only with a client's password, which a device never gives; set seal = \"service\" on that account (then `mailproxy login` it again) or use flow = \"client_credentials\"", q(a.Username), a.Seal)
+	default:
+		return a
+	}
+	return nil
+}
+
+// senderRepair reads a device's envelope_from and header_from modes.
+func (c *checker) senderRepair(r *rawDevice, base string) (envelopeFrom, headerFrom string) {
+	envKey, headKey := base+".envelope_from", base+".header_from"
+	envelopeFrom = c.strDef(r.EnvelopeFrom, envKey, RepairAccount)
+	if envelopeFrom != RepairKeep && envelopeFrom != RepairAccount && !c.bad[envKey] {
+		c.errorf(envKey, "%s: use \"keep\" or \"account\"", q(envelopeFrom))
+	}
+	headerFrom = c.strDef(r.HeaderFrom, headKey, RepairFix)
+	switch headerFrom {
+	case RepairKeep, RepairFix, RepairAccount:
+	default:
+		if !c.bad[headKey] {
+			c.errorf(headKey, "%s: use \"keep\", \"fix\" or \"account\"", q(headerFrom))
+		}
+	}
+	return envelopeFrom, headerFrom
+}
+
+// deviceLogin reads a device's own credential: username and password_hash,
+// both or neither. ok says that there is one, to be compared with the
+// other logins.
+func (c *checker) deviceLogin(r *rawDevice, base string) (username, hash string, ok bool) {
+	userKey, hashKey := base+".username", base+".password_hash"
+	username = c.str(r.Username, userKey, "")
+	hash = c.phc(r.PasswordHash, hashKey)
+	switch {
+	case c.bad[userKey] || c.bad[hashKey]:
+	case username != "" && hash == "":
+		c.errorf(hashKey, "required with username: the device's own password, hashed with `mailproxy hash-password` (never a Microsoft password)")
+	case username == "" && hash != "":
+		c.errorf(userKey, "required with password_hash: the name the device logs in with")
+	case username != "":
+		ok = true
+	}
+	return username, hash, ok
 }
 
 // coveredBy reports whether every address of p is in one of the networks.
@@ -165,12 +188,4 @@ func deviceNetworks(cfg *Config) []netip.Prefix {
 		}
 	}
 	return out
-}
-
-func (c *checker) accountSeal(r *rawAccount, a *Account, base string) {
-	a.Seal = c.strDef(r.Seal, base+".seal", SealPassword)
-	if a.Seal != SealPassword && a.Seal != SealService && !c.bad[base+".seal"] {
-		c.errorf(base+".seal", "%s: use \"password\" or \"service\"", q(a.Seal))
-	}
-	a.Spool = c.boolean(r.Spool, base+".spool", false)
 }

@@ -41,21 +41,18 @@ var clouds = map[string]msCloud{
 		pop3: "outlook.office365.com:995", graph: "https://graph.microsoft.com",
 		outlook: "https://outlook.office.com", outlookApp: "https://outlook.office365.com",
 	},
-	CloudUSGov: {
-		login: "login.microsoftonline.us", imap: "outlook.office365.us:993", smtp: "outlook.office365.us:587",
-		pop3: "outlook.office365.us:995", graph: "https://graph.microsoft.us",
-		outlook: "https://outlook.office365.us", outlookApp: "https://outlook.office365.us",
-	},
-	CloudUSGovDoD: {
-		login: "login.microsoftonline.us", imap: "outlook-dod.office365.us:993", smtp: "outlook-dod.office365.us:587",
-		pop3: "outlook-dod.office365.us:995", graph: "https://dod-graph.microsoft.us",
-		outlook: "https://outlook-dod.office365.us", outlookApp: "https://outlook-dod.office365.us",
-	},
-	CloudChina: {
-		login: "login.chinacloudapi.cn", imap: "partner.outlook.cn:993", smtp: "partner.outlook.cn:587",
-		pop3: "partner.outlook.cn:995", graph: "https://microsoftgraph.chinacloudapi.cn",
-		outlook: "https://partner.outlook.cn", outlookApp: "https://partner.outlook.cn",
-	},
+	CloudUSGov:    nationalCloud("login.microsoftonline.us", "outlook.office365.us", "https://graph.microsoft.us"),
+	CloudUSGovDoD: nationalCloud("login.microsoftonline.us", "outlook-dod.office365.us", "https://dod-graph.microsoft.us"),
+	CloudChina:    nationalCloud("login.chinacloudapi.cn", "partner.outlook.cn", "https://microsoftgraph.chinacloudapi.cn"),
+}
+
+// nationalCloud is a cloud whose Exchange Online host serves IMAP (993),
+// SMTP (587) and POP3 (995) and names the resource of every scope.
+func nationalCloud(login, exchange, graph string) msCloud {
+	return msCloud{
+		login: login, imap: exchange + ":993", smtp: exchange + ":587", pop3: exchange + ":995",
+		graph: graph, outlook: "https://" + exchange, outlookApp: "https://" + exchange,
+	}
 }
 
 // cloudPreset rewrites an office365 preset for a cloud.

@@ -28,32 +28,8 @@ var (
 )
 
 var presets = map[string]preset{
-	TypeOffice365: {
-		tenant:         "organizations",
-		authURL:        msIdentity + "authorize",
-		tokenURL:       msIdentity + "token",
-		devURL:         msIdentity + "devicecode",
-		scopes:         msScopes,
-		appScopes:      msAppScopes,
-		imapServer:     "outlook.office365.com:993",
-		smtpServer:     "smtp.office365.com:587",
-		pop3Server:     "outlook.office365.com:995",
-		deviceFlow:     true,
-		appOnlyAllowed: true,
-	},
-	TypeOutlook: {
-		tenant:         "consumers",
-		authURL:        msIdentity + "authorize",
-		tokenURL:       msIdentity + "token",
-		devURL:         msIdentity + "devicecode",
-		scopes:         msScopes,
-		appScopes:      msAppScopes,
-		imapServer:     "outlook.office365.com:993",
-		smtpServer:     "smtp-mail.outlook.com:587",
-		pop3Server:     "outlook.office365.com:995",
-		deviceFlow:     true,
-		appOnlyAllowed: true,
-	},
+	TypeOffice365: microsoftPreset("organizations", "smtp.office365.com:587"),
+	TypeOutlook:   microsoftPreset("consumers", "smtp-mail.outlook.com:587"),
 	TypeGmail: {
 		authURL:    "https://accounts.google.com/o/oauth2/v2/auth",
 		tokenURL:   "https://oauth2.googleapis.com/token",
@@ -68,6 +44,25 @@ var presets = map[string]preset{
 		appOnlyAllowed: false,
 	},
 	TypeCustom: {deviceFlow: true, appOnlyAllowed: true},
+}
+
+// microsoftPreset is the preset of a type that signs in at the Microsoft
+// identity platform: tenant is its default tenant; only the SMTP host
+// differs between them.
+func microsoftPreset(tenant, smtpServer string) preset {
+	return preset{
+		tenant:         tenant,
+		authURL:        msIdentity + "authorize",
+		tokenURL:       msIdentity + "token",
+		devURL:         msIdentity + "devicecode",
+		scopes:         msScopes,
+		appScopes:      msAppScopes,
+		imapServer:     "outlook.office365.com:993",
+		smtpServer:     smtpServer,
+		pop3Server:     "outlook.office365.com:995",
+		deviceFlow:     true,
+		appOnlyAllowed: true,
+	}
 }
 
 func withTenant(url, tenant string) string {

@@ -6,12 +6,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
-	"strconv"
 	"strings"
 	"time"
-
-	"github.com/emersion/go-smtp"
 
 	"mailproxy/config"
 	"mailproxy/daemon"
@@ -33,9 +31,16 @@ type checker struct {
 	total  int
 }
 
+// progressf says on w what a command now waits for and how long it
+// waits at most: "Asking login.microsoftonline.com for a device code
+// (waiting up to 30s)...". login and check print these lines.
+func progressf(w io.Writer, wait time.Duration, format string, args ...any) {
+	fmt.Fprintf(w, format+" (waiting up to %s)...\n", append(args, wait)...)
+}
+
 // progress says on stderr what the next check waits for and how long.
 func (c *checker) progress(format string, args ...any) {
-	fmt.Fprintf(c.env.stderr, "... "+format+" (waiting up to %s)\n", append(args, checkTimeout)...)
+	progressf(c.env.stderr, checkTimeout, format, args...)
 }
 
 func (c *checker) report(what string, detail string, err error) {
@@ -48,14 +53,15 @@ func (c *checker) report(what string, detail string, err error) {
 	fmt.Fprintf(c.env.stdout, "ok    %s: %s\n", what, detail)
 }
 
-func runCheck(ctx context.Context, env *cmdEnv, args []string) error {
-	fs := newFlags(env, "check")
-	cfgPath := configFlag(env, fs)
-	account := fs.String("account", "", "sign in upstream for this account (its `username`) with its real tokens")
-	sendTo := fs.String("send-to", "", "with -account: send a short test message to this `address`")
-	pwStdin := fs.Bool("password-stdin", false, "with -account: read the account's local password from standard input")
-	fs.Usage = func() {
-		fmt.Fprintln(env.stderr, `usage: mailproxy check [-config FILE] [-account USER [-send-to ADDR] [-password-stdin]]
+// result is check's outcome: an error when any check failed.
+func (c *checker) result() error {
+	if c.failed > 0 {
+		return fmt.Errorf("%d of %d checks failed", c.failed, c.total)
+	}
+	return nil
+}
+
+const checkHelp = `usage: mailproxy check [-config FILE] [-account USER [-send-to ADDR] [-password-stdin]]
 
 Validates the config (exit 2 when it is wrong), then checks what can be
 checked without a user's sign-in: each provider's token endpoint answers and
@@ -63,7 +69,8 @@ knows the app, client_credentials accounts get an app token, and each IMAP
 and SMTP server completes the TLS handshake (IMAP: implicit TLS; SMTP:
 STARTTLS, or implicit TLS on port 465) and offers XOAUTH2, and so does each
 POP3 server (implicit TLS) when [pop3] has a listener. One line per
-check; exits 1 when any failed.
+check; exits 1 when any failed. Before each check a line on standard error
+says what it waits for and for how long.
 
 With -account USER it checks that account as the proxy would use it: gets
 its access token (asking for its local password; client_credentials
@@ -74,7 +81,16 @@ failure prints the server's own answer, the cause and the fix, Exchange
 Online PowerShell included. -send-to ADDR also sends a short test message
 and prints the server's reply.
 
-Flags:`)
+Flags:`
+
+func runCheck(ctx context.Context, env *cmdEnv, args []string) error {
+	fs := newFlags(env, "check")
+	cfgPath := configFlag(env, fs)
+	account := fs.String("account", "", "sign in upstream for this account (its `username`) with its real tokens")
+	sendTo := fs.String("send-to", "", "with -account: send a short test message to this `address`")
+	pwStdin := fs.Bool("password-stdin", false, "with -account: read the account's local password from standard input")
+	fs.Usage = func() {
+		fmt.Fprintln(env.stderr, checkHelp)
 		fs.PrintDefaults()
 	}
 	if err := parseFlags(fs, args); err != nil {
@@ -96,27 +112,49 @@ Flags:`)
 		if acct == nil {
 			return usagef("no account %q in %s", *account, *cfgPath)
 		}
-		password := func() (string, error) {
-			if *pwStdin || env.readPassword == nil {
-				line, err := bufio.NewReader(env.stdin).ReadString('\n')
-				line = strings.TrimRight(line, "\r\n")
-				if line == "" {
-					return "", fmt.Errorf("read the local password of %s from standard input: %v", acct.Username, err)
-				}
-				return line, nil
-			}
-			return env.readPassword("Local password of " + acct.Username + ": ")
-		}
-		checkOneAccount(ctx, c, cfg, acct, password, *sendTo)
-		if c.failed > 0 {
-			return fmt.Errorf("%d of %d checks failed", c.failed, c.total)
+		checkOneAccount(ctx, c, cfg, acct, accountPassword(env, acct, *pwStdin), *sendTo)
+		if err := c.result(); err != nil {
+			return err
 		}
 		resumeAfterCheck(ctx, env, cfg, acct)
 		return nil
 	}
 	c.report("config "+*cfgPath, fmt.Sprintf("valid (%d providers, %d accounts)", len(cfg.Providers), len(cfg.Accounts)), nil)
-	// check does not create the store: created by root, serve could not
-	// use it.
+	checkStateDir(c, cfg)
+	servers := checkProviders(ctx, c, cfg)
+	for _, k := range serverKinds {
+		for _, s := range servers[k.proto] {
+			c.progress("Connecting to %s (%s)", s.addr, k.how)
+			var detail string
+			err := checkTimed(ctx, func(ctx context.Context) (err error) {
+				detail, err = k.check(ctx, s.addr, s.tls)
+				return err
+			})
+			c.report(k.proto+" "+s.addr, detail, err)
+		}
+	}
+	return c.result()
+}
+
+// accountPassword asks for acct's local password when check -account needs
+// it: on the terminal, or from standard input.
+func accountPassword(env *cmdEnv, acct *config.Account, stdin bool) func() (string, error) {
+	return func() (string, error) {
+		if stdin || env.readPassword == nil {
+			line, err := bufio.NewReader(env.stdin).ReadString('\n')
+			line = strings.TrimRight(line, "\r\n")
+			if line == "" {
+				return "", fmt.Errorf("read the local password of %s from standard input: %v", acct.Username, err)
+			}
+			return line, nil
+		}
+		return env.readPassword("Local password of " + acct.Username + ": ")
+	}
+}
+
+// checkStateDir checks the token store without creating it: created by
+// root, serve could not use it.
+func checkStateDir(c *checker, cfg *config.Config) {
 	stateDir := "state_dir " + cfg.StateDir
 	if !storeExists(cfg) {
 		c.report(stateDir, "no token store yet; login creates it (run login and serve as the same user)", nil)
@@ -125,17 +163,39 @@ Flags:`)
 	} else {
 		c.report(stateDir, "token store usable", nil)
 	}
+}
 
-	type server struct {
-		addr string
-		tls  *tls.Config
-	}
-	var imapServers, smtpServers, pop3Servers []server
-	// POP3 servers only matter when the POP3 front is on.
-	pop3On := pop3On(cfg)
+// server is one upstream server to check, with its provider's roots.
+type server struct {
+	addr string
+	tls  *tls.Config
+}
+
+// serverKinds are the upstream servers check connects to, in order.
+var serverKinds = []struct {
+	proto, how string
+	check      func(ctx context.Context, addr string, base *tls.Config) (string, error)
+}{
+	{"imap", "IMAP, implicit TLS", checkIMAP},
+	{"smtp", "SMTP", checkSMTP},
+	{"pop3", "POP3, implicit TLS", checkPOP3},
+}
+
+// checkProviders checks each provider's token endpoint (and app token)
+// and returns its upstream servers by protocol, each server once. POP3
+// servers only matter when the POP3 front is on.
+func checkProviders(ctx context.Context, c *checker, cfg *config.Config) map[string][]server {
+	servers := map[string][]server{}
 	seen := map[string]bool{}
+	add := func(proto, addr string, base *tls.Config) {
+		if addr != "" && !seen[proto+" "+addr] {
+			seen[proto+" "+addr] = true
+			servers[proto] = append(servers[proto], server{addr, base})
+		}
+	}
 	for _, p := range cfg.Providers {
 		op := daemon.OAuthProvider(p)
+		c.progress("Asking %s whether it knows the client_id of provider %s", hostOf(p.TokenURL), p.Name)
 		err := checkTimed(ctx, func(ctx context.Context) error { return oauth.ProbeTokenEndpoint(ctx, op) })
 		c.report(fmt.Sprintf("provider %s token endpoint %s", p.Name, p.TokenURL), "answers and knows client_id", err)
 
@@ -146,6 +206,7 @@ Flags:`)
 			}
 		}
 		if len(apps) > 0 {
+			c.progress("Asking %s for an app token", hostOf(p.TokenURL))
 			err := checkTimed(ctx, func(ctx context.Context) error {
 				_, err := oauth.NewAppSource(op, discardLogger()).Token(ctx)
 				return err
@@ -154,47 +215,13 @@ Flags:`)
 		}
 
 		base := &tls.Config{RootCAs: p.RootCAs, MinVersion: tls.VersionTLS12}
-		if !seen["imap "+p.IMAPServer] {
-			seen["imap "+p.IMAPServer] = true
-			imapServers = append(imapServers, server{p.IMAPServer, base})
-		}
-		if !seen["smtp "+p.SMTPServer] {
-			seen["smtp "+p.SMTPServer] = true
-			smtpServers = append(smtpServers, server{p.SMTPServer, base})
-		}
-		if pop3On && p.POP3Server != "" && !seen["pop3 "+p.POP3Server] {
-			seen["pop3 "+p.POP3Server] = true
-			pop3Servers = append(pop3Servers, server{p.POP3Server, base})
+		add("imap", p.IMAPServer, base)
+		add("smtp", p.SMTPServer, base)
+		if pop3On(cfg) {
+			add("pop3", p.POP3Server, base)
 		}
 	}
-	for _, s := range imapServers {
-		var detail string
-		err := checkTimed(ctx, func(ctx context.Context) (err error) {
-			detail, err = checkIMAP(ctx, s.addr, s.tls)
-			return err
-		})
-		c.report("imap "+s.addr, detail, err)
-	}
-	for _, s := range smtpServers {
-		var detail string
-		err := checkTimed(ctx, func(ctx context.Context) (err error) {
-			detail, err = checkSMTP(ctx, s.addr, s.tls)
-			return err
-		})
-		c.report("smtp "+s.addr, detail, err)
-	}
-	for _, s := range pop3Servers {
-		var detail string
-		err := checkTimed(ctx, func(ctx context.Context) (err error) {
-			detail, err = checkPOP3(ctx, s.addr, s.tls)
-			return err
-		})
-		c.report("pop3 "+s.addr, detail, err)
-	}
-	if c.failed > 0 {
-		return fmt.Errorf("%d of %d checks failed", c.failed, c.total)
-	}
-	return nil
+	return servers
 }
 
 func checkTimed(ctx context.Context, f func(context.Context) error) error {
@@ -209,23 +236,37 @@ func closeOnDone(ctx context.Context, conn net.Conn) func() bool {
 	return context.AfterFunc(ctx, func() { conn.Close() })
 }
 
+// dialGreeting connects with implicit TLS and reads the server's
+// greeting, which must start with want ("* OK", "+OK"). done closes the
+// connection.
+func dialGreeting(ctx context.Context, addr string, base *tls.Config, want string) (conn net.Conn, r *bufio.Reader, done func(), err error) {
+	conn, err = upstream.DialTLS(ctx, nil, addr, base)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	stop := closeOnDone(ctx, conn)
+	done = func() { stop(); conn.Close() }
+	r = bufio.NewReaderSize(conn, maxGreeting)
+	line, err := readIMAPLine(r)
+	if err != nil {
+		done()
+		return nil, nil, nil, fmt.Errorf("read greeting: %w", err)
+	}
+	if !strings.HasPrefix(line, want) {
+		done()
+		return nil, nil, nil, fmt.Errorf("greeting is %q, want \"%s ...\"", shorten(line), want)
+	}
+	return conn, r, done, nil
+}
+
 // checkIMAP connects with implicit TLS, reads the greeting and asks for the
 // capabilities: XOAUTH2 must be among them.
 func checkIMAP(ctx context.Context, addr string, base *tls.Config) (string, error) {
-	conn, err := upstream.DialTLS(ctx, nil, addr, base)
+	conn, r, done, err := dialGreeting(ctx, addr, base, "* OK")
 	if err != nil {
 		return "", err
 	}
-	defer conn.Close()
-	defer closeOnDone(ctx, conn)()
-	r := bufio.NewReaderSize(conn, maxGreeting)
-	line, err := readIMAPLine(r)
-	if err != nil {
-		return "", fmt.Errorf("read greeting: %w", err)
-	}
-	if !strings.HasPrefix(line, "* OK") {
-		return "", fmt.Errorf("greeting is %q, want \"* OK ...\"", shorten(line))
-	}
+	defer done()
 	if _, err := conn.Write([]byte("C1 CAPABILITY\r\n")); err != nil {
 		return "", fmt.Errorf("send CAPABILITY: %w", err)
 	}
@@ -269,42 +310,17 @@ func readIMAPLine(r *bufio.Reader) (string, error) {
 // implicit TLS on port 465), says EHLO again and checks that AUTH XOAUTH2
 // is offered.
 func checkSMTP(ctx context.Context, addr string, base *tls.Config) (string, error) {
-	cfg := (&upstream.Upstream{TLS: base}).TLSFor(addr)
-	_, port, _ := net.SplitHostPort(addr)
-	implicit := port == strconv.Itoa(465)
-	var c *smtp.Client
-	if implicit {
-		conn, err := upstream.DialTLS(ctx, nil, addr, cfg)
-		if err != nil {
-			return "", err
-		}
-		defer conn.Close()
-		defer closeOnDone(ctx, conn)()
-		c = smtp.NewClient(conn)
-	} else {
-		var d net.Dialer
-		conn, err := d.DialContext(ctx, "tcp", addr)
-		if err != nil {
-			return "", fmt.Errorf("dial %s: %w", addr, err)
-		}
-		defer conn.Close()
-		defer closeOnDone(ctx, conn)()
-		c, err = smtp.NewClientStartTLS(conn, cfg)
-		if err != nil {
-			return "", fmt.Errorf("greeting, EHLO and STARTTLS: %w", err)
-		}
+	c, err := smtpDial(ctx, addr, base)
+	if err != nil {
+		return "", err
 	}
 	defer c.Close()
-	// After STARTTLS this EHLO runs the TLS handshake.
-	if err := c.Hello("localhost"); err != nil {
-		return "", fmt.Errorf("EHLO over TLS: %w", err)
-	}
 	if !c.SupportsAuth("XOAUTH2") {
 		return "", errors.New("TLS ok, but the server does not offer AUTH XOAUTH2 (Exchange Online: is SMTP AUTH enabled for the tenant?)")
 	}
 	c.Quit()
 	how := "STARTTLS"
-	if implicit {
+	if upstream.ImplicitTLS(addr) {
 		how = "implicit TLS"
 	}
 	return how + " ok, AUTH XOAUTH2 offered", nil

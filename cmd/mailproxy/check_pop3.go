@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/base64"
@@ -20,20 +19,12 @@ func pop3On(cfg *config.Config) bool { return cfg.POP3.Listen != "" || cfg.POP3.
 // checkPOP3 connects with implicit TLS (port 995), reads the greeting and
 // asks for the capabilities (RFC 2449): SASL must list XOAUTH2.
 func checkPOP3(ctx context.Context, addr string, base *tls.Config) (string, error) {
-	conn, err := upstream.DialTLS(ctx, nil, addr, base)
+	conn, r, done, err := dialGreeting(ctx, addr, base, "+OK")
 	if err != nil {
 		return "", err
 	}
-	defer conn.Close()
-	defer closeOnDone(ctx, conn)()
-	r := bufio.NewReaderSize(conn, maxGreeting)
-	line, err := readIMAPLine(r)
-	if err != nil {
-		return "", fmt.Errorf("read greeting: %w", err)
-	}
-	if !strings.HasPrefix(line, "+OK") {
-		return "", fmt.Errorf("greeting is %q, want \"+OK ...\"", shorten(line))
-	}
+	defer done()
+	var line string
 	if _, err := conn.Write([]byte("CAPA\r\n")); err != nil {
 		return "", fmt.Errorf("send CAPA: %w", err)
 	}
@@ -67,22 +58,7 @@ func checkPOP3(ctx context.Context, addr string, base *tls.Config) (string, erro
 
 // pop3 signs in at the upstream POP3 server with XOAUTH2 and asks STAT.
 func (a *accountCheck) pop3(ctx context.Context) {
-	addr := a.acct.Provider.POP3Server
-	what := fmt.Sprintf("pop3 %s: AUTH XOAUTH2 as %s", addr, a.mailbox)
-	a.c.progress("signing in at %s (POP3)", addr)
-	var reply, detail string
-	err := checkTimed(ctx, func(ctx context.Context) (err error) {
-		reply, detail, err = pop3SignIn(ctx, addr, &tls.Config{RootCAs: a.acct.Provider.RootCAs, MinVersion: tls.VersionTLS12}, a.mailbox, a.token)
-		return err
-	})
-	switch {
-	case err != nil && reply == "":
-		a.fail(what, "", fix{cause: err.Error(), todo: "check that " + addr + " is reachable from this machine (DNS, firewall, HTTP/TLS inspection: provider.ca_file)"})
-	case err != nil:
-		a.fail(what, reply, a.pop3Fix())
-	default:
-		a.c.report(what, detail, nil)
-	}
+	a.signIn(ctx, "POP3", a.acct.Provider.POP3Server, fmt.Sprintf("AUTH XOAUTH2 as %s", a.mailbox), pop3SignIn, func(string) fix { return a.pop3Fix() })
 }
 
 func (a *accountCheck) pop3Fix() fix {
@@ -106,20 +82,11 @@ func (a *accountCheck) pop3Fix() fix {
 // error challenge is answered with an empty line) and STAT. reply is the
 // server's refusal, if it refused.
 func pop3SignIn(ctx context.Context, addr string, base *tls.Config, user, token string) (reply, detail string, err error) {
-	conn, err := upstream.DialTLS(ctx, nil, addr, base)
+	conn, r, done, err := dialGreeting(ctx, addr, base, "+OK")
 	if err != nil {
 		return "", "", err
 	}
-	defer conn.Close()
-	defer closeOnDone(ctx, conn)()
-	r := bufio.NewReaderSize(conn, maxGreeting)
-	line, err := readIMAPLine(r)
-	if err != nil {
-		return "", "", fmt.Errorf("read greeting: %w", err)
-	}
-	if !strings.HasPrefix(line, "+OK") {
-		return "", "", fmt.Errorf("greeting is %q, want \"+OK ...\"", shorten(line))
-	}
+	defer done()
 	send := func(s string) error {
 		_, err := conn.Write([]byte(s + "\r\n"))
 		return err

@@ -50,6 +50,13 @@ func TestCheckOK(t *testing.T) {
 			t.Errorf("check output lacks an ok line with %q:\n%s", want, out)
 		}
 	}
+	// Before each check, what it waits for and how long (stderr).
+	idpHost := strings.TrimPrefix(e.idp.URL, "http://")
+	wantInOutput(t, "check progress", errOut,
+		"Asking "+idpHost+" whether it knows the client_id of provider fake (waiting up to 15s)...\n",
+		"Asking "+idpHost+" for an app token (waiting up to 15s)...\n",
+		"Connecting to "+e.imap.Addr+" (IMAP, implicit TLS) (waiting up to 15s)...\n",
+		"Connecting to "+e.smtp.Addr+" (SMTP) (waiting up to 15s)...\n")
 	if strings.Count(out, "imap ") != 1 || strings.Count(out, "smtp ") != 1 {
 		t.Errorf("check output checks a shared server twice:\n%s", out)
 	}

@@ -7,7 +7,6 @@ package main
 // short test message through the real path and shows the upstream's reply.
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/base64"
@@ -63,7 +62,7 @@ func checkOneAccount(ctx context.Context, c *checker, cfg *config.Config, acct *
 	}
 	p := daemon.OAuthProvider(acct.Provider)
 	what := fmt.Sprintf("access token for %s from %s", acct.Username, hostOf(p.TokenURL))
-	c.progress("asking %s for %s's access token", hostOf(p.TokenURL), acct.Username)
+	c.progress("Asking %s for %s's access token", hostOf(p.TokenURL), acct.Username)
 	var err error
 	if a.appOnly {
 		a.identity = a.mailbox
@@ -132,19 +131,29 @@ func (a *accountCheck) delegatedToken(ctx context.Context, cfg *config.Config, p
 // imap signs in at the upstream IMAP server with XOAUTH2 and opens the
 // INBOX, which is where "authenticated but not connected" shows.
 func (a *accountCheck) imap(ctx context.Context) {
-	addr := a.acct.Provider.IMAPServer
-	what := fmt.Sprintf("imap %s: AUTHENTICATE XOAUTH2 as %s", addr, a.mailbox)
-	a.c.progress("signing in at %s (IMAP)", addr)
+	a.signIn(ctx, "IMAP", a.acct.Provider.IMAPServer, fmt.Sprintf("AUTHENTICATE XOAUTH2 as %s", a.mailbox), imapSignIn, a.imapFix)
+}
+
+// signInFunc signs in at a server with XOAUTH2; reply is the server's
+// refusal, if it refused.
+type signInFunc func(ctx context.Context, addr string, base *tls.Config, user, token string) (reply, detail string, err error)
+
+// signIn runs one upstream sign-in of the account and reports it: a
+// refusal with the diagnosis fixFor gives, a server that cannot be reached
+// with what to look at.
+func (a *accountCheck) signIn(ctx context.Context, proto, addr, step string, f signInFunc, fixFor func(reply string) fix) {
+	what := strings.ToLower(proto) + " " + addr + ": " + step
+	a.c.progress("Signing in at %s (%s)", addr, proto)
 	var reply, detail string
 	err := checkTimed(ctx, func(ctx context.Context) (err error) {
-		reply, detail, err = imapSignIn(ctx, addr, &tls.Config{RootCAs: a.acct.Provider.RootCAs, MinVersion: tls.VersionTLS12}, a.mailbox, a.token)
+		reply, detail, err = f(ctx, addr, &tls.Config{RootCAs: a.acct.Provider.RootCAs, MinVersion: tls.VersionTLS12}, a.mailbox, a.token)
 		return err
 	})
 	switch {
 	case err != nil && reply == "":
 		a.fail(what, "", fix{cause: err.Error(), todo: "check that " + addr + " is reachable from this machine (DNS, firewall, HTTP/TLS inspection: provider.ca_file)"})
 	case err != nil:
-		a.fail(what, reply, a.imapFix(reply))
+		a.fail(what, reply, fixFor(reply))
 	default:
 		a.c.report(what, detail, nil)
 	}
@@ -187,7 +196,7 @@ func (a *accountCheck) imapFix(reply string) fix {
 func (a *accountCheck) smtp(ctx context.Context, sendTo string) {
 	addr := a.acct.Provider.SMTPServer
 	what := fmt.Sprintf("smtp %s: AUTH XOAUTH2 as %s", addr, a.identity)
-	a.c.progress("signing in at %s (SMTP)", addr)
+	a.c.progress("Signing in at %s (SMTP)", addr)
 	// One deadline for the whole SMTP session: its steps share the
 	// connection.
 	ctx, cancel := context.WithTimeout(ctx, 3*checkTimeout)
@@ -210,12 +219,7 @@ func (a *accountCheck) smtp(ctx context.Context, sendTo string) {
 
 	from := a.mailbox
 	what = fmt.Sprintf("smtp %s: MAIL FROM:<%s>", addr, from)
-	err = sc.Mail(from, nil)
-	if errors.As(err, &se) {
-		a.fail(what, smtpReply(se), a.smtpFix(se))
-		return
-	} else if err != nil {
-		a.fail(what, "", fix{cause: err.Error()})
+	if a.smtpFailed(what, sc.Mail(from, nil)) {
 		return
 	}
 	if sendTo == "" {
@@ -226,7 +230,7 @@ func (a *accountCheck) smtp(ctx context.Context, sendTo string) {
 	}
 	a.c.report(what, "accepted", nil)
 	what = fmt.Sprintf("smtp %s: test message to %s", addr, sendTo)
-	a.c.progress("sending a test message to %s", sendTo)
+	a.c.progress("Sending a test message to %s", sendTo)
 	var resp string
 	err = func() error {
 		if err := sc.Rcpt(sendTo, nil); err != nil {
@@ -246,15 +250,26 @@ func (a *accountCheck) smtp(ctx context.Context, sendTo string) {
 		resp = "250 " + r.StatusText
 		return nil
 	}()
-	if errors.As(err, &se) {
-		a.fail(what, smtpReply(se), a.smtpFix(se))
-		return
-	} else if err != nil {
-		a.fail(what, "", fix{cause: err.Error()})
+	if a.smtpFailed(what, err) {
 		return
 	}
 	a.c.report(what, "sent; upstream said: "+resp, nil)
 	sc.Quit()
+}
+
+// smtpFailed reports a failed SMTP step with the server's reply and its
+// diagnosis; false when err is nil.
+func (a *accountCheck) smtpFailed(what string, err error) bool {
+	var se *smtp.SMTPError
+	switch {
+	case err == nil:
+		return false
+	case errors.As(err, &se):
+		a.fail(what, smtpReply(se), a.smtpFix(se))
+	default:
+		a.fail(what, "", fix{cause: err.Error()})
+	}
+	return true
 }
 
 func (a *accountCheck) smtpFix(se *smtp.SMTPError) fix {
@@ -355,20 +370,11 @@ func smtpDial(ctx context.Context, addr string, base *tls.Config) (*smtp.Client,
 // imapSignIn reads the greeting, authenticates with XOAUTH2 (SASL-IR) and
 // selects the INBOX. reply is the upstream's line that refused, if any.
 func imapSignIn(ctx context.Context, addr string, base *tls.Config, user, token string) (reply, detail string, err error) {
-	conn, err := upstream.DialTLS(ctx, nil, addr, base)
+	conn, r, done, err := dialGreeting(ctx, addr, base, "* OK")
 	if err != nil {
 		return "", "", err
 	}
-	defer conn.Close()
-	defer closeOnDone(ctx, conn)()
-	r := bufio.NewReaderSize(conn, maxGreeting)
-	line, err := readIMAPLine(r)
-	if err != nil {
-		return "", "", fmt.Errorf("read greeting: %w", err)
-	}
-	if !strings.HasPrefix(line, "* OK") {
-		return line, "", errors.New("unexpected greeting")
-	}
+	defer done()
 	ir := base64.StdEncoding.EncodeToString(upstream.XOAuth2(user, token))
 	if _, err := fmt.Fprintf(conn, "A1 AUTHENTICATE XOAUTH2 %s\r\n", ir); err != nil {
 		return "", "", err
@@ -391,7 +397,7 @@ func imapSignIn(ctx context.Context, addr string, base *tls.Config, user, token 
 			}
 		}
 	}
-	line, err = tagged("A1")
+	line, err := tagged("A1")
 	if err != nil {
 		return "", "", fmt.Errorf("read AUTHENTICATE answer: %w", err)
 	}

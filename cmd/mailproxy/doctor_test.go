@@ -44,7 +44,7 @@ func TestCheckAccountWorks(t *testing.T) {
 		"ok    smtp "+e.smtp.Addr+": AUTH XOAUTH2 as "+cliAlice+": 235 accepted",
 		"ok    smtp "+e.smtp.Addr+": MAIL FROM:<"+cliAlice+">: accepted",
 		"ok    smtp "+e.smtp.Addr+": test message to "+cliBob+": sent; upstream said: 250 ")
-	wantInOutput(t, "check -account progress", errOut, "(waiting up to 15s)", "signing in at "+e.imap.Addr)
+	wantInOutput(t, "check -account progress", errOut, "(waiting up to 15s)", "Signing in at "+e.imap.Addr)
 	msgs := e.smtp.Messages()
 	if len(msgs) != 1 || msgs[0].From != cliAlice || len(msgs[0].Rcpts) != 1 || msgs[0].Rcpts[0].Addr != cliBob ||
 		!strings.Contains(string(msgs[0].Data), "Subject: mailproxy test message") {

@@ -226,7 +226,7 @@ func signIn(ctx context.Context, env *cmdEnv, in *bufio.Reader, method string, a
 	switch method {
 	case methodDevice:
 		f := &oauth.DeviceFlow{Provider: p, Wait: deviceWait}
-		fmt.Fprintf(out, "Asking %s for a device code (waiting up to %s)...\n", hostOf(p.DeviceAuthURL), oauth.RequestTimeout)
+		progressf(out, oauth.RequestTimeout, "Asking %s for a device code", hostOf(p.DeviceAuthURL))
 		dc, err := f.Start(ctx)
 		if err != nil {
 			return oauth.TokenSet{}, "", err
@@ -251,7 +251,7 @@ func signIn(ctx context.Context, env *cmdEnv, in *bufio.Reader, method string, a
 		if err != nil {
 			return oauth.TokenSet{}, "", err
 		}
-		fmt.Fprintf(out, "Redeeming the sign-in at %s (waiting up to %s)...\n", hostOf(p.TokenURL), oauth.RequestTimeout)
+		progressf(out, oauth.RequestTimeout, "Redeeming the sign-in at %s", hostOf(p.TokenURL))
 		return a.Exchange(ctx, q)
 
 	default:
@@ -317,7 +317,7 @@ func openBrowser(env *cmdEnv, u string) error {
 func loginApp(ctx context.Context, env *cmdEnv, acct *config.Account, p *oauth.Provider) error {
 	fmt.Fprintf(env.stdout, "%s uses flow client_credentials (an app-only token): it needs no sign-in and no stored tokens.\n", acct.Username)
 	src := oauth.NewAppSource(p, discardLogger())
-	fmt.Fprintf(env.stdout, "Asking %s for an app token (waiting up to %s)...\n", hostOf(p.TokenURL), oauth.RequestTimeout)
+	progressf(env.stdout, oauth.RequestTimeout, "Asking %s for an app token", hostOf(p.TokenURL))
 	if _, err := src.Token(ctx); err != nil {
 		return withHint(fmt.Errorf("get an app token for %s from provider %s: %w", acct.Username, acct.Provider.Name, err))
 	}
