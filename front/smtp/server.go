@@ -113,6 +113,8 @@ type Server struct {
 	metrics  front.Metrics     // never nil once started
 	refusals front.Refusals    // rate-limits refusal log lines
 	backoff  *upstream.Backoff // identities the upstream throttled; tests may set it before Serve
+	// throttles counts the throttling replies noted in backoff (upstream.go).
+	throttles atomic.Uint64
 
 	mu      sync.Mutex // protects the fields below
 	started bool
@@ -466,6 +468,7 @@ type conn struct {
 	// reading is set while go-smtp waits in Read for the client: only then
 	// has the reply to the last command been written (see closeIfIdle).
 	reading atomic.Bool
+	ra      readAhead // readahead.go
 
 	mu       sync.Mutex // protects the fields below
 	sess     *session   // the current go-smtp session, nil before EHLO and right after STARTTLS
