@@ -9,8 +9,8 @@ import (
 )
 
 // The account page: everything known about one account (flow, tokens,
-// sessions, each protocol's last upstream login and error, active
-// lockouts) and "Send a test message", the first thing anyone setting up
+// sessions, each protocol's last upstream login and error, the recent
+// upstream errors, active lockouts) and "Send a test message", the first thing anyone setting up
 // a scanner wants.
 
 const accountHTML = `{{define "content"}}{{with .Data}}
@@ -31,6 +31,10 @@ const accountHTML = `{{define "content"}}{{with .Data}}
 {{if .Row.Upstream}}<table><thead><tr><th>Protocol</th><th>Last login</th><th>Last error</th></tr></thead><tbody>
 {{range .Row.Upstream}}<tr><td>{{.Proto}}</td><td>{{if .Login}}{{.Login}} ({{.LoginAt}}){{else}}<span class="muted">—</span>{{end}}</td><td>{{if .Error}}<span class="err" data-upstream="{{.Proto}}">{{.ErrorAt}}: {{.Error}}</span>{{else}}<span class="muted">—</span>{{end}}</td></tr>
 {{end}}</tbody></table>{{else}}<p class="muted">No upstream login since mailproxy started.</p>{{end}}
+<h3>Recent upstream errors</h3>
+{{if .Recent}}<table><thead><tr><th>When</th><th>Protocol</th><th>Error</th></tr></thead><tbody>
+{{range .Recent}}<tr class="recent-error"><td>{{.When}} ({{.At}})</td><td>{{.Proto}}</td><td><span class="err">{{.Text}}</span></td></tr>
+{{end}}</tbody></table><p class="muted"><small>The last {{$.Data.RecentMax}} since mailproxy started, newest first.</small></p>{{else}}<p class="muted">None since mailproxy started.</p>{{end}}
 <h3>Blocked logins</h3>
 {{if .Blocks}}<ul>{{range .Blocks}}<li>{{if .User}}{{.User}}{{else}}every username{{end}} from {{.Addr}}, until {{.UntilAt}} (<a href="/lockout">clear</a>)</li>{{end}}</ul>{{else}}<p class="muted">None.</p>{{end}}
 {{if .CanTest}}<h3>Send a test message</h3>
@@ -51,6 +55,8 @@ func init() {
 
 type accountData struct {
 	Row           row
+	Recent        []recentRow // the account's last upstream errors, newest first
+	RecentMax     int
 	LastRefresh   string
 	Blocks        []lockoutRow
 	CanTest       bool
@@ -59,6 +65,8 @@ type accountData struct {
 	Result        string
 	ResultOK      bool
 }
+
+type recentRow struct{ When, At, Proto, Text string }
 
 // testSendTimeout bounds the page's test message.
 const testSendTimeout = 90 * time.Second
@@ -92,6 +100,12 @@ func (s *Server) renderAccount(w http.ResponseWriter, r *http.Request, sess *ses
 			d.LastRefresh += " (" + stamp(st.LastRefresh) + ")"
 		}
 	}
+	for _, e := range s.metrics.RecentUpstreamErrors(acct.Username) {
+		rr := recentRow{Proto: e.Proto, Text: e.Text}
+		rr.When, rr.At = relative(e.At, now)
+		d.Recent = append(d.Recent, rr)
+	}
+	d.RecentMax = RecentErrors
 	if s.opts.Blocks != nil {
 		for _, b := range s.opts.Blocks() {
 			if b.User == "" || strings.EqualFold(b.User, acct.Username) {

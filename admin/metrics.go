@@ -22,6 +22,7 @@ var _ front.Metrics = (*Metrics)(nil)
 type Metrics struct {
 	refreshOK, refreshFailed atomic.Int64
 	submitted, rejected      atomic.Int64
+	healthGen                atomic.Int64 // counts upstream results (health.go)
 
 	mu       sync.RWMutex // protects the maps, not the counters they point to
 	protos   map[string]*protoCounters
@@ -39,8 +40,9 @@ type accountCounters struct {
 	sessions  atomic.Int64
 	lastLogin atomic.Int64 // unix nanoseconds of the last upstream login that happened; 0: none
 
-	mu sync.Mutex               // protects up
-	up map[string]UpstreamState // by protocol (health.go)
+	mu     sync.Mutex               // protects up and recent
+	up     map[string]UpstreamState // by protocol (health.go)
+	recent []UpstreamError          // the last RecentErrors upstream errors, oldest first
 }
 
 // NewMetrics returns empty counters. The series of protos (the daemon's
@@ -88,6 +90,13 @@ func (m *Metrics) account(name string) *accountCounters {
 		m.accounts[name] = c
 	}
 	return c
+}
+
+// lookup returns the counters of account; nil when it has none yet.
+func (m *Metrics) lookup(account string) *accountCounters {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.accounts[strings.ToLower(account)]
 }
 
 // ConnOpened implements front.Metrics.
@@ -146,9 +155,7 @@ func (m *Metrics) TokenRefresh(ok bool) {
 
 // SessionsOpen returns how many relayed sessions account has open now.
 func (m *Metrics) SessionsOpen(account string) int64 {
-	m.mu.RLock()
-	c := m.accounts[strings.ToLower(account)]
-	m.mu.RUnlock()
+	c := m.lookup(account)
 	if c == nil {
 		return 0
 	}
@@ -158,9 +165,7 @@ func (m *Metrics) SessionsOpen(account string) int64 {
 // LastUpstreamLogin returns when account last logged in upstream; the zero
 // time if it did not since the process started.
 func (m *Metrics) LastUpstreamLogin(account string) time.Time {
-	m.mu.RLock()
-	c := m.accounts[strings.ToLower(account)]
-	m.mu.RUnlock()
+	c := m.lookup(account)
 	if c == nil {
 		return time.Time{}
 	}

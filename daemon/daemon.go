@@ -55,6 +55,7 @@ type Daemon struct {
 	// adminToken is the admin page's access token (state_dir/admin-token).
 	adminToken string
 	blocksMu   sync.Mutex    // serializes writes of state_dir/lockout.json
+	health     healthSaver   // state_dir/health.json (health.go)
 	failed     chan error    // a listener died
 	stop       chan struct{} // closed at shutdown
 	stopOnce   sync.Once
@@ -350,11 +351,9 @@ func (d *Daemon) Start() error {
 		d.logger.Info("admin page: open the link that `mailproxy admin-url` prints; it carries the access token kept in state_dir",
 			"url", admin.AccessURL(d.Addr("admin").String(), cfg.AdminTLS(), ""), "token_file", filepath.Join(cfg.StateDir, admin.AccessTokenFile))
 	}
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		d.alertLoop()
-	}()
+	d.startHealth()
+	d.wg.Go(d.alertLoop)
+	d.wg.Go(d.healthLoop)
 	if d.relay != nil {
 		d.relay.start()
 	}
@@ -595,6 +594,8 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 		}
 	}
 	d.wg.Wait()
+	// What the sessions last saw, for status after serve stopped.
+	d.saveHealth(true)
 	// Rotated tokens a failed save left in memory get one last chance.
 	for _, u := range d.manager.Flush() {
 		d.logger.Error("rotated tokens could not be saved: the account will need a new sign-in", "account", u)

@@ -5,12 +5,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
 
 	"mailproxy/config"
+	"mailproxy/graph"
 	"mailproxy/smtpclient"
+	"mailproxy/submit"
 )
 
 // testMessageTimeout bounds SendTest: token, dial, TLS, AUTH, MAIL, RCPT,
@@ -19,8 +22,8 @@ const testMessageTimeout = time.Minute
 
 // SendTest sends a short test message from the account's mailbox to `to`
 // through the real upstream path (the account's token, the provider's SMTP
-// server) and returns the upstream's reply to the message. A delegated
-// account's tokens are opened with its local password; client_credentials
+// server, or Microsoft Graph for send_via = "graph") and returns the
+// upstream's reply to the message. A delegated account's tokens are opened with its local password; client_credentials
 // accounts need none. The admin page's "Send a test message" calls it.
 func (d *Daemon) SendTest(ctx context.Context, username, password, to string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, testMessageTimeout)
@@ -41,23 +44,33 @@ func (d *Daemon) SendTest(ctx context.Context, username, password, to string) (s
 		mailbox = acct.Username
 	}
 	identity := mailbox
-	var token string
-	var err error
+	var tokens interface {
+		Token(ctx context.Context) (string, error)
+	}
 	if acct.Flow == config.FlowClientCredentials {
 		if app == nil {
 			return "", errors.New("the account has no app token source")
 		}
-		token, err = app.Token(ctx)
+		tokens = app
 	} else {
-		src, who, oerr := d.manager.Open(ctx, acct.Username, password)
-		if oerr != nil {
-			return "", oerr
+		src, who, err := d.manager.Open(ctx, acct.Username, password)
+		if err != nil {
+			return "", err
 		}
 		if who != "" {
 			identity = who
 		}
-		token, err = src.Token(ctx)
+		tokens = src
 	}
+	if acct.SendVia == config.SendViaGraph {
+		sess, err := d.graphs.session(ctx, acct, tokens)
+		if err != nil {
+			return "", err
+		}
+		defer sess.Close()
+		return SendTestMessage(sess, mailbox, to, time.Now())
+	}
+	token, err := tokens.Token(ctx)
 	if err != nil {
 		return "", fmt.Errorf("get the access token: %w", err)
 	}
@@ -68,18 +81,33 @@ func (d *Daemon) SendTest(ctx context.Context, username, password, to string) (s
 		return "", fmt.Errorf("sign in at %s as %s: %w", addr, identity, err)
 	}
 	defer c.Close()
-	if err := c.Mail(mailbox, nil); err != nil {
-		return "", fmt.Errorf("MAIL FROM:<%s>: %w", mailbox, err)
+	return SendTestMessage(c, mailbox, to, time.Now())
+}
+
+// SendTestMessage sends TestMessage from `from` to `to` through s (the
+// upstream SMTP client or a Graph session) and returns the upstream's
+// reply to it. Its errors keep the upstream's *smtp.SMTPError.
+func SendTestMessage(s submit.Submitter, from, to string, now time.Time) (string, error) {
+	if err := s.Mail(from, nil); err != nil {
+		return "", fmt.Errorf("MAIL FROM:<%s>: %w", from, err)
 	}
-	if err := c.Rcpt(to, nil); err != nil {
+	if err := s.Rcpt(to, nil); err != nil {
 		return "", fmt.Errorf("RCPT TO:<%s>: %w", to, err)
 	}
-	reply, err := c.Data(bytes.NewReader(TestMessage(mailbox, to, time.Now())))
+	reply, err := s.Data(bytes.NewReader(TestMessage(from, to, now)))
 	if err != nil {
 		return "", fmt.Errorf("DATA: %w", err)
 	}
-	c.Quit()
+	s.Quit()
 	return reply, nil
+}
+
+// NewGraphSession opens a Microsoft Graph session for account a (send_via
+// = "graph") as serve does: the provider's graph_url and roots, the
+// account's save_to_sent_items. tokens is the account's token source (an
+// *oauth.Source or *oauth.AppSource), whose Graph source is used.
+func NewGraphSession(ctx context.Context, a *config.Account, tokens any, logger *slog.Logger) (*graph.Session, error) {
+	return newGraphSenders(logger).session(ctx, a, tokens)
 }
 
 // TestMessage is the short message `check -send-to` and the admin page

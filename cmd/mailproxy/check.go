@@ -75,11 +75,12 @@ says what it waits for and for how long.
 With -account USER it checks that account as the proxy would use it: gets
 its access token (asking for its local password; client_credentials
 accounts need none), signs in at the upstream IMAP server and opens the
-INBOX, signs in at the upstream SMTP server and tries MAIL FROM, and, when
-[pop3] has a listener, signs in at the upstream POP3 server (STAT). Each
-failure prints the server's own answer, the cause and the fix, Exchange
-Online PowerShell included. -send-to ADDR also sends a short test message
-and prints the server's reply.
+INBOX, signs in at the upstream SMTP server and tries MAIL FROM (for an
+account with send_via = "graph": gets its Microsoft Graph token instead),
+and, when [pop3] has a listener, signs in at the upstream POP3 server
+(STAT). Each failure prints the server's own answer, the cause and the fix,
+Exchange Online PowerShell included. -send-to ADDR also sends a short test
+message (through Graph for send_via = "graph") and prints the reply.
 
 Flags:`
 

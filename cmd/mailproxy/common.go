@@ -4,6 +4,7 @@ import (
 	"flag"
 	"io"
 	"log/slog"
+	"strings"
 
 	"mailproxy/config"
 	"mailproxy/daemon"
@@ -32,6 +33,18 @@ func loadConfig(env *cmdEnv, path string) (*config.Config, error) {
 		return nil, usageError{err}
 	}
 	return cfg, nil
+}
+
+// loadConfigFlags parses the flags of a subcommand that takes no
+// arguments and loads the config its -config names.
+func loadConfigFlags(env *cmdEnv, fs *flag.FlagSet, cfgPath *string, args []string) (*config.Config, error) {
+	if err := parseFlags(fs, args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, usagef("%s takes no arguments", strings.TrimPrefix(fs.Name(), "mailproxy "))
+	}
+	return loadConfig(env, *cfgPath)
 }
 
 // newLogger returns the logger the config asks for, writing to w.

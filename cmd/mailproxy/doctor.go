@@ -32,6 +32,7 @@ type accountCheck struct {
 	mailbox  string // IMAP user= and MAIL FROM
 	identity string // SMTP user= (the delegate for a shared mailbox)
 	token    string
+	tokens   any // the *oauth.Source or *oauth.AppSource token came from (Graph's comes from it)
 	appOnly  bool
 }
 
@@ -66,8 +67,10 @@ func checkOneAccount(ctx context.Context, c *checker, cfg *config.Config, acct *
 	var err error
 	if a.appOnly {
 		a.identity = a.mailbox
+		app := oauth.NewAppSource(p, discardLogger())
+		a.tokens = app
 		err = checkTimed(ctx, func(ctx context.Context) (err error) {
-			a.token, err = oauth.NewAppSource(p, discardLogger()).Token(ctx)
+			a.token, err = app.Token(ctx)
 			return err
 		})
 	} else {
@@ -83,7 +86,12 @@ func checkOneAccount(ctx context.Context, c *checker, cfg *config.Config, acct *
 	}
 	c.report(what, "issued", nil)
 	a.imap(ctx)
-	a.smtp(ctx, sendTo)
+	if acct.SendVia == config.SendViaGraph {
+		// SMTP AUTH is not used (often off in such tenants).
+		a.graph(ctx, sendTo)
+	} else {
+		a.smtp(ctx, sendTo)
+	}
 	if pop3On(cfg) && acct.Provider.POP3Server != "" {
 		a.pop3(ctx)
 	}
@@ -119,7 +127,7 @@ func (a *accountCheck) delegatedToken(ctx context.Context, cfg *config.Config, p
 		if err != nil {
 			return err
 		}
-		a.identity = identity
+		a.identity, a.tokens = identity, src
 		if a.identity == "" {
 			a.identity = a.mailbox
 		}

@@ -15,6 +15,8 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+
+	"mailproxy/internal/testutil"
 )
 
 // With the upstream IMAP and SMTP servers down, the page and /healthz say
@@ -91,6 +93,54 @@ func TestDemoHealthWithUpstreamsDown(t *testing.T) {
 	if strings.Contains(string(page), "`") {
 		t.Errorf("the page shows raw backticks")
 	}
+
+	// The account page lists the recent upstream errors.
+	au, _ := url.Parse(dm.d.AdminURL())
+	resp, err = (&http.Client{Jar: jar}).Get(au.Scheme + "://" + au.Host + "/account?name=" + demoUser)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if recent := string(page); !strings.Contains(recent, "Recent upstream errors") || strings.Count(recent, `class="recent-error"`) != 2 ||
+		!strings.Contains(recent, "cannot reach the mail server") {
+		t.Errorf("the account page does not list the two recent upstream errors:\n%s", recent)
+	}
+
+	// status: while serve runs it says so; after it stopped it shows what
+	// serve last knew, errors included.
+	code, out := statusOf(t, dm.cfgFile)
+	if code != exitOK || !strings.Contains(out, "Upstream health, from the running mailproxy serve (pid ") {
+		t.Errorf("status while the demo runs = exit %d:\n%s", code, out)
+	}
+	dm.d.Shutdown(context.Background())
+	code, out = statusOf(t, dm.cfgFile)
+	if code != exitOK {
+		t.Fatalf("status after the demo stopped = exit %d:\n%s", code, out)
+	}
+	wantInOutput(t, "status after the demo stopped", out,
+		"Upstream health, as mailproxy serve (pid ", "when it stopped at",
+		"Recent upstream errors of "+demoUser+" (newest first):")
+	for _, proto := range []string{"imap", "smtp"} {
+		line := ""
+		for _, l := range strings.Split(out, "\n") {
+			if f := strings.Fields(l); len(f) > 2 && f[0] == "!" && f[1] == demoUser && f[2] == proto {
+				line = l
+			}
+		}
+		if !strings.Contains(line, "connection refused") || !strings.Contains(line, "UTC") {
+			t.Errorf("status lacks a ! line with the %s upstream's error of %s:\n%s", proto, demoUser, out)
+		}
+	}
+}
+
+// statusOf runs `mailproxy status -config cfgFile`.
+func statusOf(t *testing.T, cfgFile string) (int, string) {
+	t.Helper()
+	var out, errb testutil.Buffer
+	env := &cmdEnv{stdin: strings.NewReader(""), stdout: &out, stderr: &errb, getenv: func(string) string { return "" }}
+	code := run(t.Context(), env, []string{"status", "-config", cfgFile})
+	return code, out.String() + errb.String()
 }
 
 // The account page shows the account's details and sends a test message

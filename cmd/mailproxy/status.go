@@ -41,17 +41,15 @@ func runStatus(_ context.Context, env *cmdEnv, args []string) error {
 One line per account: flow, state, who signed in, when the access token
 expires, the refresh token's age, the last refresh and the last error with
 what to do about it. Accounts that need attention are marked "!" and listed
-first. Reads no password and contacts nobody. Exits 0 even when accounts
-need attention (the "!" lines say so).`)
+first. Then the upstream health that the running mailproxy serve saves in
+state_dir/health.json: per account and protocol the last upstream login
+that really happened and the last upstream error, and each account's
+recent upstream errors, with how old that is (or that no serve wrote it).
+Reads no password and contacts nobody. Exits 0 even when accounts need
+attention (the "!" lines say so).`)
 		fs.PrintDefaults()
 	}
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return usagef("status takes no arguments")
-	}
-	cfg, err := loadConfig(env, *cfgPath)
+	cfg, err := loadConfigFlags(env, fs, cfgPath, args)
 	if err != nil {
 		return err
 	}
@@ -63,6 +61,7 @@ need attention (the "!" lines say so).`)
 			return oauth.AccountStatus{Username: user, NeedsSignIn: true}
 		}
 		printStatus(env, cfg, notSignedIn, time.Now())
+		printHealth(env, cfg, time.Now())
 		printBlocks(env, cfg, time.Now())
 		printSpoolPauses(env, cfg)
 		return nil
@@ -72,7 +71,7 @@ need attention (the "!" lines say so).`)
 		return err
 	}
 	printStatus(env, cfg, m.Status, time.Now())
-
+	printHealth(env, cfg, time.Now())
 	printBlocks(env, cfg, time.Now())
 
 	// Entries left behind by accounts removed from the config.
