@@ -49,30 +49,46 @@ func (e *env) benchLogin(ctx context.Context, rep *report) error {
 	if err != nil {
 		return err
 	}
+	lat, err := e.loginRounds("login", func(m mode) (time.Duration, error) { return e.loginOnce(ctx, p, m) })
+	if err != nil {
+		return err
+	}
+	rep.add(loginRow(fmt.Sprintf("IMAP login, connect to tagged OK (N=%d each)", e.o.loginN), lat))
+	e.logf("login: direct %s, proxied %s", latencyCell(lat[direct]), latencyCell(lat[proxied]))
+	return nil
+}
+
+// loginRounds times login (connect to the login's answer) loginWarmup +
+// loginN times each way, in alternating order, and returns the times after
+// the warm-up. what names the step in an error.
+func (e *env) loginRounds(what string, login func(mode) (time.Duration, error)) (map[mode][]time.Duration, error) {
 	lat := map[mode][]time.Duration{}
 	for i := range loginWarmup + e.o.loginN {
 		for _, m := range order(i) {
-			d, err := e.loginOnce(ctx, p, m)
+			d, err := login(m)
 			if err != nil {
-				return fmt.Errorf("login %d %s: %w", i, m, err)
+				return nil, fmt.Errorf("%s %d %s: %w", what, i, m, err)
 			}
 			if i >= loginWarmup {
 				lat[m] = append(lat[m], d)
 			}
 		}
 	}
+	return lat, nil
+}
+
+// loginRow reports login times: the proxy may add 1 ms at the median.
+func loginRow(workload string, lat map[mode][]time.Duration) row {
 	dm, pm := median(lat[direct]), median(lat[proxied])
 	added := pm - dm
-	rep.add(row{
-		workload: fmt.Sprintf("IMAP login, connect to tagged OK (N=%d each)", e.o.loginN),
+	return row{
+		workload: workload,
 		direct:   latencyCell(lat[direct]),
 		proxied:  latencyCell(lat[proxied]),
 		ratio:    fmt.Sprintf("%.2f× (%+.2f ms)", float64(pm)/float64(dm), float64(added)/float64(time.Millisecond)),
 		target:   "≤ +1 ms at the median",
 		met:      yesNo(added <= time.Millisecond),
-	})
-	e.logf("login: direct %s, proxied %s", latencyCell(lat[direct]), latencyCell(lat[proxied]))
-	return nil
+	}
 }
 
 func (e *env) loginOnce(ctx context.Context, p *proxyProc, m mode) (time.Duration, error) {
@@ -368,12 +384,8 @@ func (e *env) benchStall(ctx context.Context, rep *report) error {
 	if err != nil {
 		return err
 	}
-	stalled, err := p.rss()
+	stalled, st, err := e.measure(p)
 	if err != nil {
-		return err
-	}
-	st, _ := p.stats()
-	if err := e.heapProfile(p); err != nil {
 		return err
 	}
 	extra := (stalled - base) / int64(k)
@@ -390,6 +402,17 @@ func (e *env) benchStall(ctx context.Context, rep *report) error {
 		float64(read1-read0)/float64(k)/(1<<20), settled.Round(100*time.Millisecond), e.o.fetchSize>>20,
 		float64(st.HeapInuse)/(1<<20), float64(st.StackInuse)/(1<<20), st.Goroutines)
 	return nil
+}
+
+// measure returns p's RSS and memory statistics now, and writes its heap
+// profile with -proxy-memprofile.
+func (e *env) measure(p *proxyProc) (int64, proxyStats, error) {
+	rss, err := p.rss()
+	if err != nil {
+		return 0, proxyStats{}, err
+	}
+	st, _ := p.stats()
+	return rss, st, e.heapProfile(p)
 }
 
 // heapProfile writes p's heap profile now, with -proxy-memprofile.
@@ -438,178 +461,4 @@ func waitQuiet(ctx context.Context, pid int) (int64, time.Duration, error) {
 			return n, time.Since(start) - quietFor, nil
 		}
 	}
-}
-
-const (
-	idleWorkers = 32      // open idle sessions in parallel
-	idleReadBuf = 4 << 10 // idle clients read little
-	// idleFDReserve is what the proxy needs besides two descriptors per
-	// session: stdio, listeners, epoll, the log, the IdP connection.
-	idleFDReserve = 32
-)
-
-// benchIdle: n idle authenticated sessions through a fresh proxy, each
-// with its own upstream TLS connection; RSS per session above the proxy's
-// RSS after its warm-up login.
-func (e *env) benchIdle(ctx context.Context, rep *report) error {
-	for _, n := range e.o.idle {
-		if err := e.idleRun(ctx, rep, n); err != nil {
-			return fmt.Errorf("%d idle sessions: %w", n, err)
-		}
-	}
-	return nil
-}
-
-func (e *env) idleRun(ctx context.Context, rep *report, asked int) error {
-	p, err := e.startProxy(fmt.Sprintf("idle%d", asked), false)
-	if err != nil {
-		return err
-	}
-	defer p.stop()
-	// Each relayed session holds two descriptors in the proxy (client and
-	// upstream). Where the hard limit cannot be raised, ask only for what
-	// fits, and say so.
-	n := asked
-	if fit := (int(p.hello.NoFile) - idleFDReserve) / 2; n > fit {
-		n = fit
-		rep.note("%d idle sessions asked for, %d run: the proxy's RLIMIT_NOFILE is %d and cannot be raised on this machine "+
-			"(setrlimit needs CAP_SYS_RESOURCE over the hard limit), and each relayed session holds 2 descriptors.",
-			asked, n, p.hello.NoFile)
-		e.logf("idle: RLIMIT_NOFILE %d allows %d sessions, not %d", p.hello.NoFile, n, asked)
-	}
-	if err := e.warm(ctx, p, proxyUser); err != nil {
-		return err
-	}
-	if err := p.settle(); err != nil {
-		return err
-	}
-	base, err := p.rss()
-	if err != nil {
-		return err
-	}
-
-	ctx, cancel := context.WithTimeout(ctx, stepTimeout)
-	defer cancel()
-	start := time.Now()
-	conns := make([]*imapClient, n)
-	var next atomic.Int64
-	var failed atomic.Int64
-	var firstErr error
-	var errOnce sync.Once
-	var wg sync.WaitGroup
-	for range idleWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n || ctx.Err() != nil {
-					return
-				}
-				c, err := e.dialProxiedBuf(ctx, p, proxyUser, idleReadBuf)
-				if err == nil {
-					// A command through the relay: both directions run.
-					if _, err = c.run("NOOP"); err != nil {
-						c.close()
-					}
-				}
-				if err != nil {
-					failed.Add(1)
-					errOnce.Do(func() { firstErr = err })
-					continue
-				}
-				c.conn.SetDeadline(time.Time{})
-				conns[i] = c
-			}
-		}()
-	}
-	wg.Wait()
-	opened := time.Since(start)
-	defer func() {
-		for _, c := range conns {
-			if c != nil {
-				c.close()
-			}
-		}
-	}()
-	raw, err := p.rss()
-	if err != nil {
-		return err
-	}
-	rawStats, _ := p.stats()
-	if err := p.settle(); err != nil {
-		return err
-	}
-	settled, err := p.rss()
-	if err != nil {
-		return err
-	}
-	st, _ := p.stats()
-	if err := e.heapProfile(p); err != nil {
-		return err
-	}
-
-	// Every session must still work.
-	var alive atomic.Int64
-	next.Store(0)
-	for range idleWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
-				}
-				c := conns[i]
-				if c == nil {
-					continue
-				}
-				c.setDeadline(time.Minute)
-				if _, err := c.run("NOOP"); err != nil {
-					errOnce.Do(func() { firstErr = fmt.Errorf("NOOP on an idle session: %w", err) })
-					continue
-				}
-				alive.Add(1)
-			}
-		}()
-	}
-	wg.Wait()
-
-	ok := alive.Load()
-	if ok == 0 {
-		return fmt.Errorf("no session opened: %w", firstErr)
-	}
-	perRaw := (raw - base) / ok
-	perSettled := (settled - base) / ok
-	rep.add(row{
-		workload: fmt.Sprintf("proxy RSS per idle IMAP session, %d sessions", n),
-		direct:   "—",
-		proxied:  fmt.Sprintf("%s (after GC %s)", kib(perRaw), kib(perSettled)),
-		ratio:    "—",
-		target:   "≤ 64 KiB",
-		met:      yesNo(perRaw <= 64<<10),
-	})
-	held := yesNo(ok == int64(n) && failed.Load() == 0)
-	if n < asked && held == "yes" {
-		held = fmt.Sprintf("no: fd limit allows %d", n)
-	}
-	rep.add(row{
-		workload: fmt.Sprintf("%d idle sessions held", asked),
-		direct:   "—",
-		proxied:  fmt.Sprintf("%d/%d alive, %d failed to open", ok, n, failed.Load()),
-		ratio:    "—",
-		target:   "all, no error",
-		met:      held,
-	})
-	rep.note("%d idle sessions: opened in %s; proxy RSS %.1f MiB before, %.1f MiB with them (%.1f MiB after GC). "+
-		"Go heap in use %.1f MiB (%.1f after GC), stacks %.1f MiB, %d goroutines, %d heap objects.",
-		n, opened.Round(time.Millisecond), float64(base)/(1<<20), float64(raw)/(1<<20), float64(settled)/(1<<20),
-		float64(rawStats.HeapInuse)/(1<<20), float64(st.HeapInuse)/(1<<20), float64(st.StackInuse)/(1<<20),
-		st.Goroutines, st.HeapObjects)
-	if firstErr != nil {
-		rep.note("%d idle sessions: first error: %v", n, firstErr)
-	}
-	e.logf("idle %d: %s per session (after GC %s), %d alive", n, kib(perRaw), kib(perSettled), ok)
-	return nil
 }

@@ -53,17 +53,9 @@ func (e *env) benchLatency(ctx context.Context, rep *report) error {
 		}
 	}
 
-	rtt := map[mode][]time.Duration{}
-	for i := range latencyWarmup + e.o.latencyN {
-		for _, m := range order(i) {
-			t := time.Now()
-			if _, err := sessions[m].run("NOOP"); err != nil {
-				return fmt.Errorf("NOOP %s: %w", m, err)
-			}
-			if i >= latencyWarmup {
-				rtt[m] = append(rtt[m], time.Since(t))
-			}
-		}
+	rtt, err := e.noopRoundTrips(sessions)
+	if err != nil {
+		return err
 	}
 	rep.add(latencyRow(fmt.Sprintf("IMAP NOOP round trip (N=%d each)", e.o.latencyN), rtt))
 
@@ -71,56 +63,13 @@ func (e *env) benchLatency(ctx context.Context, rep *report) error {
 	n := max(e.o.latencyN/4, 10)
 	missed := 0
 	for i := range latencyWarmup/2 + n {
-		for _, m := range []mode{direct, proxied} {
-			if err := sessions[m].startIdle(); err != nil {
-				return fmt.Errorf("IDLE %s: %w", m, err)
-			}
-		}
-		type result struct {
-			m   mode
-			d   time.Duration
-			err error
-		}
-		results := make(chan result, 2)
-		t := time.Now()
-		for _, m := range []mode{direct, proxied} {
-			go func() {
-				err := sessions[m].waitExists()
-				results <- result{m, time.Since(t), err}
-			}()
-		}
-		if _, err := e.up.call("append " + benchUser); err != nil {
+		got, dropped, err := e.idleRound(sessions)
+		if err != nil {
 			return err
 		}
-		got := map[mode]time.Duration{}
-		kick := time.NewTimer(idleKick)
-		valid := true
-		for len(got) < 2 {
-			select {
-			case r := <-results:
-				if r.err != nil {
-					kick.Stop()
-					return fmt.Errorf("IDLE %s: wait for EXISTS: %w", r.m, r.err)
-				}
-				got[r.m] = r.d
-			case <-kick.C:
-				// No notification yet: on a loaded machine a delivery can
-				// take this long, and a lost one must not hang the bench.
-				// Deliver another, drop this round and wait again.
-				valid = false
-				kick.Reset(idleKick)
-				missed++
-				if _, err := e.up.call("append " + benchUser); err != nil {
-					return err
-				}
-			}
-		}
-		kick.Stop()
-		for _, m := range []mode{direct, proxied} {
-			if err := sessions[m].doneIdle(); err != nil {
-				return fmt.Errorf("IDLE %s: DONE: %w", m, err)
-			}
-			if valid && i >= latencyWarmup/2 {
+		missed += dropped
+		if dropped == 0 && i >= latencyWarmup/2 {
+			for _, m := range []mode{direct, proxied} {
 				delay[m] = append(delay[m], got[m])
 			}
 		}
@@ -132,6 +81,80 @@ func (e *env) benchLatency(ctx context.Context, rep *report) error {
 	e.logf("latency: NOOP direct %s proxied %s; IDLE direct %s proxied %s",
 		latencyCell(rtt[direct]), latencyCell(rtt[proxied]), latencyCell(delay[direct]), latencyCell(delay[proxied]))
 	return nil
+}
+
+// noopRoundTrips times NOOP on each session, latencyWarmup + latencyN
+// times, in alternating order, and returns the times after the warm-up.
+func (e *env) noopRoundTrips(sessions map[mode]*imapClient) (map[mode][]time.Duration, error) {
+	rtt := map[mode][]time.Duration{}
+	for i := range latencyWarmup + e.o.latencyN {
+		for _, m := range order(i) {
+			t := time.Now()
+			if _, err := sessions[m].run("NOOP"); err != nil {
+				return nil, fmt.Errorf("NOOP %s: %w", m, err)
+			}
+			if i >= latencyWarmup {
+				rtt[m] = append(rtt[m], time.Since(t))
+			}
+		}
+	}
+	return rtt, nil
+}
+
+// idleRound puts both sessions in IDLE, has the upstream deliver a message
+// and returns how long each took to hear of it, and how many times no
+// notification came within idleKick so that another message was
+// delivered: the times of such a round are not to be counted.
+func (e *env) idleRound(sessions map[mode]*imapClient) (map[mode]time.Duration, int, error) {
+	for _, m := range []mode{direct, proxied} {
+		if err := sessions[m].startIdle(); err != nil {
+			return nil, 0, fmt.Errorf("IDLE %s: %w", m, err)
+		}
+	}
+	type result struct {
+		m   mode
+		d   time.Duration
+		err error
+	}
+	results := make(chan result, 2)
+	t := time.Now()
+	for _, m := range []mode{direct, proxied} {
+		go func() {
+			err := sessions[m].waitExists()
+			results <- result{m, time.Since(t), err}
+		}()
+	}
+	if _, err := e.up.call("append " + benchUser); err != nil {
+		return nil, 0, err
+	}
+	got := map[mode]time.Duration{}
+	kick := time.NewTimer(idleKick)
+	defer kick.Stop()
+	missed := 0
+	for len(got) < 2 {
+		select {
+		case r := <-results:
+			if r.err != nil {
+				return nil, 0, fmt.Errorf("IDLE %s: wait for EXISTS: %w", r.m, r.err)
+			}
+			got[r.m] = r.d
+		case <-kick.C:
+			// No notification yet: on a loaded machine a delivery can
+			// take this long, and a lost one must not hang the bench.
+			// Deliver another, drop this round and wait again.
+			kick.Reset(idleKick)
+			missed++
+			if _, err := e.up.call("append " + benchUser); err != nil {
+				return nil, 0, err
+			}
+		}
+	}
+	for _, m := range []mode{direct, proxied} {
+		if err := sessions[m].doneIdle(); err != nil {
+			return nil, 0, fmt.Errorf("IDLE %s: DONE: %w", m, err)
+		}
+	}
+	return got, missed, nil
 }
 
 // latencyRow reports what the relay adds at the median. There is no fixed

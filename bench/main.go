@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -180,52 +181,24 @@ func parseFlags(args []string) (options, error) {
 	if *rounds > 0 {
 		o.fetchRounds, o.smtpRounds, o.bigRounds = *rounds, *rounds, *rounds
 	}
+	var err error
 	if *idle != "" {
-		o.idle = nil
-		for _, f := range strings.Split(*idle, ",") {
-			n, err := strconv.Atoi(strings.TrimSpace(f))
-			if err != nil || n <= 0 {
-				return options{}, fmt.Errorf("-idle: %q is not a positive count", f)
-			}
-			o.idle = append(o.idle, n)
+		if o.idle, err = intList(*idle, func(n int) bool { return n > 0 }, "-idle: %q is not a positive count"); err != nil {
+			return options{}, err
 		}
 	}
 	if *only != "" {
-		o.only = make(map[string]bool)
-		for _, w := range strings.Split(*only, ",") {
-			w = strings.TrimSpace(w)
-			known := false
-			for _, n := range workloadNames {
-				known = known || n == w
-			}
-			if !known {
-				return options{}, fmt.Errorf("-only: unknown workload %q (have %s)", w, strings.Join(workloadNames, ","))
-			}
-			o.only[w] = true
+		if o.only, err = parseOnly(*only); err != nil {
+			return options{}, err
 		}
 	}
-	switch *upstream {
-	case upstreamFake:
-	case upstreamDovecot:
-		if *records != "" {
-			return options{}, errors.New("-record-size: Dovecot chooses its own record size (4 KiB); use it with -upstream " + upstreamFake)
-		}
-		o.recordSizes = []int{0}
-		if o.only == nil {
-			o.only = map[string]bool{"login": true, "latency": true, "fetch": true}
-		}
-	default:
-		return options{}, fmt.Errorf("-upstream: %q is neither %s nor %s", *upstream, upstreamFake, upstreamDovecot)
+	if err := o.setUpstream(*upstream, *records != ""); err != nil {
+		return options{}, err
 	}
-	o.upstream = *upstream
 	if *records != "" {
-		o.recordSizes = nil
-		for _, f := range strings.Split(*records, ",") {
-			n, err := strconv.Atoi(strings.TrimSpace(f))
-			if err != nil || n < 256 || n > 16<<10 {
-				return options{}, fmt.Errorf("-record-size: %q is not a size from 256 to 16384", f)
-			}
-			o.recordSizes = append(o.recordSizes, n)
+		inRange := func(n int) bool { return n >= 256 && n <= 16<<10 }
+		if o.recordSizes, err = intList(*records, inRange, "-record-size: %q is not a size from 256 to 16384"); err != nil {
+			return options{}, err
 		}
 	}
 	o.cpuProfile, o.memProfile, o.proxyLogDir = *cpuProf, *memProf, *logDir
@@ -233,6 +206,54 @@ func parseFlags(args []string) (options, error) {
 	o.linkMiBps = *link
 	o.progress = os.Stderr
 	return o, nil
+}
+
+// intList parses a comma-separated list of integers that ok accepts; bad
+// is the error for an item that is not one, a format taking the item.
+func intList(list string, ok func(int) bool, bad string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(list, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || !ok(n) {
+			return nil, fmt.Errorf(bad, f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// parseOnly parses -only: comma-separated names from workloadNames.
+func parseOnly(list string) (map[string]bool, error) {
+	only := make(map[string]bool)
+	for _, w := range strings.Split(list, ",") {
+		w = strings.TrimSpace(w)
+		if !slices.Contains(workloadNames, w) {
+			return nil, fmt.Errorf("-only: unknown workload %q (have %s)", w, strings.Join(workloadNames, ","))
+		}
+		only[w] = true
+	}
+	return only, nil
+}
+
+// setUpstream applies -upstream. Dovecot chooses its own TLS record size,
+// so -record-size (records) does not go with it, and without -only it runs
+// the IMAP workloads only.
+func (o *options) setUpstream(upstream string, records bool) error {
+	switch upstream {
+	case upstreamFake:
+	case upstreamDovecot:
+		if records {
+			return errors.New("-record-size: Dovecot chooses its own record size (4 KiB); use it with -upstream " + upstreamFake)
+		}
+		o.recordSizes = []int{0}
+		if o.only == nil {
+			o.only = map[string]bool{"login": true, "latency": true, "fetch": true}
+		}
+	default:
+		return fmt.Errorf("-upstream: %q is neither %s nor %s", upstream, upstreamFake, upstreamDovecot)
+	}
+	o.upstream = upstream
+	return nil
 }
 
 // run runs the selected workloads and returns the report, which holds

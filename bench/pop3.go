@@ -59,21 +59,11 @@ func runPOP3Upstream(args []string, in io.Reader, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ca, err := fake365.NewCA()
-	if err != nil {
-		return err
-	}
-	srvTLS, err := ca.ServerTLS()
-	if err != nil {
-		return err
-	}
-	idp, err := fake365.NewIdP()
+	ca, srvTLS, idp, err := newTenant()
 	if err != nil {
 		return err
 	}
 	defer idp.Close()
-	idp.AddClient(fake365.Client{ID: benchClientID})
-	idp.AddUser(benchUser)
 	store, err := fake365.NewIMAPUpstream(idp, srvTLS)
 	if err != nil {
 		return err
@@ -88,7 +78,7 @@ func runPOP3Upstream(args []string, in io.Reader, out io.Writer) error {
 	if err := store.Append(benchUser, "INBOX", makeMessage(size, "RETR benchmark message", 'p')); err != nil {
 		return err
 	}
-	_, tokenURL, _ := idp.Endpoints("contoso.test")
+	tokenURL := tenantTokenURL(idp)
 	if err := writeJSONLine(out, pop3UpstreamHello{POP3: pop.Addr, CAPEM: string(ca.CertPEM), TokenURL: tokenURL, Size: size, PID: os.Getpid()}); err != nil {
 		return err
 	}
@@ -278,31 +268,20 @@ func (e *env) benchPOP3(ctx context.Context, rep *report) error {
 	defer px.stop()
 	addr := map[mode]string{direct: uh.POP3, proxied: ph.Addr}
 
-	lat := map[mode][]time.Duration{}
-	for i := range loginWarmup + e.o.loginN {
-		for _, m := range order(i) {
-			start := time.Now()
-			c, err := e.dialPOP3(ctx, m, addr[m], token)
-			d := time.Since(start)
-			if err != nil {
-				return fmt.Errorf("POP3 login %d %s: %w", i, m, err)
-			}
-			c.quit()
-			if i >= loginWarmup {
-				lat[m] = append(lat[m], d)
-			}
+	lat, err := e.loginRounds("POP3 login", func(m mode) (time.Duration, error) {
+		start := time.Now()
+		c, err := e.dialPOP3(ctx, m, addr[m], token)
+		d := time.Since(start)
+		if err != nil {
+			return 0, err
 		}
-	}
-	dm, pm := median(lat[direct]), median(lat[proxied])
-	added := pm - dm
-	rep.add(row{
-		workload: fmt.Sprintf("POP3 login, connect to the login's +OK (N=%d each)", e.o.loginN),
-		direct:   latencyCell(lat[direct]),
-		proxied:  latencyCell(lat[proxied]),
-		ratio:    fmt.Sprintf("%.2f× (%+.2f ms)", float64(pm)/float64(dm), float64(added)/float64(time.Millisecond)),
-		target:   "≤ +1 ms at the median",
-		met:      yesNo(added <= time.Millisecond),
+		c.quit()
+		return d, nil
 	})
+	if err != nil {
+		return err
+	}
+	rep.add(loginRow(fmt.Sprintf("POP3 login, connect to the login's +OK (N=%d each)", e.o.loginN), lat))
 	e.logf("pop3 login: direct %s, proxied %s", latencyCell(lat[direct]), latencyCell(lat[proxied]))
 
 	tp := map[mode][]float64{}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -33,6 +34,33 @@ var benchScopes = []string{
 // while it writes a FETCH response, which would serialize clients sharing
 // one mailbox and let one stalled client block the rest.
 func fetchMailbox(i int) string { return "fetch" + strconv.Itoa(i+1) + "@contoso.test" }
+
+// newTenant starts the fake tenant every upstream role has: a CA and the
+// TLS config of a server certificate it signed, and an IdP that knows
+// benchClientID and benchUser. The caller closes the IdP.
+func newTenant() (*fake365.CA, *tls.Config, *fake365.IdP, error) {
+	ca, err := fake365.NewCA()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	srvTLS, err := ca.ServerTLS()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	idp, err := fake365.NewIdP()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	idp.AddClient(fake365.Client{ID: benchClientID})
+	idp.AddUser(benchUser)
+	return ca, srvTLS, idp, nil
+}
+
+// tenantTokenURL is the token endpoint the bench's clients use.
+func tenantTokenURL(idp *fake365.IdP) string {
+	_, tokenURL, _ := idp.Endpoints("contoso.test")
+	return tokenURL
+}
 
 // upstreamHello is what the upstream role tells the orchestrator.
 type upstreamHello struct {
@@ -72,21 +100,11 @@ func runUpstream(args []string, in io.Reader, out io.Writer) error {
 		return runDovecotUpstream(*fetchSize, *mailboxes, *linkMiBps, in, out)
 	}
 
-	ca, err := fake365.NewCA()
-	if err != nil {
-		return err
-	}
-	srvTLS, err := ca.ServerTLS()
-	if err != nil {
-		return err
-	}
-	idp, err := fake365.NewIdP()
+	ca, srvTLS, idp, err := newTenant()
 	if err != nil {
 		return err
 	}
 	defer idp.Close()
-	idp.AddClient(fake365.Client{ID: benchClientID})
-	idp.AddUser(benchUser)
 
 	imapUp, err := fake365.NewIMAPUpstream(idp, srvTLS)
 	if err != nil {
@@ -124,18 +142,41 @@ func runUpstream(args []string, in io.Reader, out io.Writer) error {
 		imapAddr = l.Addr().String()
 	}
 
-	_, tokenURL, _ := idp.Endpoints("contoso.test")
-	if err := writeJSONLine(out, upstreamHello{
+	return serveUpstream(in, out, idp, upstreamHello{
 		IMAP:         imapAddr,
 		SMTP:         smtpUp.Addr,
 		CAPEM:        string(ca.CertPEM),
-		TokenURL:     tokenURL,
 		FetchSize:    *fetchSize,
 		Mailboxes:    *mailboxes,
-		PID:          os.Getpid(),
 		Kind:         "fake365",
 		MailboxNames: names,
-	}); err != nil {
+	}, upstreamServer{
+		conns: func() string { return fmt.Sprintf("%d %d", imapUp.Conns(), smtpUp.Conns()) },
+		records: func(arg string) error {
+			n, err := strconv.Atoi(arg)
+			if err != nil {
+				return fmt.Errorf("records: %q is not a size", arg)
+			}
+			imapUp.SetRecordSize(n)
+			return nil
+		},
+		deliver: func(mailbox string) error { return imapUp.Append(mailbox, "INBOX", []byte(idleMessage)) },
+	})
+}
+
+// upstreamServer is what the fake365 and the Dovecot upstream roles do
+// each their own way.
+type upstreamServer struct {
+	conns   func() string         // the open IMAP and SMTP connections, "IMAP SMTP"
+	records func(n string) error  // IMAP connections from now on write TLS records of n bytes
+	deliver func(to string) error // deliver idleMessage to a mailbox's INBOX
+}
+
+// serveUpstream says hello (with the tenant's token URL and this process's
+// PID) and answers the orchestrator's commands (see runUpstream).
+func serveUpstream(in io.Reader, out io.Writer, idp *fake365.IdP, hello upstreamHello, s upstreamServer) error {
+	hello.TokenURL, hello.PID = tenantTokenURL(idp), os.Getpid()
+	if err := writeJSONLine(out, hello); err != nil {
 		return err
 	}
 	return serveCommands(in, out, func(cmd, arg string) (string, error) {
@@ -143,16 +184,11 @@ func runUpstream(args []string, in io.Reader, out io.Writer) error {
 		case "rt":
 			return idp.GrantRefreshToken(benchClientID, benchUser, benchScopes), nil
 		case "conns":
-			return fmt.Sprintf("%d %d", imapUp.Conns(), smtpUp.Conns()), nil
+			return s.conns(), nil
 		case "records":
-			n, err := strconv.Atoi(arg)
-			if err != nil {
-				return "", fmt.Errorf("records: %q is not a size", arg)
-			}
-			imapUp.SetRecordSize(n)
-			return "ok", nil
+			return "ok", s.records(arg)
 		case "append":
-			return "ok", imapUp.Append(arg, "INBOX", []byte(idleMessage))
+			return "ok", s.deliver(arg)
 		}
 		return "", fmt.Errorf("unknown command %q", cmd)
 	})
@@ -172,21 +208,11 @@ func runDovecotUpstream(fetchSize int64, mailboxes int, linkMiBps float64, in io
 	if linkMiBps > 0 {
 		return fmt.Errorf("-link-mibps is not supported with Dovecot")
 	}
-	ca, err := fake365.NewCA()
-	if err != nil {
-		return err
-	}
-	srvTLS, err := ca.ServerTLS()
-	if err != nil {
-		return err
-	}
-	idp, err := fake365.NewIdP()
+	ca, srvTLS, idp, err := newTenant()
 	if err != nil {
 		return err
 	}
 	defer idp.Close()
-	idp.AddClient(fake365.Client{ID: benchClientID})
-	idp.AddUser(benchUser)
 	smtpUp, err := fake365.NewSMTPUpstream(idp, srvTLS, false)
 	if err != nil {
 		return err
@@ -218,32 +244,18 @@ func runDovecotUpstream(fetchSize int64, mailboxes int, linkMiBps float64, in io
 			names = append(names, benchUser)
 		}
 	}
-	_, tokenURL, _ := idp.Endpoints("contoso.test")
-	if err := writeJSONLine(out, upstreamHello{
+	return serveUpstream(in, out, idp, upstreamHello{
 		IMAP:         dv.IMAPS,
 		SMTP:         smtpUp.Addr,
 		CAPEM:        string(ca.CertPEM),
-		TokenURL:     tokenURL,
 		FetchSize:    fetchSize,
 		Mailboxes:    mailboxes,
-		PID:          os.Getpid(),
 		Kind:         "dovecot",
 		MailboxNames: names,
-	}); err != nil {
-		return err
-	}
-	return serveCommands(in, out, func(cmd, arg string) (string, error) {
-		switch cmd {
-		case "rt":
-			return idp.GrantRefreshToken(benchClientID, benchUser, benchScopes), nil
-		case "conns":
-			return fmt.Sprintf("0 %d", smtpUp.Conns()), nil
-		case "records":
-			return "", errors.New("the TLS record size is chosen by Dovecot itself")
-		case "append":
-			return "ok", dv.Deliver(strings.ToLower(arg), []byte(idleMessage))
-		}
-		return "", fmt.Errorf("unknown command %q", cmd)
+	}, upstreamServer{
+		conns:   func() string { return fmt.Sprintf("0 %d", smtpUp.Conns()) },
+		records: func(string) error { return errors.New("the TLS record size is chosen by Dovecot itself") },
+		deliver: func(mailbox string) error { return dv.Deliver(strings.ToLower(mailbox), []byte(idleMessage)) },
 	})
 }
 

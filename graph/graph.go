@@ -30,6 +30,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"mailproxy/internal/wait"
 )
 
 // Graph's limits and our timing, in one place.
@@ -149,20 +151,9 @@ func NewSender(mailbox string, tokens TokenSource, opts Options) *Sender {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	if opts.Sleep == nil {
-		opts.Sleep = sleep
+		opts.Sleep = wait.Sleep
 	}
 	return &Sender{opts: opts, mailbox: mailbox, tokens: tokens, log: opts.Logger.With("mailbox", mailbox, "via", "graph")}
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 // Limits caps the requests in flight per mailbox. The zero value is not

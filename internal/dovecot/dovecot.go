@@ -420,24 +420,21 @@ userdb {
   driver = static
   args = uid=%[11]s gid=%[11]s home=%[9]s/%%u
 }
-service imap-login {
-  inet_listener imap {
+%[12]s%[13]s`, q("run"), q("state"), instance, q("dovecot.log"), q("cert.pem"), q("key.pem"),
+		ids.internal, ids.login, q("mail"), q("oauth2.conf.ext"), ids.mail, loginService("imap", imaps), loginService("pop3", pop3s))
+}
+
+// loginService is the login service of protocol: its plain-text listener
+// off, its implicit TLS one on port.
+func loginService(protocol string, port int) string {
+	return fmt.Sprintf(`service %[1]s-login {
+  inet_listener %[1]s {
     port = 0
   }
-  inet_listener imaps {
-    port = %[12]d
+  inet_listener %[1]ss {
+    port = %[2]d
     ssl = yes
   }
 }
-service pop3-login {
-  inet_listener pop3 {
-    port = 0
-  }
-  inet_listener pop3s {
-    port = %[13]d
-    ssl = yes
-  }
-}
-`, q("run"), q("state"), instance, q("dovecot.log"), q("cert.pem"), q("key.pem"),
-		ids.internal, ids.login, q("mail"), q("oauth2.conf.ext"), ids.mail, imaps, pop3s)
+`, protocol, port)
 }

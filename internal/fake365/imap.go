@@ -6,6 +6,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapserver"
+	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
+	"github.com/emersion/go-sasl"
 	"io"
 	"log"
 	"net"
@@ -13,11 +17,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/emersion/go-imap/v2"
-	"github.com/emersion/go-imap/v2/imapserver"
-	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
-	"github.com/emersion/go-sasl"
 )
 
 // Replies that mimic Exchange Online and Gmail. Clients (and our proxy)
@@ -62,7 +61,7 @@ type IMAPUpstream struct {
 
 	mu        sync.Mutex                     // protects mailboxes, delegates and folders
 	mailboxes map[string]*imapmemserver.User // key: lower-case address
-	delegates map[string]map[string]struct{} // lower-case mailbox -> lower-case delegate
+	delegates delegations
 	folders   map[string]map[string]struct{} // lower-case mailbox -> folder names (folders.go)
 	// Exchange's setup failures by lower-case mailbox (exchange_errors.go).
 	refuseApps, notConnected map[string]bool
@@ -75,17 +74,17 @@ func NewIMAPUpstream(v TokenValidator, tlsCfg *tls.Config) (*IMAPUpstream, error
 	if v == nil {
 		return nil, errors.New("fake365: new IMAP upstream: nil TokenValidator")
 	}
-	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	tl, err := listenTracking("IMAP")
 	if err != nil {
-		return nil, fmt.Errorf("fake365: IMAP upstream listen: %w", err)
+		return nil, err
 	}
 	u := &IMAPUpstream{
-		Addr:         raw.Addr().String(),
+		Addr:         tl.Addr().String(),
 		validator:    v,
-		ln:           newTrackingListener(raw),
+		ln:           tl,
 		serveDone:    make(chan struct{}),
 		mailboxes:    make(map[string]*imapmemserver.User),
-		delegates:    make(map[string]map[string]struct{}),
+		delegates:    make(delegations),
 		folders:      make(map[string]map[string]struct{}),
 		refuseApps:   make(map[string]bool),
 		notConnected: make(map[string]bool),
@@ -121,14 +120,7 @@ func NewIMAPUpstream(v TokenValidator, tlsCfg *tls.Config) (*IMAPUpstream, error
 // Close stops the listener and closes every live connection.
 func (u *IMAPUpstream) Close() error {
 	u.closeOnce.Do(func() {
-		u.closeErr = u.srv.Close()
-		// Serve may not have registered the listener with imapserver yet, and
-		// a connection accepted a moment ago may not be in imapserver's set.
-		if err := u.ln.Close(); err != nil && u.closeErr == nil && !errors.Is(err, net.ErrClosed) {
-			u.closeErr = err
-		}
-		u.ln.closeAll()
-		<-u.serveDone
+		u.closeErr = u.ln.shutdown(u.srv.Close, u.serveDone)
 		u.closeStore()
 	})
 	if u.closeErr != nil {
@@ -160,13 +152,9 @@ func (u *IMAPUpstream) AddMailbox(mailbox string) {
 // Delegate lets tokens issued to username open mailbox (a shared mailbox
 // with FullAccess for that user).
 func (u *IMAPUpstream) Delegate(mailbox, username string) {
-	key := strings.ToLower(mailbox)
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.delegates[key] == nil {
-		u.delegates[key] = make(map[string]struct{})
-	}
-	u.delegates[key][strings.ToLower(username)] = struct{}{}
+	u.delegates.add(mailbox, username)
 }
 
 // Append stores msg in folder of mailbox; the folder is created when
@@ -259,6 +247,18 @@ func (u *IMAPUpstream) authorize(mailbox, token string) (*imapmemserver.User, ti
 		return nil, time.Time{}, false
 	}
 	return user, expiry, true
+}
+
+// delegations says who may open a mailbox besides its owner: lower-case
+// mailbox -> lower-case usernames.
+type delegations map[string]map[string]struct{}
+
+func (d delegations) add(mailbox, username string) {
+	key := strings.ToLower(mailbox)
+	if d[key] == nil {
+		d[key] = make(map[string]struct{})
+	}
+	d[key][strings.ToLower(username)] = struct{}{}
 }
 
 // mayAct reports whether a token for subject may act as mailbox.
@@ -419,123 +419,4 @@ func parseXOAuth2(resp []byte) (user, token string, err error) {
 		return "", "", errors.New("fake365: XOAUTH2 response lacks user or auth")
 	}
 	return user, token, nil
-}
-
-// trackingListener counts connections and remembers the open ones, so
-// Close can close connections the protocol server has not registered yet
-// and tests can wait for connections to go away.
-type trackingListener struct {
-	net.Listener
-
-	mu       sync.Mutex // protects everything below
-	conns    map[*trackedConn]struct{}
-	accepted int
-	closed   bool
-	changed  chan struct{} // closed and replaced when the set of conns changes
-}
-
-func newTrackingListener(ln net.Listener) *trackingListener {
-	return &trackingListener{
-		Listener: ln,
-		conns:    make(map[*trackedConn]struct{}),
-		changed:  make(chan struct{}),
-	}
-}
-
-func (l *trackingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	tc := &trackedConn{Conn: c, l: l}
-	l.mu.Lock()
-	closed := l.closed
-	if !closed {
-		l.conns[tc] = struct{}{}
-		l.accepted++
-		l.notifyLocked()
-	}
-	l.mu.Unlock()
-	if closed {
-		c.Close()
-		return nil, net.ErrClosed
-	}
-	return tc, nil
-}
-
-// locked runs f under the listener lock. Settings written in f are seen by
-// the goroutines of every connection accepted later: Accept takes the same
-// lock before the server starts a connection goroutine.
-func (l *trackingListener) locked(f func()) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	f()
-}
-
-func (l *trackingListener) notifyLocked() {
-	close(l.changed)
-	l.changed = make(chan struct{})
-}
-
-func (l *trackingListener) remove(tc *trackedConn) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if _, ok := l.conns[tc]; ok {
-		delete(l.conns, tc)
-		l.notifyLocked()
-	}
-}
-
-func (l *trackingListener) open() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.conns)
-}
-
-func (l *trackingListener) total() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.accepted
-}
-
-func (l *trackingListener) waitOpen(ctx context.Context, n int) error {
-	for {
-		l.mu.Lock()
-		got, changed := len(l.conns), l.changed
-		l.mu.Unlock()
-		if got == n {
-			return nil
-		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return fmt.Errorf("fake365: wait for %d open connections (have %d): %w", n, got, ctx.Err())
-		}
-	}
-}
-
-// closeAll stops accepting and closes every open connection.
-func (l *trackingListener) closeAll() {
-	l.mu.Lock()
-	l.closed = true
-	conns := make([]*trackedConn, 0, len(l.conns))
-	for c := range l.conns {
-		conns = append(conns, c)
-	}
-	l.mu.Unlock()
-	for _, c := range conns {
-		c.Close()
-	}
-}
-
-type trackedConn struct {
-	net.Conn
-	l    *trackingListener
-	once sync.Once
-}
-
-func (c *trackedConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(func() { c.l.remove(c) })
-	return err
 }

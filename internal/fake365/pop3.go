@@ -65,15 +65,15 @@ func NewPOP3Upstream(v TokenValidator, store *IMAPUpstream, tlsCfg *tls.Config) 
 	if v == nil || store == nil {
 		return nil, errors.New("fake365: new POP3 upstream: nil TokenValidator or store")
 	}
-	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	tl, err := listenTracking("POP3")
 	if err != nil {
-		return nil, fmt.Errorf("fake365: POP3 upstream listen: %w", err)
+		return nil, err
 	}
 	u := &POP3Upstream{
-		Addr:      raw.Addr().String(),
+		Addr:      tl.Addr().String(),
 		validator: v,
 		store:     store,
-		ln:        newTrackingListener(raw),
+		ln:        tl,
 		tlsCfg:    tlsCfg,
 		serveDone: make(chan struct{}),
 	}
@@ -107,9 +107,7 @@ func (u *POP3Upstream) serve() {
 // their goroutines.
 func (u *POP3Upstream) Close() error {
 	u.closeOnce.Do(func() {
-		u.ln.Close()
-		u.ln.closeAll()
-		<-u.serveDone
+		u.ln.shutdown(nil, u.serveDone)
 	})
 	return nil
 }
@@ -247,50 +245,55 @@ func (s *pop3Session) line(text string) {
 
 // command runs one command; it reports false to end the connection.
 func (s *pop3Session) command(cmd, arg, line string) bool {
-	if cmd == "CAPA" {
+	switch {
+	case cmd == "CAPA":
 		s.line("+OK")
 		for _, c := range []string{"TOP", "UIDL", "SASL XOAUTH2", "USER", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"} {
 			s.line(c)
 		}
 		s.line(".")
 		return true
-	}
-	if cmd == "QUIT" {
+	case cmd == "QUIT":
 		if s.store != nil && !s.update() {
 			s.line("-ERR some deleted messages were not removed")
 			return false
 		}
 		s.line("+OK Microsoft Exchange Server POP3 server signing off.")
 		return false
+	case s.store == nil:
+		return s.authorizationCommand(cmd, arg, line)
 	}
-	if s.store == nil {
-		switch cmd {
-		case "AUTH":
-			return s.auth(arg, len(line))
-		case "USER":
-			s.line("+OK")
-		case "PASS":
-			s.up.failures.Add(1)
-			s.line(pop3LoginDisabled)
-		case "NOOP", "STAT", "LIST", "UIDL", "RETR", "TOP", "DELE", "RSET":
-			s.line("-ERR command not valid in this state")
-		default:
-			s.line("-ERR Protocol error: unknown command.")
-		}
-		return true
+	s.transactionCommand(cmd, arg)
+	return true
+}
+
+// authorizationCommand answers a command before the login (RFC 1939's
+// AUTHORIZATION state). It returns false when the connection is to end.
+func (s *pop3Session) authorizationCommand(cmd, arg, line string) bool {
+	switch cmd {
+	case "AUTH":
+		return s.auth(arg, len(line))
+	case "USER":
+		s.line("+OK")
+	case "PASS":
+		s.up.failures.Add(1)
+		s.line(pop3LoginDisabled)
+	case "NOOP", "STAT", "LIST", "UIDL", "RETR", "TOP", "DELE", "RSET":
+		s.line("-ERR command not valid in this state")
+	default:
+		s.line("-ERR Protocol error: unknown command.")
 	}
+	return true
+}
+
+// transactionCommand answers a command on the mailbox after the login
+// (RFC 1939's TRANSACTION state).
+func (s *pop3Session) transactionCommand(cmd, arg string) {
 	switch cmd {
 	case "NOOP":
 		s.line("+OK")
 	case "STAT":
-		n, size := 0, int64(0)
-		for _, m := range s.msgs {
-			if !m.deleted {
-				n++
-				size += m.size
-			}
-		}
-		fmt.Fprintf(s.w, "+OK %d %d\r\n", n, size)
+		s.stat()
 	case "LIST", "UIDL":
 		s.list(cmd, arg)
 	case "RETR":
@@ -299,16 +302,7 @@ func (s *pop3Session) command(cmd, arg, line string) bool {
 			s.retr(n, m, -1)
 		}
 	case "TOP":
-		a, b, _ := strings.Cut(arg, " ")
-		lines, err := strconv.Atoi(b)
-		if err != nil || lines < 0 {
-			s.line("-ERR usage: TOP msg lines")
-			return true
-		}
-		n, m := s.msg(a)
-		if m != nil {
-			s.retr(n, m, lines)
-		}
+		s.top(arg)
 	case "DELE":
 		n, m := s.msg(arg)
 		if m != nil {
@@ -325,7 +319,32 @@ func (s *pop3Session) command(cmd, arg, line string) bool {
 	default:
 		s.line("-ERR Protocol error: unknown command.")
 	}
-	return true
+}
+
+// stat answers STAT: the number and total size of the messages not deleted.
+func (s *pop3Session) stat() {
+	n, size := 0, int64(0)
+	for _, m := range s.msgs {
+		if !m.deleted {
+			n++
+			size += m.size
+		}
+	}
+	fmt.Fprintf(s.w, "+OK %d %d\r\n", n, size)
+}
+
+// top answers TOP msg lines.
+func (s *pop3Session) top(arg string) {
+	a, b, _ := strings.Cut(arg, " ")
+	lines, err := strconv.Atoi(b)
+	if err != nil || lines < 0 {
+		s.line("-ERR usage: TOP msg lines")
+		return
+	}
+	n, m := s.msg(a)
+	if m != nil {
+		s.retr(n, m, lines)
+	}
 }
 
 // msg looks up a message number; it answers -ERR itself when there is no
