@@ -76,6 +76,19 @@ func (s *Server) pruneLocked(now time.Time) {
 	}
 }
 
+// oldestKey is the key of the entry of m that expires first: the one a
+// full table drops to make room.
+func oldestKey[V any](m map[string]V, expires func(V) time.Time) string {
+	var key string
+	var first time.Time
+	for k, v := range m {
+		if e := expires(v); key == "" || e.Before(first) {
+			key, first = k, e
+		}
+	}
+	return key
+}
+
 // redirectURL is where the identity provider sends the browser back.
 func (s *Server) redirectURL(r *http.Request, p *oauth.Provider) string {
 	if s.opts.RedirectURL != "" {
@@ -147,13 +160,7 @@ func (s *Server) handleSignIn(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.pruneLocked(now)
 	if len(s.flows) >= maxFlows {
-		var oldest string
-		for k, f := range s.flows {
-			if oldest == "" || f.expires.Before(s.flows[oldest].expires) {
-				oldest = k
-			}
-		}
-		delete(s.flows, oldest)
+		delete(s.flows, oldestKey(s.flows, func(f *authFlow) time.Time { return f.expires }))
 	}
 	s.flows[auth.State()] = &authFlow{auth: auth, account: a.Username, session: sess.id, expires: now.Add(flowLifetime)}
 	flowKey := sess.flowKey
@@ -254,13 +261,7 @@ func (s *Server) addPending(session, account, flow string, ts oauth.TokenSet, id
 	defer s.mu.Unlock()
 	s.pruneLocked(now)
 	if len(s.pending) >= maxFlows {
-		var oldest string
-		for k, e := range s.pending {
-			if oldest == "" || e.expires.Before(s.pending[oldest].expires) {
-				oldest = k
-			}
-		}
-		delete(s.pending, oldest)
+		delete(s.pending, oldestKey(s.pending, func(p *pendingSet) time.Time { return p.expires }))
 	}
 	s.pending[p.id] = p
 	return p.id
@@ -371,14 +372,9 @@ func (s *Server) startDevice(w http.ResponseWriter, r *http.Request, sess *sessi
 	}
 	s.pruneLocked(now)
 	if len(s.devices) >= maxFlows {
-		var oldest *deviceSignIn
-		for _, e := range s.devices {
-			if oldest == nil || e.expires.Before(oldest.expires) {
-				oldest = e
-			}
-		}
-		oldest.cancel()
-		delete(s.devices, oldest.id)
+		k := oldestKey(s.devices, func(d *deviceSignIn) time.Time { return d.expires })
+		s.devices[k].cancel()
+		delete(s.devices, k)
 	}
 	s.devices[d.id] = d
 	s.wg.Add(1)

@@ -361,3 +361,33 @@ func TestDeviceRefusedOffersBrowser(t *testing.T) {
 		})
 	}
 }
+
+// A Google provider (OfflineConsent) gets access_type=offline and
+// prompt=consent from the admin page as from the CLI: one rule, in
+// oauth.NewAuthCode.
+func TestSignInOfflineConsent(t *testing.T) {
+	e := newEnv(t)
+	e.prov.OfflineConsent = true
+	q := mustURL(t, startSignIn(t, e.browser(), alice)).Query()
+	if q.Get("access_type") != "offline" || q.Get("prompt") != "consent" {
+		t.Errorf("sign-in address for an OfflineConsent provider: access_type %q, prompt %q; want offline, consent", q.Get("access_type"), q.Get("prompt"))
+	}
+}
+
+// A full table of sign-ins drops the one that expires first.
+func TestOldestKey(t *testing.T) {
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	m := map[string]*pendingSet{}
+	for i, k := range []string{"c", "a", "d", "b"} {
+		m[k] = &pendingSet{expires: base.Add(time.Duration([]int{3, 5, 1, 4}[i]) * time.Minute)}
+	}
+	expires := func(p *pendingSet) time.Time { return p.expires }
+	for range 20 { // map order varies between runs of the loop
+		if got := oldestKey(m, expires); got != "d" {
+			t.Fatalf("oldestKey = %q, want \"d\" (expires first)", got)
+		}
+	}
+	if got := oldestKey(map[string]*pendingSet{}, expires); got != "" {
+		t.Errorf("oldestKey of an empty table = %q, want \"\"", got)
+	}
+}

@@ -162,7 +162,7 @@ func (a *Accounts) Authenticate(ctx context.Context, username, password string, 
 	if err := lo.Begin(ctx, key, remote); err != nil {
 		var le *LockedOutError
 		if errors.As(err, &le) {
-			return nil, &AuthError{Kind: AuthUnavailable, Msg: clientText(le.Message()), Err: err}
+			return nil, &AuthError{Kind: AuthUnavailable, Msg: ClientText(le.Message()), Err: err}
 		}
 		return nil, &AuthError{Kind: AuthUnavailable, Msg: "server busy; " + msgTryLater,
 			Err: fmt.Errorf("wait before a password check: %w", err)}
@@ -299,7 +299,7 @@ func (a *Accounts) openVault(ctx context.Context, spec AccountSpec, password str
 func notSignedIn(username string, cause error) *AuthError {
 	return &AuthError{
 		Kind: AuthNeedsSignIn,
-		Msg:  clientText("account " + username + " is not signed in; an admin must run `" + cmdline.Login(username) + "`"),
+		Msg:  ClientText("account " + username + " is not signed in; an admin must run `" + cmdline.Login(username) + "`"),
 		Err:  cause,
 	}
 }

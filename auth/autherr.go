@@ -50,12 +50,12 @@ func TokenAuthError(username string, err error) *AuthError {
 		} else {
 			msg += " (" + cmdline.Login(username) + ")"
 		}
-		return &AuthError{Kind: AuthNeedsSignIn, Msg: clientText(msg), Err: err}
+		return &AuthError{Kind: AuthNeedsSignIn, Msg: ClientText(msg), Err: err}
 	case isTemporary(err):
 		if hint == "" {
 			hint = msgTryLater
 		}
-		return &AuthError{Kind: AuthUnavailable, Msg: clientText(msgTokenTemporary + ": " + hint), Err: err}
+		return &AuthError{Kind: AuthUnavailable, Msg: ClientText(msgTokenTemporary + ": " + hint), Err: err}
 	default:
 		return &AuthError{Kind: AuthUnavailable, Msg: msgTokenFailed, Err: err}
 	}
@@ -115,10 +115,13 @@ func anyInChain(err error, f func(error) bool) bool {
 	return false
 }
 
-// clientText makes s safe for a one-line protocol reply: control characters
+// ClientText makes s safe for a one-line protocol reply: control characters
 // (CR and LF above all) become spaces, runs of spaces collapse, and the text
-// is cut at msgMaxLen bytes.
-func clientText(s string) string {
+// is cut at msgMaxLen (400) bytes, on a character boundary. It is the one
+// sanitizer of text a client sees: the AuthErrors auth makes carry their
+// Msg through it, and the fronts use it for any other text (an upstream's
+// reply) that goes to a client.
+func ClientText(s string) string {
 	var b strings.Builder
 	b.Grow(len(s))
 	space := false

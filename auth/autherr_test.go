@@ -148,8 +148,8 @@ func TestClientText(t *testing.T) {
 		{long, strings.Repeat("é", msgMaxLen/2)},
 	}
 	for _, tt := range tests {
-		if got := clientText(tt.in); got != tt.want {
-			t.Errorf("clientText(%q) = %q, want %q", tt.in, got, tt.want)
+		if got := ClientText(tt.in); got != tt.want {
+			t.Errorf("ClientText(%q) = %q, want %q", tt.in, got, tt.want)
 		}
 	}
 }

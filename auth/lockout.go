@@ -368,25 +368,23 @@ func (l *Lockout) changed() {
 }
 
 func (l *Lockout) pairLocked(k pairKey, now time.Time) *strikes {
-	s := l.pairs[k]
-	if s == nil {
-		if len(l.pairs) >= lockoutMaxEntries {
-			prune(l.pairs, now, l.window)
-		}
-		s = &strikes{}
-		l.pairs[k] = s
-	}
-	return s
+	return strikesIn(l.pairs, k, now, l.window)
 }
 
 func (l *Lockout) addrLocked(p netip.Prefix, now time.Time) *strikes {
-	s := l.addrs[p]
+	return strikesIn(l.addrs, p, now, l.window)
+}
+
+// strikesIn returns k's record in table m, adding one (after pruning a
+// full table) if there is none.
+func strikesIn[K comparable](m map[K]*strikes, k K, now time.Time, window time.Duration) *strikes {
+	s := m[k]
 	if s == nil {
-		if len(l.addrs) >= lockoutMaxEntries {
-			prune(l.addrs, now, l.window)
+		if len(m) >= lockoutMaxEntries {
+			prune(m, now, window)
 		}
 		s = &strikes{}
-		l.addrs[p] = s
+		m[k] = s
 	}
 	return s
 }

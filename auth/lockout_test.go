@@ -333,7 +333,7 @@ func TestAccountsLockoutVault(t *testing.T) {
 	ctx := context.Background()
 	for range 3 {
 		_, err := a.Authenticate(ctx, "new@x", "x", addr1)
-		wantAuthError(t, err, AuthNeedsSignIn, clientText("account new@x is not signed in; an admin must run `mailproxy login new@x`"))
+		wantAuthError(t, err, AuthNeedsSignIn, ClientText("account new@x is not signed in; an admin must run `mailproxy login new@x`"))
 	}
 	if _, err := a.Authenticate(ctx, "v@x", "wrong", addr1); err == nil {
 		t.Fatalf("Authenticate(wrong) = nil error")

@@ -110,6 +110,7 @@ func TestVerifyPasswordMalformed(t *testing.T) {
 		{"space", with("m=64, t=1,p=1")},
 		{"padded salt", "$argon2id$v=19$m=64,t=1,p=1$" + salt + "==$" + hash},
 		{"short salt", "$argon2id$v=19$m=64,t=1,p=1$c2FsdA$" + hash},
+		{"100-byte salt (config's check refuses it too)", "$argon2id$v=19$m=64,t=1,p=1$" + strings.Repeat("c2Fs", 33) + "cw$" + hash},
 		{"bad salt", "$argon2id$v=19$m=64,t=1,p=1$!!!!$" + hash},
 		{"short hash", "$argon2id$v=19$m=64,t=1,p=1$" + salt + "$c2hvcnQ"},
 		{"long hash", "$argon2id$v=19$m=64,t=1,p=1$" + salt + "$" + strings.Repeat("A", 100)},

@@ -59,6 +59,8 @@ func TestQuick(t *testing.T) {
 		"SMTP 50 messages",
 		"SMTP one 2 MiB message",
 		"proxy CPU per GB relayed (SMTP",
+		"SMTP one 2 MiB message, STARTTLS to the proxy",
+		"proxy CPU per GB relayed (SMTP, both workloads, STARTTLS",
 		"stalled mid-FETCH",
 		"per idle IMAP session, 100 sessions",
 		"100 idle sessions held",

@@ -55,6 +55,9 @@ type proxyHello struct {
 	NoFile uint64 `json:"nofile"` // RLIMIT_NOFILE in force
 	// SMTPProto is the address of the pass-through SMTP experiment.
 	SMTPProto string `json:"smtp_proto,omitempty"`
+	// SMTPCAPEM is the CA of the certificate the SMTP front offers with
+	// STARTTLS (smtpwork.go).
+	SMTPCAPEM string `json:"smtp_ca_pem"`
 }
 
 // proxyStats is the answer to "stats": the Go runtime's view of the
@@ -147,6 +150,10 @@ func runProxy(args []string, in io.Reader, out io.Writer) error {
 	}
 
 	smtpSrv := &smtpfront.Server{Auth: accounts, Logger: logger.With("proto", "smtp")}
+	smtpCA, err := smtpFrontTLS(smtpSrv)
+	if err != nil {
+		return err
+	}
 	imapLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -186,6 +193,7 @@ func runProxy(args []string, in io.Reader, out io.Writer) error {
 		PID:       os.Getpid(),
 		NoFile:    raiseNoFile(wantNoFile),
 		SMTPProto: protoAddr,
+		SMTPCAPEM: smtpCA,
 	}); err != nil {
 		return err
 	}

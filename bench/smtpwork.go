@@ -3,8 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	smtpfront "mailproxy/front/smtp"
+	"mailproxy/internal/fake365"
 	"mailproxy/upstream"
 	"sync"
 	"time"
@@ -25,16 +29,52 @@ func (x xoauth2Client) Start() (string, []byte, error) {
 
 func (x xoauth2Client) Next([]byte) ([]byte, error) { return []byte{}, nil }
 
+// proxiedTLS is a client of the proxy that starts TLS with STARTTLS; the
+// SMTP workloads run it next to proxied (plain TCP), on the same DATA path.
+const proxiedTLS = prototype + 1
+
+// smtpModeName names the SMTP modes in progress lines and the report.
+func smtpModeName(m mode) string {
+	if m == proxiedTLS {
+		return "proxied STARTTLS"
+	}
+	return m.String()
+}
+
+// smtpFrontTLS gives the proxy's SMTP front a certificate from a fake CA
+// of its own, so that it offers STARTTLS, and returns the CA in PEM for
+// the clients.
+func smtpFrontTLS(srv *smtpfront.Server) (string, error) {
+	ca, err := fake365.NewCA()
+	if err != nil {
+		return "", err
+	}
+	if srv.TLSConfig, err = ca.ServerTLS("127.0.0.1"); err != nil {
+		return "", err
+	}
+	return string(ca.CertPEM), nil
+}
+
 // smtpClient opens an authenticated submission session: STARTTLS and
-// XOAUTH2 to the upstream, or plain TCP and AUTH PLAIN to the proxy.
+// XOAUTH2 to the upstream; plain TCP (or STARTTLS, for proxiedTLS) and
+// AUTH PLAIN to the proxy.
 func (e *env) smtpClient(p *proxyProc, m mode) (*smtp.Client, error) {
 	var c *smtp.Client
 	var err error
 	var auth sasl.Client
-	if m == direct {
+	switch m {
+	case direct:
 		c, err = smtp.DialStartTLS(e.upInfo.SMTP, e.clientTLS)
 		auth = xoauth2Client{benchUser, e.token}
-	} else {
+	case proxiedTLS:
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM([]byte(p.hello.SMTPCAPEM)) {
+			return nil, errors.New("the proxy sent no SMTP front CA")
+		}
+		cfg := &tls.Config{RootCAs: roots, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
+		c, err = smtp.DialStartTLS(p.hello.SMTP, cfg)
+		auth = sasl.NewPlainClient("", proxyUser, benchPassword)
+	default:
 		addr := p.hello.SMTP
 		if m == prototype {
 			addr = p.hello.SMTPProto
@@ -43,13 +83,13 @@ func (e *env) smtpClient(p *proxyProc, m mode) (*smtp.Client, error) {
 		auth = sasl.NewPlainClient("", proxyUser, benchPassword)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("connect %s: %w", m, err)
+		return nil, fmt.Errorf("connect %s: %w", smtpModeName(m), err)
 	}
 	c.CommandTimeout = stepTimeout
 	c.SubmissionTimeout = stepTimeout
 	if err := c.Auth(auth); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("AUTH %s: %w", m, err)
+		return nil, fmt.Errorf("AUTH %s: %w", smtpModeName(m), err)
 	}
 	return c, nil
 }
@@ -68,16 +108,17 @@ type smtpResult struct {
 
 // benchSMTP: smtpMessages messages of smtpSize bytes over smtpSessions
 // concurrent sessions (messages per second), and one bigSize message
-// (throughput). Sessions are opened and send one message each before the
-// clock starts: through the proxy, that first message opens the upstream
-// connection, which the direct client opened at connect.
+// (throughput), each direct, through the proxy over plain TCP and through
+// it with STARTTLS. Sessions are opened and send one message each before
+// the clock starts: through the proxy, that first message opens the
+// upstream connection, which the direct client opened at connect.
 func (e *env) benchSMTP(ctx context.Context, rep *report) error {
 	p, err := e.mainProxy(ctx)
 	if err != nil {
 		return err
 	}
 	msg := makeMessage(int64(e.o.smtpSize), "SMTP benchmark message", 's')
-	modes := []mode{direct, proxied}
+	modes := []mode{direct, proxied, proxiedTLS}
 	if e.o.smtpPrototype {
 		modes = append(modes, prototype)
 	}
@@ -89,61 +130,69 @@ func (e *env) benchSMTP(ctx context.Context, rep *report) error {
 		for _, m := range rotate(modes, r) {
 			res, err := e.smtpRound(p, m, msg)
 			if err != nil {
-				return fmt.Errorf("SMTP %s round %d: %w", m, r, err)
+				return fmt.Errorf("SMTP %s round %d: %w", smtpModeName(m), r, err)
 			}
 			rate[m] = append(rate[m], float64(e.o.smtpMessages)/res.wall.Seconds())
 			lat[m] = append(lat[m], res.lat...)
 			cpu[m] += res.cpuProxy
 			relayed[m] += res.bytes
-			e.logf("smtp %s round %d: %.0f msgs/s", m, r, float64(e.o.smtpMessages)/res.wall.Seconds())
+			e.logf("smtp %s round %d: %.0f msgs/s", smtpModeName(m), r, float64(e.o.smtpMessages)/res.wall.Seconds())
 		}
 	}
-	ratio := pairedRatio(rate[direct], rate[proxied])
-	rep.add(row{
-		workload: fmt.Sprintf("SMTP %d messages of %d KiB, %d sessions", e.o.smtpMessages, e.o.smtpSize>>10, e.o.smtpSessions),
-		direct:   throughputCell(rate[direct], "msgs/s"),
-		proxied:  throughputCell(rate[proxied], "msgs/s"),
-		ratio:    ratioCell(rate[direct], rate[proxied]),
-		target:   "≥ 0.9×",
-		met:      yesNo(ratio >= 0.9),
-	})
-	rep.note("SMTP per-message latency (MAIL to 250 after the data): direct %s, proxied %s.",
-		latencyCell(lat[direct]), latencyCell(lat[proxied]))
-
 	big := makeMessage(int64(e.o.bigSize), "SMTP large message", 'L')
 	thr := map[mode][]float64{}
 	for r := range e.o.bigRounds {
 		for _, m := range rotate(modes, r) {
 			res, err := e.smtpBig(p, m, big, msg)
 			if err != nil {
-				return fmt.Errorf("SMTP large %s round %d: %w", m, r, err)
+				return fmt.Errorf("SMTP large %s round %d: %w", smtpModeName(m), r, err)
 			}
 			thr[m] = append(thr[m], mibps(res.bytes, res.wall))
 			cpu[m] += res.cpuProxy
 			relayed[m] += res.bytes
-			e.logf("smtp large %s round %d: %.1f MiB/s", m, r, mibps(res.bytes, res.wall))
+			e.logf("smtp large %s round %d: %.1f MiB/s", smtpModeName(m), r, mibps(res.bytes, res.wall))
 		}
 	}
-	ratio = pairedRatio(thr[direct], thr[proxied])
-	rep.add(row{
-		workload: fmt.Sprintf("SMTP one %d MiB message", e.o.bigSize>>20),
-		direct:   throughputCell(thr[direct], "MiB/s"),
-		proxied:  throughputCell(thr[proxied], "MiB/s"),
-		ratio:    ratioCell(thr[direct], thr[proxied]),
-		target:   "≥ 0.9×",
-		met:      yesNo(ratio >= 0.9),
-	})
 	perGB := func(m mode) string {
 		return fmt.Sprintf("%.2f CPU-s/GB", cpu[m].Seconds()/(float64(relayed[m])/1e9))
 	}
-	rep.add(row{
-		workload: "proxy CPU per GB relayed (SMTP, both workloads)",
-		direct:   "—",
-		proxied:  perGB(proxied),
-		ratio:    "—",
-		target:   "(report)",
-		met:      "—",
-	})
+	for _, m := range []mode{proxied, proxiedTLS} {
+		how := "plain TCP to the proxy"
+		if m == proxiedTLS {
+			how = "STARTTLS to the proxy"
+		}
+		ratio := pairedRatio(rate[direct], rate[m])
+		rep.add(row{
+			workload: fmt.Sprintf("SMTP %d messages of %d KiB, %d sessions, %s", e.o.smtpMessages, e.o.smtpSize>>10, e.o.smtpSessions, how),
+			direct:   throughputCell(rate[direct], "msgs/s"),
+			proxied:  throughputCell(rate[m], "msgs/s"),
+			ratio:    ratioCell(rate[direct], rate[m]),
+			target:   "≥ 0.9×",
+			met:      yesNo(ratio >= 0.9),
+		})
+		ratio = pairedRatio(thr[direct], thr[m])
+		rep.add(row{
+			workload: fmt.Sprintf("SMTP one %d MiB message, %s", e.o.bigSize>>20, how),
+			direct:   throughputCell(thr[direct], "MiB/s"),
+			proxied:  throughputCell(thr[m], "MiB/s"),
+			ratio:    ratioCell(thr[direct], thr[m]),
+			target:   "≥ 0.75× (issue 12)",
+			met:      yesNo(ratio >= 0.75),
+		})
+		rep.add(row{
+			workload: "proxy CPU per GB relayed (SMTP, both workloads, " + how + ")",
+			direct:   "—",
+			proxied:  perGB(m),
+			ratio:    "—",
+			target:   "(report)",
+			met:      "—",
+		})
+	}
+	rep.note("SMTP per-message latency (MAIL to 250 after the data): direct %s, proxied %s, proxied with STARTTLS %s.",
+		latencyCell(lat[direct]), latencyCell(lat[proxied]), latencyCell(lat[proxiedTLS]))
+	rep.note("SMTP direct clients use STARTTLS to the upstream. Every client writes its message through go-smtp's 4 KiB buffer, " +
+		"so with STARTTLS the proxy reads TLS records of at most 4 KiB; the upstream writes replies only, a line per record, " +
+		"so -record-size does not apply to SMTP (fake365.SMTPUpstream.SetRecordSize).")
 	if e.o.smtpPrototype {
 		rateR := pairedRatio(rate[direct], rate[prototype])
 		thrR := pairedRatio(thr[direct], thr[prototype])

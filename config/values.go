@@ -1,7 +1,6 @@
 package config
 
 import (
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
@@ -12,6 +11,8 @@ import (
 	"strings"
 	"time"
 	"unicode"
+
+	"mailproxy/auth/phc"
 )
 
 // The checks of single values: each reads one key, reports what is wrong
@@ -214,57 +215,13 @@ func (c *checker) phc(v val, key string) string {
 	if s == "" || c.bad[key] {
 		return s
 	}
-	if err := checkPHC(s); err != nil {
+	// The login check's own parser and bounds: a hash accepted here is
+	// one every login can check.
+	if _, err := phc.Parse(s); err != nil {
 		c.errorf(key, "not an Argon2id hash like \"$argon2id$v=19$m=65536,t=3,p=2$<salt>$<hash>\" (%v); create one with `mailproxy hash-password`", err)
 		return ""
 	}
 	return s
-}
-
-// checkPHC checks the shape of "$argon2id$v=19$m=..,t=..,p=..$salt$hash".
-// The bounds keep one login from taking unbounded memory or time.
-func checkPHC(s string) error {
-	parts := strings.Split(s, "$")
-	if len(parts) != 6 || parts[0] != "" {
-		return errors.New("wrong number of '$' fields")
-	}
-	if parts[1] != "argon2id" {
-		return errors.New("the algorithm is not argon2id")
-	}
-	if parts[2] != "v=19" {
-		return errors.New("the version is not v=19")
-	}
-	params := strings.Split(parts[3], ",")
-	if len(params) != 3 {
-		return errors.New("the parameters are not m=N,t=N,p=N")
-	}
-	var vals [3]uint64
-	for i, name := range []string{"m", "t", "p"} {
-		k, num, ok := strings.Cut(params[i], "=")
-		n, err := strconv.ParseUint(num, 10, 32)
-		if !ok || k != name || err != nil {
-			return errors.New("the parameters are not m=N,t=N,p=N")
-		}
-		vals[i] = n
-	}
-	m, t, p := vals[0], vals[1], vals[2]
-	switch {
-	case p < 1 || p > 64:
-		return errors.New("p must be 1 to 64")
-	case m < 8*p || m > 1<<20:
-		return errors.New("m must be 8*p to 1048576 KiB")
-	case t < 1 || t > 64:
-		return errors.New("t must be 1 to 64")
-	}
-	salt, err := base64.RawStdEncoding.DecodeString(parts[4])
-	if err != nil || len(salt) < 8 {
-		return errors.New("the salt is not at least 8 bytes of unpadded base64")
-	}
-	hash, err := base64.RawStdEncoding.DecodeString(parts[5])
-	if err != nil || len(hash) < 16 {
-		return errors.New("the hash is not at least 16 bytes of unpadded base64")
-	}
-	return nil
 }
 
 // q quotes a value for a message, shortened.

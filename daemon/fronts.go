@@ -76,10 +76,6 @@ func newIMAP(d *Daemon, cfg *config.Config, tlsConf *tls.Config) front.Front {
 }
 
 func newSMTP(d *Daemon, cfg *config.Config, tlsConf *tls.Config) front.Front {
-	maxMsg := cfg.SMTP.MaxMessageBytes
-	if maxMsg == 0 {
-		maxMsg = config.FallbackMaxMessageBytes
-	}
 	d.smtp = &smtpfront.Server{
 		Auth:             d.accounts,
 		TLSConfig:        tlsConf,
@@ -87,7 +83,7 @@ func newSMTP(d *Daemon, cfg *config.Config, tlsConf *tls.Config) front.Front {
 		Metrics:          d.metrics,
 		PlaintextAllowed: d.plaintextAllowed,
 		Domain:           cfg.SMTP.Domain,
-		MaxMessageBytes:  maxMsg,
+		MaxMessageBytes:  cfg.SMTP.MaxMessageBytes, // 0: config.FallbackMaxMessageBytes
 		MaxRecipients:    cfg.SMTP.MaxRecipients,
 		ReadTimeout:      cfg.SMTP.ReadTimeout,
 		WriteTimeout:     cfg.SMTP.WriteTimeout,

@@ -28,9 +28,11 @@ func OAuthProvider(p *config.Provider) *oauth.Provider {
 		TokenURL:      p.TokenURL,
 		DeviceAuthURL: p.DeviceAuthURL,
 		RedirectURL:   p.RedirectURL,
-		Scopes:        p.Scopes,
-		AppScopes:     p.AppScopes,
-		HTTPClient:    &http.Client{Transport: tr, Timeout: tokenHTTPTimeout},
+		// Google: access_type=offline and prompt=consent on every sign-in.
+		OfflineConsent: p.Type == config.TypeGmail,
+		Scopes:         p.Scopes,
+		AppScopes:      p.AppScopes,
+		HTTPClient:     &http.Client{Transport: tr, Timeout: tokenHTTPTimeout},
 		// Graph (send_via = "graph") and HVE: config/graph.go.
 		GraphScopes:      p.GraphScopes,
 		GraphAppScopes:   p.GraphAppScopes,
@@ -40,16 +42,13 @@ func OAuthProvider(p *config.Provider) *oauth.Provider {
 
 // UpstreamFor describes a provider's servers for the proxy fronts.
 func UpstreamFor(p *config.Provider) *upstream.Upstream {
-	return &upstream.Upstream{
-		Addr: upstreamAddrs(p),
-		TLS: &tls.Config{
-			RootCAs:    p.RootCAs,
-			MinVersion: tls.VersionTLS12,
-			// Resumed sessions make each upstream login a round trip
-			// cheaper (docs/BENCHMARKS.md).
-			ClientSessionCache: tls.NewLRUClientSessionCache(upstreamSessionCache),
-		},
-	}
+	return upstream.New(upstreamAddrs(p), &tls.Config{
+		RootCAs:    p.RootCAs,
+		MinVersion: tls.VersionTLS12,
+		// Resumed sessions make each upstream login a round trip
+		// cheaper (docs/BENCHMARKS.md).
+		ClientSessionCache: tls.NewLRUClientSessionCache(upstreamSessionCache),
+	})
 }
 
 // upstreamSessionCache is how many TLS sessions per provider are kept for

@@ -1,7 +1,11 @@
 // Package front owns what every protocol front shares: the Front interface
-// the daemon serves them through, the connection limiter and its listener,
-// the refusal log, the Metrics they report to, and the server sides of the
-// PLAIN and LOGIN SASL mechanisms.
+// the daemon serves them through; Core, the server half of a line-based
+// front (listeners, session registry, accept backoff, pre-login cap,
+// Close and Shutdown) and Conn, a connection's id, address, start and end
+// lines and login steps; RetryListener, the accept backoff as a listener
+// wrapper; the connection limiter and its listener, the refusal log, the
+// Metrics they report to, and the server sides of the PLAIN and LOGIN SASL
+// mechanisms.
 package front
 
 import (

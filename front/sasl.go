@@ -85,3 +85,40 @@ func ParsePlain(resp []byte) (identity, username, password string, err error) {
 func IdentityAllowed(identity, username string) bool {
 	return identity == "" || strings.EqualFold(identity, username)
 }
+
+// NewSASLServer returns the server side of mech ("PLAIN" or "LOGIN", upper
+// case), which hands the username and password to set once it has both;
+// nil for another mechanism. PLAIN without an initial response challenges
+// with an empty line. When Next fails for an authorization identity that
+// is not the username, IdentityRefused reports true for its error.
+func NewSASLServer(mech string, set func(username, password string)) sasl.Server {
+	switch mech {
+	case "PLAIN":
+		return plainServer(func(resp []byte) ([]byte, bool, error) {
+			if resp == nil {
+				return []byte{}, false, nil // empty challenge: "+ "
+			}
+			_, u, pw, err := ParsePlain(resp)
+			if err != nil {
+				return nil, true, err
+			}
+			set(u, pw)
+			return nil, true, nil
+		})
+	case "LOGIN":
+		return NewLoginServer(func(username, password string) error {
+			set(username, password)
+			return nil
+		})
+	}
+	return nil
+}
+
+// IdentityRefused reports whether err is ParsePlain's (or a PLAIN
+// server's) refusal of an authorization identity that is not the username.
+func IdentityRefused(err error) bool { return errors.Is(err, errPlainIdentity) }
+
+// plainServer is a sasl.Server made of its Next method.
+type plainServer func(response []byte) (challenge []byte, done bool, err error)
+
+func (f plainServer) Next(response []byte) ([]byte, bool, error) { return f(response) }

@@ -95,13 +95,24 @@ type AuthCode struct {
 	used bool
 }
 
+// signInOptions are what p needs on every sign-in address beyond the
+// defaults: Google sends a refresh token only for access_type=offline, and
+// again on a later sign-in only after the consent screen.
+func signInOptions(p *Provider) []oauth2.AuthCodeOption {
+	if !p.OfflineConsent {
+		return nil
+	}
+	return []oauth2.AuthCodeOption{oauth2.AccessTypeOffline, oauth2.SetAuthURLParam("prompt", "consent")}
+}
+
 // NewAuthCode starts a sign-in for p whose answer goes to redirectURL (""
 // means p.RedirectURL) and returns the address to open in a browser. The
 // address carries a random state, the PKCE S256 challenge, prompt=select_account
 // (so that a browser signed in to another account, typically the admin's
-// own, asks which one to use) and loginHint when it is not "". opts are added
-// last and may override any of these, e.g.
-// oauth2.SetAuthURLParam("prompt", "login").
+// own, asks which one to use) and loginHint when it is not "", and, for a
+// provider with OfflineConsent, access_type=offline and prompt=consent
+// instead (signInOptions: the one place of that rule). opts are added last
+// and may override any of these, e.g. oauth2.SetAuthURLParam("prompt", "login").
 func NewAuthCode(p *Provider, redirectURL, loginHint string, opts ...oauth2.AuthCodeOption) (*AuthCode, string) {
 	if redirectURL == "" {
 		redirectURL = p.RedirectURL
@@ -122,6 +133,7 @@ func NewAuthCode(p *Provider, redirectURL, loginHint string, opts ...oauth2.Auth
 	if loginHint != "" {
 		all = append(all, oauth2.SetAuthURLParam("login_hint", loginHint))
 	}
+	all = append(all, signInOptions(p)...)
 	all = append(all, opts...)
 	return a, cfg.AuthCodeURL(a.state, all...)
 }

@@ -515,3 +515,23 @@ func TestProbeTokenEndpoint(t *testing.T) {
 		})
 	}
 }
+
+func TestAuthCodeURLOfflineConsent(t *testing.T) {
+	e := newEnv(t)
+	for _, offline := range []bool{false, true} {
+		p := *e.p
+		p.OfflineConsent = offline
+		_, authURL := NewAuthCode(&p, "", "")
+		u, err := url.Parse(authURL)
+		if err != nil {
+			t.Fatalf("url.Parse(%q) = %v", authURL, err)
+		}
+		wantType, wantPrompt := "", "select_account"
+		if offline {
+			wantType, wantPrompt = "offline", "consent"
+		}
+		if q := u.Query(); q.Get("access_type") != wantType || q.Get("prompt") != wantPrompt {
+			t.Errorf("OfflineConsent %v: access_type %q, prompt %q; want %q, %q", offline, q.Get("access_type"), q.Get("prompt"), wantType, wantPrompt)
+		}
+	}
+}

@@ -84,7 +84,12 @@ type Provider struct {
 	// minutes before they expire). 0: no minimum beyond the usual
 	// refresh at half-life.
 	MinTokenLifetime time.Duration
-	HTTPClient       *http.Client
+	// OfflineConsent: the provider sends a refresh token only for
+	// access_type=offline, and again on a later sign-in only after the
+	// consent screen (Google). NewAuthCode then asks for both, for every
+	// sign-in: the CLI's and the admin page's.
+	OfflineConsent bool
+	HTTPClient     *http.Client
 }
 
 // outlookScopes are the scopes of the refresh for the Outlook resource:

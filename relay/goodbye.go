@@ -1,28 +1,15 @@
 package relay
 
 import (
-	"bytes"
-	"math"
 	"sync"
 	"time"
 )
 
-// A Goodbye lets another goroutine end a relayed IMAP session with a last
-// line to the client, such as "* BYE server shutting down\r\n", without
-// cutting into a response the upstream is sending: the line goes out where
-// the upstream's stream is between two lines and not inside a literal.
-//
-// To know where that is, the relay watches the upstream's stream for the
-// one thing that matters: a line that ends in a literal announcement
-// ("{n}" or "{n+}" before the line ending, as in
-// "* 1 FETCH (BODY[] {1234}\r\n") is followed by n bytes of data and then
-// the rest of the line, so the point after the line ending is not between
-// lines. That costs a scan for "}" over the bytes outside literals; literal
-// data is counted, not scanned. Text that merely looks like an announcement
-// at the end of a line (a status text ending in "{5}") makes the relay
-// wait for nothing, never write too early. Once the client may have sent
-// COMPRESS (RFC 4978), the upstream's stream is deflate data and the relay
-// never says goodbye.
+// A Goodbye lets another goroutine end a relayed session with a last line
+// to the client, such as "* BYE server shutting down\r\n", without cutting
+// into a response the upstream is sending: the line goes out where
+// RelayOptions.SafePoint says the upstream's stream may be interrupted
+// (without one, after the chunk being relayed).
 //
 // The zero value is ready to use; give each one to one relay only
 // (RelayOptions.Goodbye).
@@ -33,12 +20,12 @@ type Goodbye struct {
 }
 
 // Say asks the relay to write line to the client as soon as the upstream's
-// stream is between lines (at once if it is now), then to close the
+// stream may be interrupted (at once if it may now), then to close the
 // upstream connection and end the client's stream, and to return
 // ErrSaidGoodbye. Only the first call counts; Say does not wait. Called
 // before the relay starts, it takes effect when it does; after it ended,
-// it does nothing. A relay whose upstream stays inside a literal, or whose
-// client does not read the line, goes on until the caller closes its
+// it does nothing. A relay whose SafePoint never says yes, or whose client
+// does not read the line, goes on until the caller closes its
 // connections (a shutdown deadline).
 func (g *Goodbye) Say(line string) {
 	g.mu.Lock()
@@ -82,206 +69,23 @@ func (g *Goodbye) text() []byte {
 	return g.line
 }
 
-// Literal tracking (Goodbye). Sizes of literals: a number of up to
-// litMaxDigits digits; an announcement with more digits, whatever precedes
-// them, counts as a literal that never ends. litTail keeps enough of a line
-// that an announcement split across reads is still seen: "{", the digits,
-// "+", "}" and "\r".
-const (
-	litMaxDigits = 20
-	litTail      = litMaxDigits + 4
-)
-
-// literalTracker follows an IMAP server's stream, chunk by chunk, far
-// enough to tell whether the stream is between lines: after a line ending
-// that is not inside a literal and does not announce one. It allocates
-// nothing. Line endings are LF, with or without CR.
-type literalTracker struct {
-	lit   int64         // literal bytes still to come
-	mid   bool          // within a line: the last byte was not a line ending
-	ntail int           // bytes in tail
-	tail  [litTail]byte // the last bytes of the line since the line began or the last literal ended
-}
-
-// safe reports whether the stream fed so far ends between lines.
-func (t *literalTracker) safe() bool { return t.lit == 0 && !t.mid }
-
-// feed follows b, the next bytes of the stream.
-func (t *literalTracker) feed(b []byte) {
-	for len(b) > 0 {
-		if t.lit > 0 {
-			if int64(len(b)) <= t.lit {
-				t.lit -= int64(len(b))
-				return
-			}
-			// The literal ends in b; its line goes on after it.
-			b = b[t.lit:]
-			t.lit = 0
-			t.ntail = 0
-			t.mid = true
-			continue
-		}
-		n, rest, ok := t.announcement(b)
-		if !ok {
-			t.keep(b)
-			t.mid = b[len(b)-1] != '\n'
-			return
-		}
-		t.lit, t.mid, t.ntail, b = n, true, 0, rest
-	}
-}
-
-// announcement looks in b, which continues the line in t.tail, for the
-// first line ending that ends a literal announcement. It returns the
-// literal's size and the bytes after the line ending.
-func (t *literalTracker) announcement(b []byte) (n int64, rest []byte, ok bool) {
-	// A "}" or "}\r" at the end of the previous read.
-	if tl := t.tail[:t.ntail]; len(tl) > 0 {
-		k := 0 // bytes of b that end the line
-		switch {
-		case tl[len(tl)-1] == '}':
-			if b[0] == '\n' {
-				k = 1
-			} else if len(b) > 1 && b[0] == '\r' && b[1] == '\n' {
-				k = 2
-			}
-			tl = tl[:len(tl)-1]
-		case len(tl) > 1 && tl[len(tl)-2] == '}' && tl[len(tl)-1] == '\r':
-			if b[0] == '\n' {
-				k = 1
-			}
-			tl = tl[:len(tl)-2]
-		}
-		if k > 0 {
-			if n, ok := literalSize(tl); ok {
-				return n, b[k:], true
-			}
-		}
-	}
-	for from := 0; ; {
-		j := bytes.IndexByte(b[from:], '}')
-		if j < 0 {
-			return 0, nil, false
-		}
-		j += from
-		k := 0
-		switch {
-		case j+1 < len(b) && b[j+1] == '\n':
-			k = j + 2
-		case j+2 < len(b) && b[j+1] == '\r' && b[j+2] == '\n':
-			k = j + 3
-		}
-		if k > 0 {
-			if n, ok := t.sizeBefore(b[:j]); ok {
-				return n, b[k:], true
-			}
-		}
-		from = j + 1
-	}
-}
-
-// sizeBefore parses the announcement that would end with head, the bytes
-// of b before a "}", continuing into t.tail.
-func (t *literalTracker) sizeBefore(head []byte) (int64, bool) {
-	if len(head) >= litTail {
-		return literalSize(head[len(head)-litTail:])
-	}
-	var buf [litTail]byte
-	tl := t.tail[:t.ntail]
-	if need := litTail - len(head); len(tl) > need {
-		tl = tl[len(tl)-need:]
-	}
-	m := copy(buf[:], tl)
-	m += copy(buf[m:], head)
-	return literalSize(buf[:m])
-}
-
-// keep appends b, line bytes outside literals, to t.tail, dropping the
-// oldest bytes.
-func (t *literalTracker) keep(b []byte) {
-	if len(b) >= litTail {
-		t.ntail = copy(t.tail[:], b[len(b)-litTail:])
-		return
-	}
-	if over := t.ntail + len(b) - litTail; over > 0 {
-		copy(t.tail[:], t.tail[over:t.ntail])
-		t.ntail -= over
-	}
-	t.ntail += copy(t.tail[t.ntail:], b)
-}
-
-// literalSize parses the end of w, the line bytes before a "}", as the
-// "{n" or "{n+" of a literal announcement. More than litMaxDigits digits,
-// or a size that does not fit an int64, give math.MaxInt64.
-func literalSize(w []byte) (int64, bool) {
-	i := len(w)
-	if i > 0 && w[i-1] == '+' {
-		i--
-	}
-	end := i
-	for i > 0 && '0' <= w[i-1] && w[i-1] <= '9' {
-		i--
-		if end-i > litMaxDigits {
-			return math.MaxInt64, true
-		}
-	}
-	if i == end || i == 0 || w[i-1] != '{' {
-		return 0, false
-	}
-	var n int64
-	for _, c := range w[i:end] {
-		d := int64(c - '0')
-		if n > (math.MaxInt64-d)/10 {
-			return math.MaxInt64, true
-		}
-		n = n*10 + d
-	}
-	return n, true
-}
-
-// compressTail is how much of the client's stream compressWatch keeps:
-// enough for "COMPRESS DEFLATE\r\n" and some slack.
-const compressTail = 40
-
-// compressWatch looks at the end of each chunk of the client's stream for
-// a COMPRESS command (RFC 4978): after its OK the upstream's stream is
-// deflate data, in which neither literals nor line boundaries can be
-// found. The client must wait for the answer to COMPRESS before it sends
-// more, so the command ends what it sent; looking at the last bytes
-// suffices. Any "COMPRESS" there counts, in any case, even inside an
-// APPEND's data: a session wrongly taken for compressed only loses its
-// goodbye.
-type compressWatch struct {
-	n    int
-	tail [compressTail]byte
-}
-
-// feed follows b and reports whether the stream so far ends with what
-// may be a COMPRESS command.
-func (w *compressWatch) feed(b []byte) bool {
-	if len(b) >= compressTail {
-		w.n = copy(w.tail[:], b[len(b)-compressTail:])
-	} else {
-		if over := w.n + len(b) - compressTail; over > 0 {
-			copy(w.tail[:], w.tail[over:w.n])
-			w.n -= over
-		}
-		w.n += copy(w.tail[w.n:], b)
-	}
-	return containsFold(w.tail[:w.n], "COMPRESS")
-}
-
-// containsFold reports whether b contains upper, an upper-case ASCII
-// word, in any case.
-func containsFold(b []byte, upper string) bool {
-	for i := 0; i+len(upper) <= len(b); i++ {
-		j := 0
-		for j < len(upper) && b[i+j]&^0x20 == upper[j] {
-			j++
-		}
-		if j == len(upper) {
-			return true
-		}
-	}
-	return false
+// A SafePoint follows a relayed conversation for a Goodbye and says where
+// the stream to the client may be interrupted: the one hook through which
+// a protocol tells the relay where its messages end (front/imap's tracks
+// IMAP literals and COMPRESS). The relay calls it only with a Goodbye.
+//
+// FromUpstream and Safe are called by the upstream direction's goroutine,
+// FromClient by the client direction's: an implementation that relates
+// the two synchronises itself. None of them may block or keep b.
+type SafePoint interface {
+	// FromUpstream is given the upstream's bytes in order, each run just
+	// before the relay writes it to the client.
+	FromUpstream(b []byte)
+	// FromClient is given the client's bytes in order, each run just
+	// before the relay writes it to the upstream.
+	FromClient(b []byte)
+	// Safe reports whether a goodbye line written to the client now, after
+	// the bytes given to FromUpstream so far, would fall between two of
+	// the upstream's messages.
+	Safe() bool
 }

@@ -89,9 +89,9 @@ var relayBufs = sync.Pool{New: func() any { return new([relayBufSize]byte) }}
 // EOF and then went away (a client that sends LOGOUT and closes without
 // waiting for the answer).
 //
-// o adds an idle limit (err then wraps ErrIdleTimeout) and a Goodbye (err
-// is then ErrSaidGoodbye once its line is written and both connections
-// are closed); the zero RelayOptions adds neither.
+// o adds an idle limit (err then wraps ErrIdleTimeout) and a Goodbye with
+// its SafePoint (err is then ErrSaidGoodbye once its line is written and
+// both connections are closed); the zero RelayOptions adds neither.
 func Relay(client net.Conn, clientBuf *bufio.Reader, upstream net.Conn, upstreamBuf *bufio.Reader, o RelayOptions) (toUpstream, toClient int64, err error) {
 	return relayWith(client, clientBuf, upstream, upstreamBuf, halfCloseIdle, o)
 }
@@ -107,9 +107,11 @@ type RelayOptions struct {
 	// is pushed forward instead of ending the session.
 	Idle time.Duration
 	// Goodbye, when not nil, lets another goroutine end the session with
-	// a last line to the client (Goodbye.Say). The upstream's stream is
-	// then read as IMAP responses: see Goodbye.
+	// a last line to the client (Goodbye.Say).
 	Goodbye *Goodbye
+	// SafePoint, with a Goodbye, follows both streams and says where the
+	// goodbye line may be written; nil: after any chunk.
+	SafePoint SafePoint
 }
 
 // relayWith is Relay with the half-close idle limit as a parameter, for
@@ -127,8 +129,7 @@ func relayWith(client net.Conn, clientBuf *bufio.Reader, upstream net.Conn, upst
 	// the upstream read.
 	if g := o.Goodbye; g != nil {
 		r.bye = g
-		r.halves[1].track = true
-		r.halves[0].watch = true
+		r.safe = o.SafePoint
 		g.mu.Lock()
 		g.r = r
 		asked := g.line != nil
@@ -165,8 +166,8 @@ type relaySession struct {
 	start     time.Time     // times below are offsets from it (monotonic)
 	lingering atomic.Bool   // one direction has ended; the other must keep moving
 	bye       *Goodbye      // nil: none
+	safe      SafePoint     // with bye: where its line may go; nil: anywhere
 	byeAsked  atomic.Bool   // bye.Say was called
-	noBye     atomic.Bool   // the client may have turned on COMPRESS: the stream cannot be read
 	ending    atomic.Bool   // the goodbye was said; implies lingering
 	endBy     time.Time     // set before ending: when the client direction gives up
 	wg        sync.WaitGroup
@@ -189,11 +190,7 @@ type relayHalf struct {
 	carry    int                 // bytes read into wait just before switching to big
 	last     atomic.Int64        // idle timeout: when this direction last read data (offset from start)
 	armed    time.Duration       // idle timeout: when the read deadline was last set (offset); 0: never
-	track    bool                // upstream direction with a Goodbye: lit follows the stream
 	byeSeen  bool                // the goodbye request was noticed and the read deadline restored
-	lit      literalTracker
-	watch    bool // client direction with a Goodbye: cmd follows the stream
-	cmd      compressWatch
 }
 
 // run forwards br's buffered bytes, then copies until the source ends.
@@ -273,22 +270,12 @@ func (h *relayHalf) copy() error {
 	src, dst := r.conns[h.src], r.conns[h.dst]
 	srcUnder, dstUnder := underOf(src), underOf(dst)
 	for {
+		if err := h.beforeRead(src); err != nil {
+			return err
+		}
 		b := h.wait[:]
 		if h.big != nil {
 			b = h.big[:]
-		}
-		if r.lingering.Load() || r.idle > 0 {
-			h.armRead(src)
-		}
-		// After setting the deadline: see Goodbye.Say.
-		if h.track && r.byeAsked.Load() {
-			if h.lit.safe() && !r.noBye.Load() {
-				return h.sayGoodbye()
-			}
-			if !h.byeSeen {
-				h.byeSeen = true
-				h.unpoke(src)
-			}
 		}
 		n, rerr := src.Read(b)
 		gathered := false
@@ -297,24 +284,8 @@ func (h *relayHalf) copy() error {
 			gathered = true
 		}
 		if n > 0 {
-			if r.idle > 0 {
-				h.last.Store(int64(time.Since(r.start)))
-			}
-			if r.lingering.Load() {
-				dst.SetWriteDeadline(time.Now().Add(r.linger))
-			}
-			// Before the write: the upstream's answer to a COMPRESS
-			// must not come back before the command was seen.
-			if h.track || h.watch {
-				h.follow(b[:n])
-			}
-			w, werr := h.write(dst, dstUnder, b[:n])
-			h.n += int64(w)
-			if werr == nil && w < n {
-				werr = io.ErrShortWrite
-			}
-			if werr != nil {
-				return &relayError{write: true, err: werr}
+			if err := h.forward(dst, dstUnder, b[:n]); err != nil {
+				return err
 			}
 			if gathered {
 				h.adaptGathered(n)
@@ -322,26 +293,84 @@ func (h *relayHalf) copy() error {
 				h.adapt(n)
 			}
 		}
-		if rerr == io.EOF {
-			return nil
-		}
 		if rerr != nil {
-			if h.track && r.byeAsked.Load() && isTimeout(rerr) {
-				// Most likely the wake-up of Say; at worst an idle or
-				// linger deadline, pushed forward by unpoke: the
-				// caller bounds a shutdown.
-				h.byeSeen = false
-				continue
+			if again, err := h.readFailed(src, rerr); !again {
+				return err
 			}
-			if r.idle > 0 && !r.lingering.Load() && isTimeout(rerr) {
-				if h.stillActive(src) {
-					continue
-				}
-				return &relayError{err: ErrIdleTimeout}
-			}
-			return &relayError{err: rerr}
 		}
 	}
+}
+
+// beforeRead runs before every read: it arms the read deadline when the
+// session lingers or has an idle timeout, and in the upstream direction,
+// once a goodbye was asked for, writes it if the SafePoint allows (the
+// error is then errGoodbye) or else restores the deadline Say poked.
+func (h *relayHalf) beforeRead(src net.Conn) error {
+	r := h.r
+	if r.lingering.Load() || r.idle > 0 {
+		h.armRead(src)
+	}
+	// After setting the deadline: see Goodbye.Say.
+	if h.src != 1 || !r.byeAsked.Load() {
+		return nil
+	}
+	if r.safe == nil || r.safe.Safe() {
+		return h.sayGoodbye()
+	}
+	if !h.byeSeen {
+		h.byeSeen = true
+		h.unpoke(src)
+	}
+	return nil
+}
+
+// forward writes b, just read, to dst: it notes the activity for the idle
+// timeout, bounds the write while lingering and shows b to the SafePoint
+// first, so that the answer to what the client sent cannot come back
+// before it was followed.
+func (h *relayHalf) forward(dst net.Conn, u *underConn, b []byte) error {
+	r := h.r
+	if r.idle > 0 {
+		h.last.Store(int64(time.Since(r.start)))
+	}
+	if r.lingering.Load() {
+		dst.SetWriteDeadline(time.Now().Add(r.linger))
+	}
+	h.follow(b)
+	w, err := h.write(dst, u, b)
+	h.n += int64(w)
+	if err == nil && w < len(b) {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		return &relayError{write: true, err: err}
+	}
+	return nil
+}
+
+// readFailed says what the read error rerr means: again is true when the
+// direction reads on (a deadline that was a wake-up or that the other
+// direction's traffic extends); otherwise err ends the direction, nil at
+// EOF.
+func (h *relayHalf) readFailed(src net.Conn, rerr error) (again bool, err error) {
+	r := h.r
+	switch {
+	case rerr == io.EOF:
+		return false, nil
+	case !isTimeout(rerr):
+	case h.src == 1 && r.byeAsked.Load():
+		// Most likely the wake-up of Say; at worst an idle or linger
+		// deadline, pushed forward by unpoke: the caller bounds a
+		// shutdown.
+		h.byeSeen = false
+		return true, nil
+	case r.idle > 0 && !r.lingering.Load():
+		if h.stillActive(src) {
+			return true, nil
+		}
+		return false, &relayError{err: ErrIdleTimeout}
+	}
+	return false, &relayError{err: rerr}
 }
 
 // write writes b to dst; through a *tls.Conn over UnderTLS, the records
@@ -453,17 +482,15 @@ func (h *relayHalf) armIdle(src net.Conn) bool {
 	return true
 }
 
-// follow passes b, about to be written, to what watches this direction's
-// stream. A write that fails ends the direction, so the bytes are as good
-// as written.
+// follow passes b, about to be written, to the SafePoint, if any. A write
+// that fails ends the direction, so the bytes are as good as written.
 func (h *relayHalf) follow(b []byte) {
 	switch {
-	case h.track:
-		h.lit.feed(b)
-	case h.watch:
-		if h.cmd.feed(b) {
-			h.r.noBye.Store(true)
-		}
+	case h.r.safe == nil:
+	case h.src == 1:
+		h.r.safe.FromUpstream(b)
+	default:
+		h.r.safe.FromClient(b)
 	}
 }
 

@@ -574,18 +574,12 @@ func BenchmarkRelay(b *testing.B) {
 		upProxy, upFar := testutil.TCPPair(b)
 		benchRelay(b, clientFar, clientProxy, upProxy, upFar)
 	})
-	// With a Goodbye the upstream's stream is watched for literals:
-	// zeros (no line at all, every byte scanned) and a mix of short lines
-	// and a literal.
-	b.Run("tcp-goodbye-zeros", func(b *testing.B) {
+	// With a Goodbye and a SafePoint each chunk goes through the hook
+	// (front/imap's BenchmarkRelayGoodbye measures its literal tracker).
+	b.Run("tcp-goodbye", func(b *testing.B) {
 		clientFar, clientProxy := testutil.TCPPair(b)
 		upProxy, upFar := testutil.TCPPair(b)
-		benchRelayWith(b, clientFar, clientProxy, upProxy, upFar, RelayOptions{Goodbye: new(Goodbye)}, make([]byte, 32<<10))
-	})
-	b.Run("tcp-goodbye-imap", func(b *testing.B) {
-		clientFar, clientProxy := testutil.TCPPair(b)
-		upProxy, upFar := testutil.TCPPair(b)
-		benchRelayWith(b, clientFar, clientProxy, upProxy, upFar, RelayOptions{Goodbye: new(Goodbye)}, imapChunk())
+		benchRelayWith(b, clientFar, clientProxy, upProxy, upFar, RelayOptions{Goodbye: new(Goodbye), SafePoint: new(testSafePoint)}, make([]byte, 32<<10))
 	})
 	b.Run("tls-upstream", func(b *testing.B) {
 		cert := testutil.NewCert(b, "127.0.0.1")

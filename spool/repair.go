@@ -105,84 +105,111 @@ func (f field) value() string {
 }
 
 func repairFields(head []byte, mode, envFrom, mailbox string) []byte {
-	eol := "\r\n"
-	if i := bytes.IndexByte(head, '\n'); i >= 0 && (i == 0 || head[i-1] != '\r') {
-		eol = "\n"
-	}
 	fs := splitFields(head)
-	fromAt, replyTo := -1, false
-	var froms []string
+	sf := scanSender(fs)
+	from, replyTo, change := sf.repaired(mode, envFrom, mailbox)
+	if !change {
+		return head
+	}
+	eol := lineEnd(head)
+	add := []byte("From: " + from.String() + eol)
+	if replyTo != "" {
+		add = append(add, "Reply-To: "+replyTo+eol...)
+	}
+	return placeFrom(fs, sf.fromAt, add, eol)
+}
+
+// lineEnd is the header's line ending: that of its first line.
+func lineEnd(head []byte) string {
+	if i := bytes.IndexByte(head, '\n'); i >= 0 && (i == 0 || head[i-1] != '\r') {
+		return "\n"
+	}
+	return "\r\n"
+}
+
+// senderFields is what a header says about its sender.
+type senderFields struct {
+	fromAt     int           // the first From field's index, -1 for none
+	froms      []string      // every From field's value
+	hasReplyTo bool          // there is a Reply-To field
+	orig       *mail.Address // what the From said, salvaged if malformed
+	wellFormed bool          // one From, and it parses
+}
+
+func scanSender(fs []field) senderFields {
+	sf := senderFields{fromAt: -1}
 	for i, f := range fs {
 		switch f.name {
 		case "from":
-			if fromAt < 0 {
-				fromAt = i
+			if sf.fromAt < 0 {
+				sf.fromAt = i
 			}
-			froms = append(froms, f.value())
+			sf.froms = append(sf.froms, f.value())
 		case "reply-to":
-			replyTo = true
+			sf.hasReplyTo = true
 		}
 	}
-	fallback := envFrom
-	if fallback == "" {
-		fallback = mailbox
-	}
-	var orig *mail.Address // what the From said, repaired if needed
-	wellFormed := false
-	if len(froms) == 1 {
-		if list, err := mail.ParseAddressList(froms[0]); err == nil && len(list) >= 1 {
-			orig, wellFormed = list[0], true
+	if len(sf.froms) == 1 {
+		if list, err := mail.ParseAddressList(sf.froms[0]); err == nil && len(list) >= 1 {
+			sf.orig, sf.wellFormed = list[0], true
 		}
 	}
-	if orig == nil && len(froms) > 0 {
-		orig = salvage(froms[0])
+	if sf.orig == nil && len(sf.froms) > 0 {
+		sf.orig = salvage(sf.froms[0])
 	}
+	return sf
+}
 
-	var from *mail.Address
-	var addReplyTo string
+// repaired returns the From that mode asks for and the Reply-To to add
+// ("" for none); change is false when the header stays as it is.
+func (sf senderFields) repaired(mode, envFrom, mailbox string) (from *mail.Address, replyTo string, change bool) {
 	switch mode {
 	case RepairFix:
-		if wellFormed {
-			return head
+		if sf.wellFormed {
+			return nil, "", false
 		}
-		from = orig
+		from = sf.orig
 		if from == nil {
+			fallback := envFrom
+			if fallback == "" {
+				fallback = mailbox
+			}
 			from = &mail.Address{Address: fallback}
 		}
+		return from, "", true
 	case RepairAccount:
 		from = &mail.Address{Address: mailbox}
+		orig := sf.orig
 		if orig != nil {
 			from.Name = orig.Name
-			if !replyTo && !sameAddr(orig.Address, mailbox) {
-				addReplyTo = (&mail.Address{Address: orig.Address}).String()
+			if !sf.hasReplyTo && !sameAddr(orig.Address, mailbox) {
+				replyTo = (&mail.Address{Address: orig.Address}).String()
 			}
 		}
-		if wellFormed && orig != nil && len(froms) == 1 && from.Name == orig.Name && sameAddr(orig.Address, mailbox) {
-			return head
+		if sf.wellFormed && orig != nil && len(sf.froms) == 1 && from.Name == orig.Name && sameAddr(orig.Address, mailbox) {
+			return nil, "", false
 		}
-	default:
-		return head
+		return from, replyTo, true
 	}
+	return nil, "", false
+}
 
-	newFrom := []byte("From: " + from.String() + eol)
+// placeFrom writes the fields back with add (the new From, and Reply-To)
+// in place of the first From, or else before the blank line or at the
+// end; a second From goes: RFC 5322 allows one.
+func placeFrom(fs []field, fromAt int, add []byte, eol string) []byte {
 	var out []byte
 	placed := false
 	for i, f := range fs {
 		if f.name == "from" {
 			if i == fromAt {
-				out = append(out, newFrom...)
+				out = append(out, add...)
 				placed = true
-				if addReplyTo != "" {
-					out = append(out, "Reply-To: "+addReplyTo+eol...)
-				}
 			}
-			continue // a second From goes: RFC 5322 allows one
+			continue
 		}
 		if !placed && (f.name == "" && isBlank(f.raw) || i == len(fs)-1 && f.name == "") {
-			out = append(out, newFrom...)
-			if addReplyTo != "" {
-				out = append(out, "Reply-To: "+addReplyTo+eol...)
-			}
+			out = append(out, add...)
 			placed = true
 		}
 		out = append(out, f.raw...)
@@ -191,10 +218,7 @@ func repairFields(head []byte, mode, envFrom, mailbox string) []byte {
 		if len(out) > 0 && out[len(out)-1] != '\n' {
 			out = append(out, eol...)
 		}
-		out = append(out, newFrom...)
-		if addReplyTo != "" {
-			out = append(out, "Reply-To: "+addReplyTo+eol...)
-		}
+		out = append(out, add...)
 	}
 	return out
 }

@@ -16,11 +16,12 @@ type Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
 
 // DialTLS connects to addr ("host:port") with implicit TLS: it dials with
 // dial (nil: a zero net.Dialer) and completes the handshake, both under ctx.
-// The TLS configuration is a clone of base (nil: system roots) with
-// ServerName set to addr's host unless base sets one, and at least TLS 1.2.
-// Errors name the step and addr: "dial HOST:PORT: ..." or
-// "TLS handshake with HOST:PORT: ...".
-func DialTLS(ctx context.Context, dial Dialer, addr string, base *tls.Config) (*tls.Conn, error) {
+// cfg is used as it is when it is already a configuration for an upstream
+// (ServerName set, at least TLS 1.2: what TLSFor returns, built once per
+// provider); otherwise the TLS configuration is a clone of cfg (nil: system
+// roots) made so, with ServerName set to addr's host. Errors name the step
+// and addr: "dial HOST:PORT: ..." or "TLS handshake with HOST:PORT: ...".
+func DialTLS(ctx context.Context, dial Dialer, addr string, cfg *tls.Config) (*tls.Conn, error) {
 	if dial == nil {
 		var d net.Dialer
 		dial = d.DialContext
@@ -31,7 +32,7 @@ func DialTLS(ctx context.Context, dial Dialer, addr string, base *tls.Config) (*
 	}
 	// UnderTLS lets the relay gather the upstream's TLS records (Dovecot
 	// writes 4 KiB ones) into large writes to the client.
-	conn := tls.Client(relay.UnderTLS(raw), tlsConfigFor(base, addr))
+	conn := tls.Client(relay.UnderTLS(raw), dialConfig(cfg, addr))
 	if err := conn.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("TLS handshake with %s: %w", addr, err)
@@ -39,13 +40,41 @@ func DialTLS(ctx context.Context, dial Dialer, addr string, base *tls.Config) (*
 	return conn, nil
 }
 
+// dialConfig is the configuration DialTLS uses: cfg itself when it is
+// ready for an upstream, else one built from it.
+func dialConfig(cfg *tls.Config, addr string) *tls.Config {
+	if cfg != nil && cfg.ServerName != "" && cfg.MinVersion >= tls.VersionTLS12 {
+		return cfg
+	}
+	return tlsConfigFor(cfg, addr)
+}
+
+// New returns the Upstream for a provider's servers at addr (by front
+// name) reached with tlsCfg, with the TLS configuration for each address
+// built here, once, rather than on every dial.
+func New(addr map[string]string, tlsCfg *tls.Config) *Upstream {
+	u := &Upstream{Addr: addr, TLS: tlsCfg, tlsBase: tlsCfg, tlsByAddr: make(map[string]*tls.Config, len(addr))}
+	for _, a := range addr {
+		if a != "" {
+			u.tlsByAddr[a] = tlsConfigFor(tlsCfg, a)
+		}
+	}
+	return u
+}
+
 // TLSFor returns the TLS client configuration for a connection to addr
-// ("host:port"): a clone of u.TLS with ServerName set to addr's host (unless
-// u.TLS sets one) and at least TLS 1.2. It never returns nil; the result is
-// the caller's to modify.
+// ("host:port"): u.TLS (nil: system roots) with ServerName set to addr's
+// host (unless u.TLS sets one), at least TLS 1.2 and full-size records
+// from the first byte. For the addresses an Upstream from New was made
+// with it is the one built then; otherwise (an Upstream written as a
+// literal, another address) it is built on the call. It never returns nil,
+// and the result is shared: callers must not modify it (Clone it first).
 func (u *Upstream) TLSFor(addr string) *tls.Config {
 	var base *tls.Config
 	if u != nil {
+		if cfg := u.tlsByAddr[addr]; cfg != nil && u.TLS == u.tlsBase {
+			return cfg
+		}
 		base = u.TLS
 	}
 	return tlsConfigFor(base, addr)
@@ -71,6 +100,9 @@ func tlsConfigFor(base *tls.Config, addr string) *tls.Config {
 	if cfg.MinVersion < tls.VersionTLS12 {
 		cfg.MinVersion = tls.VersionTLS12
 	}
+	// Full-size records from the first message on: small first records
+	// help a browser render early, not a mail submission or an APPEND.
+	cfg.DynamicRecordSizingDisabled = true
 	return cfg
 }
 

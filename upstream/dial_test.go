@@ -230,3 +230,40 @@ func TestTLSFor(t *testing.T) {
 		t.Errorf("TLSFor with MinVersion TLS 1.3 = %x, want it kept", keep.MinVersion)
 	}
 }
+
+// An Upstream from New builds each address's TLS configuration once: every
+// TLSFor returns it, and DialTLS uses it without another clone.
+func TestNewBuildsTLSOncePerAddress(t *testing.T) {
+	cert := testutil.NewCert(t, "127.0.0.1")
+	ln := testutil.Listen(t)
+	serveTLS(t, ln, cert.ServerConfig(), nil)
+	base := cert.ClientConfig()
+	addr := ln.Addr().String()
+	u := New(map[string]string{"imap": addr, "smtp": "smtp.example.test:587"}, base)
+	a := u.TLSFor(addr)
+	if b := u.TLSFor(addr); a != b || a == base {
+		t.Fatalf("TLSFor(%q) twice = %p, %p (base %p), want one configuration, not the base", addr, a, b, base)
+	}
+	if s := u.TLSFor("smtp.example.test:587"); s == a || s.ServerName != "smtp.example.test" || !s.DynamicRecordSizingDisabled {
+		t.Errorf("TLSFor(smtp) = %p ServerName %q, dynamic records off %v; want its own, for its host, off", s, s.ServerName, s.DynamicRecordSizingDisabled)
+	}
+	if got := dialConfig(a, addr); got != a {
+		t.Errorf("dialConfig(TLSFor(addr)) = %p, want %p: no clone per dial", got, a)
+	}
+	if got := dialConfig(base, addr); got == base || got.MinVersion < tls.VersionTLS12 {
+		t.Errorf("dialConfig(base) = %p, MinVersion %x; want a strict clone", got, got.MinVersion)
+	}
+	// A copy with other roots does not use what was built for the old.
+	c := *u
+	c.TLS = &tls.Config{ServerName: "other.example"}
+	if got := c.TLSFor(addr); got == a || got.ServerName != "other.example" {
+		t.Errorf("TLSFor on a copy with another TLS = %p ServerName %q, want one built from it", got, got.ServerName)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := DialTLS(ctx, nil, addr, a)
+	if err != nil {
+		t.Fatalf("DialTLS with TLSFor's configuration = %v", err)
+	}
+	conn.Close()
+}

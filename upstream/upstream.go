@@ -12,7 +12,13 @@ type Upstream struct {
 	// (port 465 implicit TLS, any other STARTTLS), and whatever a new
 	// front registers.
 	Addr map[string]string
-	TLS  *tls.Config // roots (system plus ca_file); ServerName is set per dial
+	TLS  *tls.Config // roots (system plus ca_file); ServerName is set per address (TLSFor)
+
+	// Set by New, read-only after: the configuration TLSFor returns for
+	// each address in Addr, valid while TLS is still tlsBase (a copy of
+	// the Upstream may have another TLS).
+	tlsBase   *tls.Config
+	tlsByAddr map[string]*tls.Config
 }
 
 // AddrOf returns the address of the server the named front relays to, ""

@@ -140,31 +140,67 @@ func startDemo(o demoOptions) (*demo, error) {
 
 // start builds the demo into dm; on error, dm.close releases what was
 // built.
-func (dm *demo) start(o demoOptions) (err error) {
-	dir := o.stateDir
-	if dir == "" {
-		dir, err = os.MkdirTemp("", "mailproxy-demo-")
-		if err != nil {
-			return err
-		}
-		dm.cleanups = append(dm.cleanups, func() { os.RemoveAll(dir) })
+func (dm *demo) start(o demoOptions) error {
+	dir, err := dm.dir(o)
+	if err != nil {
+		return err
 	}
+	caFile, err := dm.startFakes(dir)
+	if err != nil {
+		return err
+	}
+	cfg, err := dm.writeConfig(o, dir, caFile)
+	if err != nil {
+		return err
+	}
+	logOut, err := dm.logOutput(o, dir)
+	if err != nil {
+		return err
+	}
+	d, err := daemon.New(cfg, newLogger(cfg, logOut, false))
+	if err != nil {
+		return err
+	}
+	dm.d = d
+	if err := dm.signIn(cfg); err != nil {
+		return err
+	}
+	return d.Start()
+}
 
+// dir is the demo's directory: the one given, or a temporary one removed
+// at the end.
+func (dm *demo) dir(o demoOptions) (string, error) {
+	if o.stateDir != "" {
+		return o.stateDir, nil
+	}
+	dir, err := os.MkdirTemp("", "mailproxy-demo-")
+	if err != nil {
+		return "", err
+	}
+	dm.cleanups = append(dm.cleanups, func() { os.RemoveAll(dir) })
+	return dir, nil
+}
+
+// startFakes starts the fake Microsoft 365 (identity provider, IMAP, SMTP,
+// POP3 and Graph, under a CA whose certificate it writes to dir) and
+// seeds the mailboxes. It returns the CA file.
+func (dm *demo) startFakes(dir string) (caFile string, err error) {
 	ca, err := fake365.NewCA()
 	if err != nil {
-		return fmt.Errorf("demo CA: %w", err)
+		return "", fmt.Errorf("demo CA: %w", err)
 	}
-	caFile := filepath.Join(dir, "fake365-ca.pem")
+	caFile = filepath.Join(dir, "fake365-ca.pem")
 	if err := os.WriteFile(caFile, ca.CertPEM, 0o600); err != nil {
-		return err
+		return "", err
 	}
 	serverTLS, err := ca.ServerTLS()
 	if err != nil {
-		return err
+		return "", err
 	}
 	dm.idp, err = fake365.NewIdP()
 	if err != nil {
-		return fmt.Errorf("demo identity provider: %w", err)
+		return "", fmt.Errorf("demo identity provider: %w", err)
 	}
 	dm.cleanups = append(dm.cleanups, dm.idp.Close)
 	dm.idp.AddClient(fake365.Client{ID: demoClientID, RedirectURIs: []string{"http://localhost/oauth2/callback"}})
@@ -172,24 +208,33 @@ func (dm *demo) start(o demoOptions) (err error) {
 
 	dm.imapUp, err = fake365.NewIMAPUpstream(dm.idp, serverTLS)
 	if err != nil {
-		return fmt.Errorf("demo IMAP server: %w", err)
+		return "", fmt.Errorf("demo IMAP server: %w", err)
 	}
 	dm.cleanups = append(dm.cleanups, func() { dm.imapUp.Close() })
 	dm.smtpUp, err = fake365.NewSMTPUpstream(dm.idp, serverTLS, false)
 	if err != nil {
-		return fmt.Errorf("demo SMTP server: %w", err)
+		return "", fmt.Errorf("demo SMTP server: %w", err)
 	}
 	dm.cleanups = append(dm.cleanups, func() { dm.smtpUp.Close() })
 	dm.popUp, err = fake365.NewPOP3Upstream(dm.idp, dm.imapUp, serverTLS)
 	if err != nil {
-		return fmt.Errorf("demo POP3 server: %w", err)
+		return "", fmt.Errorf("demo POP3 server: %w", err)
 	}
 	dm.cleanups = append(dm.cleanups, func() { dm.popUp.Close() })
 	dm.graph, err = fake365.NewGraph(dm.idp)
 	if err != nil {
-		return fmt.Errorf("demo Graph: %w", err)
+		return "", fmt.Errorf("demo Graph: %w", err)
 	}
 	dm.cleanups = append(dm.cleanups, dm.graph.Close)
+	if err := dm.seed(); err != nil {
+		return "", err
+	}
+	dm.deliverSent()
+	return caFile, nil
+}
+
+// seed fills the demo mailboxes' INBOX.
+func (dm *demo) seed() error {
 	for _, mb := range []string{demoUser, demoPending, demoGraphUser} {
 		dm.imapUp.AddMailbox(mb)
 		for i, msg := range demoMessages(mb) {
@@ -198,9 +243,13 @@ func (dm *demo) start(o demoOptions) (err error) {
 			}
 		}
 	}
-	// Mail sent through the demo's SMTP port lands in the recipients' INBOX
-	// (the demo user's when the recipient is not one of ours), so it can be
-	// read back over IMAP.
+	return nil
+}
+
+// deliverSent makes mail sent through the demo's SMTP port (or Graph)
+// land in the recipients' INBOX (the demo user's when the recipient is
+// not one of ours), so it can be read back over IMAP.
+func (dm *demo) deliverSent() {
 	deliver := func(rcpts []string, data []byte) {
 		delivered := false
 		for _, r := range rcpts {
@@ -225,7 +274,11 @@ func (dm *demo) start(o demoOptions) (err error) {
 	dm.graph.SetDeliver(func(s *fake365.GraphSent) {
 		deliver(slices.Concat(s.To, s.Cc, s.Bcc), s.Message())
 	})
+}
 
+// writeConfig writes the demo's config, pointing at the fakes, into dir
+// and loads it.
+func (dm *demo) writeConfig(o demoOptions, dir, caFile string) (*config.Config, error) {
 	authURL, tokenURL, deviceURL := dm.idp.Endpoints(demoTenant)
 	cfgText := fmt.Sprintf(`# written by mailproxy demo
 state_dir = %q
@@ -269,44 +322,44 @@ send_via = "graph"
 	cfgFile := filepath.Join(dir, "mailproxy.toml")
 	dm.cfgFile = cfgFile
 	if err := os.WriteFile(cfgFile, []byte(cfgText), 0o600); err != nil {
-		return err
+		return nil, err
 	}
 	cfg, err := config.Load(cfgFile)
 	if err != nil {
-		return fmt.Errorf("demo config: %w", err)
+		return nil, fmt.Errorf("demo config: %w", err)
 	}
-	logOut := o.logOut
-	if logOut == nil {
-		dm.logFile = filepath.Join(dir, "mailproxy.log")
-		f, err := os.OpenFile(dm.logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-		if err != nil {
-			return err
-		}
-		dm.cleanups = append(dm.cleanups, func() { f.Close() })
-		logOut = f
-	}
-	logger := newLogger(cfg, logOut, false)
-	d, err := daemon.New(cfg, logger)
-	if err != nil {
-		return err
-	}
-	dm.d = d
+	return cfg, nil
+}
 
-	// Sign the demo user in the way `mailproxy login` would have: a refresh
-	// token from the identity provider, sealed with the local password.
-	// Its scopes hold Graph's too, since one account sends through Graph.
+// logOutput is where the daemon logs: o.logOut, or the file
+// mailproxy.log in dir.
+func (dm *demo) logOutput(o demoOptions, dir string) (io.Writer, error) {
+	if o.logOut != nil {
+		return o.logOut, nil
+	}
+	dm.logFile = filepath.Join(dir, "mailproxy.log")
+	f, err := os.OpenFile(dm.logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	dm.cleanups = append(dm.cleanups, func() { f.Close() })
+	return f, nil
+}
+
+// signIn signs the demo users in the way `mailproxy login` would have: a
+// refresh token from the identity provider, sealed with the local
+// password. Its scopes hold Graph's too, since one account sends through
+// Graph.
+func (dm *demo) signIn(cfg *config.Config) error {
 	scopes := cfg.Accounts[0].Provider.Scopes
 	for _, user := range []string{demoUser, demoGraphUser} {
 		rt := dm.idp.GrantRefreshToken(demoClientID, user, scopes)
 		now := time.Now()
-		err = d.Manager().Seal(user, demoPassword, oauth.TokenSet{RefreshToken: rt, Scopes: scopes},
+		err := dm.d.Manager().Seal(user, demoPassword, oauth.TokenSet{RefreshToken: rt, Scopes: scopes},
 			store.Meta{Identity: user, Flow: config.FlowAuthCode, Created: now, RefreshObtained: now})
 		if err != nil {
 			return fmt.Errorf("sign in the demo account %s: %w", user, err)
 		}
-	}
-	if err := d.Start(); err != nil {
-		return err
 	}
 	return nil
 }

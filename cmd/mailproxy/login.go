@@ -12,8 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/oauth2"
-
 	"mailproxy/config"
 	"mailproxy/daemon"
 	"mailproxy/internal/cmdline"
@@ -60,59 +58,28 @@ that the app gets a token.
 `
 
 func runLogin(ctx context.Context, env *cmdEnv, args []string) error {
-	fs := newFlags(env, "login")
-	cfgPath := configFlag(env, fs)
-	device := fs.Bool("device", false, "sign in with a code entered on any device")
-	browser := fs.Bool("browser", false, "sign in with a browser on this machine")
-	manual := fs.Bool("manual", false, "sign in anywhere and paste the address the browser ended on")
-	pwStdin := fs.Bool("password-stdin", false, "read the local password as the first line of stdin")
-	fs.Usage = func() {
-		fmt.Fprint(env.stderr, loginHelp)
-		fs.PrintDefaults()
-	}
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() != 1 {
-		return usagef("login needs exactly one USER (an account's username)")
-	}
-	method := ""
-	for _, m := range []struct {
-		set  bool
-		name string
-	}{{*browser, methodBrowser}, {*manual, methodManual}, {*device, methodDevice}} {
-		if !m.set {
-			continue
-		}
-		if method != "" {
-			return usagef("use only one of -browser, -manual and -device")
-		}
-		method = m.name
-	}
-
-	cfg, err := loadConfig(env, *cfgPath)
+	o, err := parseLoginFlags(env, args)
 	if err != nil {
 		return err
 	}
-	acct := cfg.Account(fs.Arg(0))
+	cfg, err := loadConfig(env, o.cfgPath)
+	if err != nil {
+		return err
+	}
+	acct := cfg.Account(o.user)
 	if acct == nil {
-		return usagef("no account %q in %s", fs.Arg(0), *cfgPath)
+		return usagef("no account %q in %s", o.user, o.cfgPath)
 	}
 	p := daemon.OAuthProvider(acct.Provider)
 	if acct.Flow == config.FlowClientCredentials {
-		if method != "" {
+		if o.method != "" {
 			return usagef("account %s uses flow client_credentials, which has no sign-in", acct.Username)
 		}
 		return loginApp(ctx, env, acct, p)
 	}
-	if method == "" {
-		method = methodBrowser
-		if acct.Flow == config.FlowDevice {
-			method = methodDevice
-		}
-	}
-	if method == methodDevice && p.DeviceAuthURL == "" {
-		return usagef("provider %s has no device flow (device_auth_url); use -browser or -manual", acct.Provider.Name)
+	method, err := signInMethod(o.method, acct, p)
+	if err != nil {
+		return err
 	}
 
 	// The password and a pasted address may both come from stdin: read
@@ -121,24 +88,11 @@ func runLogin(ctx context.Context, env *cmdEnv, args []string) error {
 	in := bufio.NewReader(env.stdin)
 	e.stdin = in
 	what := "local password for " + acct.Username
-	password := ""
-	fromStdin := *pwStdin || env.readPassword == nil
+	fromStdin := o.pwStdin || env.readPassword == nil
 	service := acct.Seal == config.SealService
-	if service {
-		// Sealed with the daemon's key: no local password to ask for.
-		if *pwStdin {
-			return usagef("account %s has seal = \"service\": there is no local password to read", acct.Username)
-		}
-		key, err := oauth.LoadServiceKey(cfg.StateDir, true)
-		if err != nil {
-			return err
-		}
-		password = key.Password(acct.Username)
-	} else if fromStdin {
-		// Before the sign-in, so that a bad password does not waste it.
-		if password, err = newPassword(&e, true, what); err != nil {
-			return err
-		}
+	password, err := passwordBeforeSignIn(&e, cfg, acct, o.pwStdin, fromStdin, what)
+	if err != nil {
+		return err
 	}
 
 	m, _, err := newManager(cfg, discardLogger())
@@ -148,23 +102,7 @@ func runLogin(ctx context.Context, env *cmdEnv, args []string) error {
 
 	sctx, cancel := context.WithTimeout(ctx, signInTimeout)
 	defer cancel()
-	ts, identity, err := signIn(sctx, &e, in, method, acct, p)
-	if method == methodDevice {
-		// Tenants block the device flow (Conditional Access) or let it
-		// give no refresh token (Security Defaults): the browser flow is
-		// offered at once, not after another try.
-		why := oauth.DeviceRefused(err)
-		if err == nil && ts.RefreshToken == "" {
-			why = oauth.DeviceRefused(oauth.ErrNoRefreshToken)
-		}
-		if why != "" && p.AuthURL != "" {
-			fmt.Fprintf(env.stdout, "\nThe device code sign-in did not work: %s.\n", why)
-			fmt.Fprintf(env.stdout, "Signing in with the browser instead (copy the address into a browser on any machine; on this machine, %s opens one).\n\n",
-				cmdline.Command("login", "-browser", acct.Username))
-			method = methodManual
-			ts, identity, err = signIn(sctx, &e, in, method, acct, p)
-		}
-	}
+	ts, identity, method, err := signInOrBrowser(sctx, &e, in, method, acct, p)
 	if err != nil {
 		return withHint(fmt.Errorf("sign in %s: %w", acct.Username, err))
 	}
@@ -182,8 +120,114 @@ func runLogin(ctx context.Context, env *cmdEnv, args []string) error {
 	if err := m.Seal(acct.Username, password, ts, meta); err != nil {
 		return err
 	}
+	printSignedIn(env.stdout, acct, identity, ts, service)
+	return nil
+}
 
-	out := env.stdout
+// loginOptions are login's flags and argument.
+type loginOptions struct {
+	cfgPath string
+	user    string
+	method  string // "" when no -browser, -manual or -device was given
+	pwStdin bool
+}
+
+func parseLoginFlags(env *cmdEnv, args []string) (loginOptions, error) {
+	fs := newFlags(env, "login")
+	cfgPath := configFlag(env, fs)
+	device := fs.Bool("device", false, "sign in with a code entered on any device")
+	browser := fs.Bool("browser", false, "sign in with a browser on this machine")
+	manual := fs.Bool("manual", false, "sign in anywhere and paste the address the browser ended on")
+	pwStdin := fs.Bool("password-stdin", false, "read the local password as the first line of stdin")
+	fs.Usage = func() {
+		fmt.Fprint(env.stderr, loginHelp)
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, args); err != nil {
+		return loginOptions{}, err
+	}
+	if fs.NArg() != 1 {
+		return loginOptions{}, usagef("login needs exactly one USER (an account's username)")
+	}
+	o := loginOptions{cfgPath: *cfgPath, user: fs.Arg(0), pwStdin: *pwStdin}
+	for _, m := range []struct {
+		set  bool
+		name string
+	}{{*browser, methodBrowser}, {*manual, methodManual}, {*device, methodDevice}} {
+		if !m.set {
+			continue
+		}
+		if o.method != "" {
+			return loginOptions{}, usagef("use only one of -browser, -manual and -device")
+		}
+		o.method = m.name
+	}
+	return o, nil
+}
+
+// signInMethod is the method asked for, or the account's flow's, checked
+// against what the provider offers.
+func signInMethod(method string, acct *config.Account, p *oauth.Provider) (string, error) {
+	if method == "" {
+		method = methodBrowser
+		if acct.Flow == config.FlowDevice {
+			method = methodDevice
+		}
+	}
+	if method == methodDevice && p.DeviceAuthURL == "" {
+		return "", usagef("provider %s has no device flow (device_auth_url); use -browser or -manual", acct.Provider.Name)
+	}
+	return method, nil
+}
+
+// passwordBeforeSignIn returns the local password where it is known
+// before the sign-in: the service key's for seal = "service" (there is no
+// local password to ask for), stdin's first line when it comes from stdin
+// (so that a bad password does not waste the sign-in). Otherwise it is ""
+// and asked on the terminal after the sign-in.
+func passwordBeforeSignIn(e *cmdEnv, cfg *config.Config, acct *config.Account, pwStdin, fromStdin bool, what string) (string, error) {
+	if acct.Seal == config.SealService {
+		if pwStdin {
+			return "", usagef("account %s has seal = \"service\": there is no local password to read", acct.Username)
+		}
+		key, err := oauth.LoadServiceKey(cfg.StateDir, true)
+		if err != nil {
+			return "", err
+		}
+		return key.Password(acct.Username), nil
+	}
+	if fromStdin {
+		return newPassword(e, true, what)
+	}
+	return "", nil
+}
+
+// signInOrBrowser runs signIn with method and returns the method that
+// signed in. Tenants block the device flow (Conditional Access) or let it
+// give no refresh token (Security Defaults): then the browser flow is
+// offered at once, not after another try.
+func signInOrBrowser(ctx context.Context, env *cmdEnv, in *bufio.Reader, method string, acct *config.Account, p *oauth.Provider) (oauth.TokenSet, string, string, error) {
+	ts, identity, err := signIn(ctx, env, in, method, acct, p)
+	if method != methodDevice {
+		return ts, identity, method, err
+	}
+	why := oauth.DeviceRefused(err)
+	if err == nil && ts.RefreshToken == "" {
+		why = oauth.DeviceRefused(oauth.ErrNoRefreshToken)
+	}
+	if why == "" || p.AuthURL == "" {
+		return ts, identity, method, err
+	}
+	fmt.Fprintf(env.stdout, "\nThe device code sign-in did not work: %s.\n", why)
+	fmt.Fprintf(env.stdout, "Signing in with the browser instead (copy the address into a browser on any machine; on this machine, %s opens one).\n\n",
+		cmdline.Command("login", "-browser", acct.Username))
+	ts, identity, err = signIn(ctx, env, in, methodManual, acct, p)
+	return ts, identity, methodManual, err
+}
+
+// printSignedIn says as whom the account signed in, for which mailbox,
+// and how its tokens were saved.
+func printSignedIn(out io.Writer, acct *config.Account, identity string, ts oauth.TokenSet, service bool) {
 	mailbox := acct.Mailbox
 	if mailbox == "" {
 		mailbox = acct.Username
@@ -204,10 +248,9 @@ func runLogin(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	if service {
 		fmt.Fprintf(out, "Tokens for %s saved, sealed with the service key. A running mailproxy serve can use them without a client.\n", acct.Username)
-		return nil
+		return
 	}
 	fmt.Fprintf(out, "Tokens for %s saved, encrypted with its local password. A running mailproxy serve uses them from the next login on.\n", acct.Username)
-	return nil
 }
 
 // signIn runs the chosen flow and returns the tokens and who signed in.
@@ -217,12 +260,8 @@ func signIn(ctx context.Context, env *cmdEnv, in *bufio.Reader, method string, a
 	if hint == "" && strings.Contains(acct.Username, "@") {
 		hint = acct.Username
 	}
-	var opts []oauth2.AuthCodeOption
-	if acct.Provider.Type == config.TypeGmail {
-		// Google sends a refresh token only for access_type=offline, and
-		// again on a later sign-in only after the consent screen.
-		opts = append(opts, oauth2.AccessTypeOffline, oauth2.SetAuthURLParam("prompt", "consent"))
-	}
+	// Google's access_type=offline and prompt=consent: oauth.NewAuthCode
+	// adds them (Provider.OfflineConsent), for the admin page too.
 	switch method {
 	case methodDevice:
 		f := &oauth.DeviceFlow{Provider: p, Wait: deviceWait}
@@ -239,7 +278,7 @@ func signIn(ctx context.Context, env *cmdEnv, in *bufio.Reader, method string, a
 		return f.Poll(ctx, dc)
 
 	case methodManual:
-		a, authURL := oauth.NewAuthCode(p, p.RedirectURL, hint, opts...)
+		a, authURL := oauth.NewAuthCode(p, p.RedirectURL, hint)
 		fmt.Fprintf(out, "Open this address in a browser on any machine and sign in:\n\n  %s\n\n", authURL)
 		fmt.Fprintf(out, "The browser then goes to %s...; that page may fail to load, which is fine.\n", p.RedirectURL)
 		fmt.Fprintln(out, "Copy the whole address from the address bar and paste it here:")
@@ -259,7 +298,7 @@ func signIn(ctx context.Context, env *cmdEnv, in *bufio.Reader, method string, a
 		if open == nil {
 			open = func(u string) error { return openBrowser(env, u) }
 		}
-		f := &oauth.BrowserFlow{Provider: p, LoginHint: hint, Open: open, Out: out, Options: opts}
+		f := &oauth.BrowserFlow{Provider: p, LoginHint: hint, Open: open, Out: out}
 		fmt.Fprintln(out, "If your browser runs on another machine, stop this (Ctrl-C) and use -manual or -device instead.")
 		fmt.Fprintf(out, "Waiting up to %s for the browser to come back; then the sign-in is redeemed at %s.\n", signInTimeout, hostOf(p.TokenURL))
 		return f.Run(ctx)

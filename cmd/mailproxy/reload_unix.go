@@ -102,29 +102,11 @@ func runningPID(stateDir string) (int, error) {
 // runReload sends SIGHUP to the serve using this config's state_dir. Under
 // systemd, `systemctl reload mailproxy` does the same and waits for it.
 func runReload(_ context.Context, env *cmdEnv, args []string) error {
-	flags := newFlags(env, "reload")
-	cfgPath := configFlag(env, flags)
-	flags.Usage = func() {
-		fmt.Fprint(env.stderr, `usage: mailproxy reload [-config FILE]
-
-Asks the running mailproxy serve to reload its config, as SIGHUP does: on
-Linux, macOS and the BSDs it signals the serve whose PID file is in the
-config's state_dir (under systemd, systemctl reload mailproxy does the
-same); on Windows it sends the mailproxy service the "parameters changed"
-control. Live sessions stay. The daemon's log says whether the new config
-was taken.
-
-Flags:
-`)
-		flags.PrintDefaults()
-	}
-	if err := parseFlags(flags, args); err != nil {
+	cfgPath, err := parseReloadFlags(env, args)
+	if err != nil {
 		return err
 	}
-	if flags.NArg() > 0 {
-		return usagef("reload takes no arguments")
-	}
-	cfg, err := loadConfig(env, *cfgPath)
+	cfg, err := loadConfig(env, cfgPath)
 	if err != nil {
 		return err
 	}

@@ -251,7 +251,9 @@ func serviceInstall(env *cmdEnv, cfgPath string) error {
 	return nil
 }
 
-func serviceUninstall(env *cmdEnv) error {
+// withService runs do on the installed mailproxy service. Without one it
+// says so, followed by hint.
+func withService(hint string, do func(s *mgr.Service) error) error {
 	m, err := connect()
 	if err != nil {
 		return err
@@ -259,63 +261,53 @@ func serviceUninstall(env *cmdEnv) error {
 	defer m.Disconnect()
 	s, err := m.OpenService(serviceName)
 	if err != nil {
-		return fmt.Errorf("service %s is not installed", serviceName)
+		return errors.New("service " + serviceName + " is not installed" + hint)
 	}
 	defer s.Close()
-	if st, err := s.Query(); err == nil && st.State != svc.Stopped {
-		if err := stopAndWait(s); err != nil {
-			return err
+	return do(s)
+}
+
+func serviceUninstall(env *cmdEnv) error {
+	return withService("", func(s *mgr.Service) error {
+		if st, err := s.Query(); err == nil && st.State != svc.Stopped {
+			if err := stopAndWait(s); err != nil {
+				return err
+			}
 		}
-	}
-	if err := s.Delete(); err != nil {
-		return fmt.Errorf("delete service: %w", err)
-	}
-	eventlog.Remove(serviceName)
-	fmt.Fprintf(env.stdout, "removed service %s; the config and the token store are left in place\n", serviceName)
-	return nil
+		if err := s.Delete(); err != nil {
+			return fmt.Errorf("delete service: %w", err)
+		}
+		eventlog.Remove(serviceName)
+		fmt.Fprintf(env.stdout, "removed service %s; the config and the token store are left in place\n", serviceName)
+		return nil
+	})
 }
 
 func serviceStart(env *cmdEnv) error {
-	m, err := connect()
-	if err != nil {
-		return err
-	}
-	defer m.Disconnect()
-	s, err := m.OpenService(serviceName)
-	if err != nil {
-		return fmt.Errorf("service %s is not installed (mailproxy service install)", serviceName)
-	}
-	defer s.Close()
-	if err := s.Start(); err != nil {
-		return fmt.Errorf("start service: %w", err)
-	}
-	st, err := waitState(s, svc.Running)
-	if err != nil {
-		return err
-	}
-	if st.State != svc.Running {
-		return fmt.Errorf("service %s stopped at start (exit status %d): the Event Log (source mailproxy) says why", serviceName, st.ServiceSpecificExitCode)
-	}
-	fmt.Fprintf(env.stdout, "service %s is running\n", serviceName)
-	return nil
+	return withService(" (mailproxy service install)", func(s *mgr.Service) error {
+		if err := s.Start(); err != nil {
+			return fmt.Errorf("start service: %w", err)
+		}
+		st, err := waitState(s, svc.Running)
+		if err != nil {
+			return err
+		}
+		if st.State != svc.Running {
+			return fmt.Errorf("service %s stopped at start (exit status %d): the Event Log (source mailproxy) says why", serviceName, st.ServiceSpecificExitCode)
+		}
+		fmt.Fprintf(env.stdout, "service %s is running\n", serviceName)
+		return nil
+	})
 }
 
 func serviceStop(env *cmdEnv) error {
-	m, err := connect()
-	if err != nil {
-		return err
-	}
-	defer m.Disconnect()
-	s, err := m.OpenService(serviceName)
-	if err != nil {
-		return fmt.Errorf("service %s is not installed", serviceName)
-	}
-	defer s.Close()
-	if err := stopAndWait(s); err != nil {
-		return err
-	}
-	fmt.Fprintf(env.stdout, "service %s is stopped\n", serviceName)
-	return nil
+	return withService("", func(s *mgr.Service) error {
+		if err := stopAndWait(s); err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stdout, "service %s is stopped\n", serviceName)
+		return nil
+	})
 }
 
 func stopAndWait(s *mgr.Service) error {

@@ -286,37 +286,17 @@ func (p *parser) readLiteral(n int64, sync bool) error {
 	return nil
 }
 
-// scan tokenizes the line p.buf[pos:]. When the line ends with a literal
+// scan tokenizes the line p.buf[pos:]: on the first line of a command its
+// tag and name, then the arguments. When the line ends with a literal
 // announcement it returns its size and kind; the literal is not read yet.
 func (p *parser) scan(pos int, first bool) (n int64, sync, lit bool, err error) {
+	if first {
+		if pos, err = p.scanHead(pos); err != nil {
+			return 0, false, false, err
+		}
+	}
 	buf := p.buf
 	end := len(buf)
-	if first {
-		i := pos
-		for i < end && tagChars[buf[i]] {
-			i++
-		}
-		if i == pos || (i < end && buf[i] != ' ') {
-			return 0, false, false, errNoTag
-		}
-		p.tag = span{pos, i}
-		pos = i
-		for pos < end && buf[pos] == ' ' {
-			pos++
-		}
-		i = pos
-		for i < end && atomChars[buf[i]] && buf[i] != '{' {
-			if c := buf[i]; 'a' <= c && c <= 'z' {
-				buf[i] = c - 'a' + 'A'
-			}
-			i++
-		}
-		if i == pos {
-			return 0, false, false, errNoCommand
-		}
-		p.name = span{pos, i}
-		pos = i
-	}
 	for {
 		for pos < end && buf[pos] == ' ' {
 			pos++
@@ -329,55 +309,14 @@ func (p *parser) scan(pos int, first bool) (n int64, sync, lit bool, err error) 
 		}
 		switch c := buf[pos]; c {
 		case '"':
-			// Unescape in place: the result is never longer than the input.
-			w := pos + 1
-			start := w
-			i := pos + 1
-			for {
-				if i == end {
-					return 0, false, false, errUnterminated
-				}
-				c := buf[i]
-				if c == '"' {
-					break
-				}
-				switch c {
-				case 0:
-					return 0, false, false, errNUL
-				case '\r':
-					return 0, false, false, errBadChar
-				case '\\':
-					i++
-					if i == end || (buf[i] != '"' && buf[i] != '\\') {
-						return 0, false, false, errBadEscape
-					}
-					c = buf[i]
-				}
-				buf[w] = c
-				w++
-				i++
+			if pos, err = p.scanQuoted(pos); err != nil {
+				return 0, false, false, err
 			}
-			p.args = append(p.args, arg{argString, span{start, w}})
-			pos = i + 1
 		case '{':
-			n, sync, ok := literalSpec(buf[pos:])
-			if !ok {
-				if j := bytes.IndexByte(buf[pos:], '}'); j >= 0 {
-					if _, _, ok := literalSpec(buf[pos : pos+j+1]); ok {
-						return 0, false, false, errLiteralNotFinal
-					}
-				}
-				return 0, false, false, errBadLiteral
+			n, sync, err := p.scanLiteral(pos)
+			if err != nil {
+				return 0, false, false, err
 			}
-			if n > int64(p.maxLiteral-p.litBytes) {
-				if !sync {
-					// The client sends the data whatever we say: we
-					// cannot skip it without reading it.
-					return 0, false, false, errLiteralTooBig
-				}
-				return 0, false, false, errSyncLiteralBig
-			}
-			p.buf = buf[:pos] // the literal's data replaces its announcement
 			return n, sync, true, nil
 		case '(':
 			p.args = append(p.args, arg{argLParen, span{pos, pos + 1}})
@@ -397,6 +336,100 @@ func (p *parser) scan(pos int, first bool) (n int64, sync, lit bool, err error) 
 			pos = i
 		}
 	}
+}
+
+// scanHead reads the tag and the command name (upper-cased in place) at
+// p.buf[pos:] and returns the position after the name.
+func (p *parser) scanHead(pos int) (int, error) {
+	buf := p.buf
+	end := len(buf)
+	i := pos
+	for i < end && tagChars[buf[i]] {
+		i++
+	}
+	if i == pos || (i < end && buf[i] != ' ') {
+		return 0, errNoTag
+	}
+	p.tag = span{pos, i}
+	pos = i
+	for pos < end && buf[pos] == ' ' {
+		pos++
+	}
+	i = pos
+	for i < end && atomChars[buf[i]] && buf[i] != '{' {
+		if c := buf[i]; 'a' <= c && c <= 'z' {
+			buf[i] = c - 'a' + 'A'
+		}
+		i++
+	}
+	if i == pos {
+		return 0, errNoCommand
+	}
+	p.name = span{pos, i}
+	return i, nil
+}
+
+// scanQuoted reads the quoted string at p.buf[pos] (the opening quote),
+// unescaping it in place (the result is never longer than the input), and
+// returns the position after the closing quote.
+func (p *parser) scanQuoted(pos int) (int, error) {
+	buf := p.buf
+	end := len(buf)
+	w := pos + 1
+	start := w
+	i := pos + 1
+	for {
+		if i == end {
+			return 0, errUnterminated
+		}
+		c := buf[i]
+		if c == '"' {
+			break
+		}
+		switch c {
+		case 0:
+			return 0, errNUL
+		case '\r':
+			return 0, errBadChar
+		case '\\':
+			i++
+			if i == end || (buf[i] != '"' && buf[i] != '\\') {
+				return 0, errBadEscape
+			}
+			c = buf[i]
+		}
+		buf[w] = c
+		w++
+		i++
+	}
+	p.args = append(p.args, arg{argString, span{start, w}})
+	return i + 1, nil
+}
+
+// scanLiteral checks the literal announcement at p.buf[pos] (its '{'),
+// which must end the line and fit the command's literal budget, and cuts
+// it from p.buf: the literal's data replaces it.
+func (p *parser) scanLiteral(pos int) (n int64, sync bool, err error) {
+	buf := p.buf
+	n, sync, ok := literalSpec(buf[pos:])
+	if !ok {
+		if j := bytes.IndexByte(buf[pos:], '}'); j >= 0 {
+			if _, _, ok := literalSpec(buf[pos : pos+j+1]); ok {
+				return 0, false, errLiteralNotFinal
+			}
+		}
+		return 0, false, errBadLiteral
+	}
+	if n > int64(p.maxLiteral-p.litBytes) {
+		if !sync {
+			// The client sends the data whatever we say: we
+			// cannot skip it without reading it.
+			return 0, false, errLiteralTooBig
+		}
+		return 0, false, errSyncLiteralBig
+	}
+	p.buf = buf[:pos] // the literal's data replaces its announcement
+	return n, sync, nil
 }
 
 // trailingLiteral reports whether line ends with a literal announcement.

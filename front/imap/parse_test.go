@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"mailproxy/auth"
+	"mailproxy/front"
 	"net"
 	"net/netip"
 	"strings"
@@ -332,13 +333,8 @@ func FuzzPreAuth(f *testing.F) {
 		plain := len(data)%2 == 0
 		s := &Server{Auth: refusingAuth{}, Logger: slog.New(slog.DiscardHandler), MaxLine: maxLine, MaxLiteral: maxLiteral,
 			PlaintextAllowed: func(netip.Addr) bool { return plain }}
-		s.mu.Lock()
-		s.initLocked()
-		s.mu.Unlock()
-		c := s.newSession(&memConn{r: bytes.NewReader(data)})
-		c.serve()
-		if c.outcome == outcomeError {
-			t.Fatalf("session outcome %q", c.outcome)
+		if outcome := s.init().ServeConn(&memConn{r: bytes.NewReader(data)}); outcome == front.OutcomeError {
+			t.Fatalf("session outcome %q", outcome)
 		}
 	})
 }

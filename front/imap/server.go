@@ -8,19 +8,15 @@ package imap
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"mailproxy/auth"
 	"mailproxy/front"
-	"mailproxy/internal/wait"
 	"mailproxy/upstream"
 )
 
@@ -33,16 +29,12 @@ const (
 	DefaultMaxLiteral      = 64 << 10         // literal bytes per command
 	DefaultIdleTimeout     = 30 * time.Minute // relayed session with no byte either way; RFC 2177 IDLE needs 29m
 
-	byeWriteTimeout   = 5 * time.Second       // writing a last reply when a deadline has passed
-	lingerTimeout     = time.Second           // draining input after a protocol error
-	lingerMaxBytes    = 32 << 20              // ... at most this much
-	maxBadCommands    = 10                    // BAD replies (and failed logins) before BYE
-	ioBufferSize      = 4 << 10               // pre-auth bufio reader/writer, upstream reader
-	maxUpstreamLine   = 64 << 10              // one upstream response during login
-	maxUpstreamBefore = 64 << 10              // untagged upstream data before the tagged reply
-	shutdownKick      = 50 * time.Millisecond // how often Shutdown re-checks live connections
-	pastDeadline      = -1 * time.Millisecond // a read deadline in the past wakes a blocked read
-	traceMaxLine      = 2000                  // bytes of one line in the protocol trace
+	maxBadCommands    = 10       // BAD replies (and failed logins) before BYE
+	ioBufferSize      = 4 << 10  // pre-auth bufio reader/writer, upstream reader
+	maxUpstreamLine   = 64 << 10 // one upstream response during login
+	maxUpstreamBefore = 64 << 10 // untagged upstream data before the tagged reply
+
+	traceMaxLine = 2000 // bytes of one line in the protocol trace
 )
 
 // shutdownBye is what a relayed session hears at shutdown.
@@ -112,75 +104,34 @@ type Server struct {
 	// "<redacted>". The relayed session is not traced.
 	Trace *slog.Logger
 
-	nextID   atomic.Uint64
-	shutting atomic.Bool
+	core front.Core // listeners, sessions, accept loop, Close and Shutdown
+	once sync.Once  // sets up core and the fields below
 
-	mu        sync.Mutex // protects the fields below
-	closed    bool
-	listeners map[*net.Listener]struct{}
-	sessions  map[*session]struct{}
-	ctx       context.Context // canceled by Close; parent of every session's context
-	cancel    context.CancelFunc
-	active    sync.WaitGroup // one per session; Add only under mu while !closed
-
-	// Set by initLocked, read-only after (tests may set them before Serve).
+	// Set by init, read-only after (tests may set them before Serve).
 	mailboxes *upstream.MailboxLimiter // upstream connections per mailbox
 	backoff   *upstream.Backoff        // mailboxes the upstream throttled
 	metrics   front.Metrics            // never nil
-	afterKick func()                   // tests: called after each round of Shutdown's kicks
 }
 
-func (s *Server) logger() *slog.Logger {
-	if s.Logger != nil {
-		return s.Logger
-	}
-	return slog.Default()
-}
+func (s *Server) logger() *slog.Logger { return front.LoggerOr(s.Logger) }
 
 func (s *Server) preAuthTimeout() time.Duration {
-	if s.PreAuthTimeout > 0 {
-		return s.PreAuthTimeout
-	}
-	return DefaultPreAuthTimeout
+	return front.Or(s.PreAuthTimeout, DefaultPreAuthTimeout)
 }
 
 func (s *Server) upstreamTimeout() time.Duration {
-	if s.UpstreamTimeout > 0 {
-		return s.UpstreamTimeout
-	}
-	return DefaultUpstreamTimeout
+	return front.Or(s.UpstreamTimeout, DefaultUpstreamTimeout)
 }
 
-func (s *Server) idleTimeout() time.Duration {
-	switch {
-	case s.IdleTimeout > 0:
-		return s.IdleTimeout
-	case s.IdleTimeout < 0:
-		return 0
-	}
-	return DefaultIdleTimeout
-}
+func (s *Server) idleTimeout() time.Duration { return front.IdleOr(s.IdleTimeout, DefaultIdleTimeout) }
 
-func (s *Server) maxLine() int {
-	if s.MaxLine > 0 {
-		return s.MaxLine
-	}
-	return DefaultMaxLine
-}
+func (s *Server) maxLine() int { return front.Or(s.MaxLine, DefaultMaxLine) }
 
-func (s *Server) maxLiteral() int {
-	if s.MaxLiteral > 0 {
-		return s.MaxLiteral
-	}
-	return DefaultMaxLiteral
-}
+func (s *Server) maxLiteral() int { return front.Or(s.MaxLiteral, DefaultMaxLiteral) }
 
-// initLocked sets up the maps and the base context. s.mu must be held.
-func (s *Server) initLocked() {
-	if s.listeners == nil {
-		s.listeners = make(map[*net.Listener]struct{})
-		s.sessions = make(map[*session]struct{})
-		s.ctx, s.cancel = context.WithCancel(context.Background())
+// init sets up the core and what the sessions share, once.
+func (s *Server) init() *front.Core {
+	s.once.Do(func() {
 		if s.mailboxes == nil {
 			s.mailboxes = upstream.NewMailboxLimiter(s.MaxUpstreamPerMailbox)
 		}
@@ -188,195 +139,42 @@ func (s *Server) initLocked() {
 			s.backoff = upstream.NewBackoff()
 		}
 		s.metrics = front.MetricsOrNop(s.Metrics)
-	}
+		k := &s.core
+		k.Proto = Name
+		k.Logger = s.Logger
+		k.Metrics = s.metrics
+		k.PreAuthTimeout = s.preAuthTimeout()
+		k.MaxWaiting = s.maxPreAuthConns()
+		k.TooManyWaiting = TooManyWaiting
+		k.Refusals = &s.refusals
+		k.ErrClosed = ErrServerClosed
+		k.NewSession = func(fc *front.Conn) front.Session { return &session{Conn: fc, s: s} }
+	})
+	return &s.core
 }
 
 // Serve accepts connections on ln until Close or Shutdown and serves each in
 // its own goroutine. A connection that ln returns as a *tls.Conn is implicit
 // TLS: STARTTLS is not offered on it. Serve always returns a non-nil error,
 // ErrServerClosed after Close or Shutdown.
-func (s *Server) Serve(ln net.Listener) error {
-	lnp := &ln
-	s.mu.Lock()
-	s.initLocked()
-	if s.closed {
-		s.mu.Unlock()
-		ln.Close()
-		return ErrServerClosed
-	}
-	s.listeners[lnp] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, lnp)
-		s.mu.Unlock()
-	}()
-
-	var waiting atomic.Int32 // this listener's connections not logged in yet
-	var backoff wait.Backoff
-	for {
-		nc, err := ln.Accept()
-		if err != nil {
-			s.mu.Lock()
-			closed := s.closed
-			s.mu.Unlock()
-			if closed {
-				return ErrServerClosed
-			}
-			if errors.Is(err, net.ErrClosed) {
-				return err
-			}
-			// Out of file descriptors and the like: wait and retry.
-			d := backoff.Next()
-			s.logger().Warn("imap accept failed", "err", err, "retry_in", d)
-			wait.Sleep(s.ctx, d)
-			continue
-		}
-		backoff.Reset()
-		if waiting.Add(1) > s.maxPreAuthConns() {
-			waiting.Add(-1)
-			s.refuseWaiting(nc)
-			continue
-		}
-		c := s.newSession(nc)
-		if c == nil {
-			waiting.Add(-1)
-			nc.Close()
-			continue
-		}
-		c.waiting = &waiting
-		go c.serve()
-	}
-}
+func (s *Server) Serve(ln net.Listener) error { return s.init().Serve(ln) }
 
 // TooManyWaiting is said to a connection refused because its listener has
 // MaxPreAuthConns connections that have not logged in.
 const TooManyWaiting = "* BYE too many connections waiting to log in; try again later\r\n"
 
-func (s *Server) maxPreAuthConns() int32 {
-	if s.MaxPreAuthConns > 0 {
-		return int32(min(s.MaxPreAuthConns, 1<<30))
-	}
-	return DefaultMaxPreAuthConns
-}
-
-// refuseWaiting tells nc TooManyWaiting and closes it, off the accept loop:
-// on an implicit TLS listener the write runs the handshake.
-func (s *Server) refuseWaiting(nc net.Conn) {
-	s.refusals.Log(s.logger(), slog.LevelWarn, "", "imap: too many connections on this listener waiting to log in; refused",
-		"remote", nc.RemoteAddr().String(), "limit", s.maxPreAuthConns())
-	go func() {
-		nc.SetDeadline(time.Now().Add(byeWriteTimeout))
-		io.WriteString(nc, TooManyWaiting)
-		nc.Close()
-	}()
-}
-
-// newSession registers a session for nc, or returns nil when the server is
-// closed.
-func (s *Server) newSession(nc net.Conn) *session {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return nil
-	}
-	c := &session{s: s, nc: nc, id: s.nextID.Add(1)}
-	c.ctx, c.cancel = context.WithCancel(s.ctx)
-	s.sessions[c] = struct{}{}
-	s.active.Add(1)
-	return c
-}
-
-func (s *Server) removeSession(c *session) {
-	s.mu.Lock()
-	delete(s.sessions, c)
-	s.mu.Unlock()
-	c.cancel()
-	s.active.Done()
-}
-
-// closeListenersLocked stops accepting. s.mu must be held.
-func (s *Server) closeListenersLocked() error {
-	var err error
-	for lnp := range s.listeners {
-		if e := (*lnp).Close(); e != nil && err == nil && !errors.Is(e, net.ErrClosed) {
-			err = e
-		}
-		delete(s.listeners, lnp)
-	}
-	return err
-}
+func (s *Server) maxPreAuthConns() int { return front.Or(s.MaxPreAuthConns, DefaultMaxPreAuthConns) }
 
 // Close closes the listeners and every connection, client and upstream, at
 // once.
-func (s *Server) Close() error {
-	s.shutting.Store(true)
-	s.mu.Lock()
-	s.initLocked()
-	s.closed = true
-	err := s.closeListenersLocked()
-	for c := range s.sessions {
-		c.closeConns()
-	}
-	s.cancel()
-	s.mu.Unlock()
-	return err
-}
+func (s *Server) Close() error { return s.init().Close() }
 
 // Shutdown stops accepting, ends pre-auth connections with
 // "* BYE server shutting down" and relayed ones with "* BYE mailproxy is
 // shutting down" (written where the upstream's stream is between responses;
 // see Server), then waits until every session has ended or ctx is done;
 // then it closes what is left without a word and returns ctx.Err().
-func (s *Server) Shutdown(ctx context.Context) error {
-	s.shutting.Store(true)
-	s.mu.Lock()
-	s.initLocked()
-	s.closed = true
-	err := s.closeListenersLocked()
-	s.mu.Unlock()
-
-	done := make(chan struct{})
-	go func() {
-		s.active.Wait()
-		close(done)
-	}()
-	// A session that was busy (checking a password, logging in upstream)
-	// when it was first kicked may be back to reading commands later: kick
-	// pre-auth sessions again until all are gone.
-	tick := time.NewTicker(shutdownKick)
-	defer tick.Stop()
-	for {
-		s.kick()
-		if s.afterKick != nil {
-			s.afterKick()
-		}
-		select {
-		case <-done:
-			return err
-		case <-ctx.Done():
-			s.Close()
-			return ctx.Err()
-		case <-tick.C:
-		}
-	}
-}
-
-// kick wakes the reads of pre-auth sessions, which see s.shutting and say
-// BYE, and asks relayed sessions to say BYE (only the first request
-// counts).
-func (s *Server) kick() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for c := range s.sessions {
-		switch c.state.Load() {
-		case statePreAuth:
-			c.nc.SetReadDeadline(time.Now().Add(pastDeadline))
-		case stateRelay:
-			c.goodbye.Say(shutdownBye)
-		}
-	}
-}
+func (s *Server) Shutdown(ctx context.Context) error { return s.init().Shutdown(ctx) }
 
 // SetTrace implements front.Front.
 func (s *Server) SetTrace(trace *slog.Logger) { s.Trace = trace }

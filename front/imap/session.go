@@ -2,34 +2,18 @@ package imap
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"mailproxy/auth"
-	"mailproxy/front"
-	"mailproxy/relay"
-	"mailproxy/upstream"
 	"net"
-	"net/netip"
 	"os"
-	"runtime/debug"
-	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/emersion/go-sasl"
-)
-
-// Session states, for Shutdown.
-const (
-	statePreAuth int32 = iota
-	stateUpstream
-	stateRelay
+	"mailproxy/front"
+	"mailproxy/relay"
 )
 
 // Outcomes, for the end-of-connection log line.
@@ -41,109 +25,35 @@ const (
 	outcomeLineTooLong  = "line too long"
 	outcomeLiteralBig   = "literal too big"
 	outcomeTooManyErrs  = "too many errors"
-	outcomeTLSFailed    = "tls handshake failed"
-	outcomeRelayed      = "relayed"
-	outcomeError        = "error"
+	outcomeTLSFailed    = front.OutcomeTLSFailed
 	outcomeServerClosed = "server closed"
 )
 
+// session is one client connection of the IMAP front.
 type session struct {
-	s      *Server
-	nc     net.Conn // as accepted; deadlines set here reach a TLS layer above
-	id     uint64
-	ctx    context.Context
-	cancel context.CancelFunc
-	state  atomic.Int32
-	// waiting is the listener's count of connections not logged in yet;
-	// the session leaves it once, when its relay starts or it ends.
-	waiting *atomic.Int32
-	left    atomic.Bool
+	*front.Conn
+	s *Server
 
 	// Owned by the session goroutine.
-	conn     net.Conn // nc, or the TLS conn over it
-	isTLS    bool
-	r        *bufio.Reader
-	w        *bufio.Writer
-	p        parser
-	log      *slog.Logger
-	trace    *slog.Logger // protocol trace; nil: off
-	deadline time.Time    // end of the pre-auth phase
-	errs     int          // BAD replies and failed logins
-	account  string
-	outcome  string
-	up, down int64 // relayed bytes to the upstream, to the client
+	conn  net.Conn // NC, or the TLS conn over it
+	r     *bufio.Reader
+	w     *bufio.Writer
+	p     parser
+	trace *slog.Logger // protocol trace; nil: off
+	errs  int          // BAD replies and failed logins
 
-	plainChecked bool // plainOK is set
-	plainOK      bool // PlaintextAllowed's answer for the client's address
-
-	mu       sync.Mutex // protects upstream
-	upstream net.Conn
-
-	goodbye relay.Goodbye // Shutdown asks a relayed session to say BYE
+	goodbye goodbye // Shutdown asks a relayed session to say BYE
 }
 
-// closeConns closes the client connection and the upstream one, if any.
-func (c *session) closeConns() {
-	c.nc.Close()
-	c.mu.Lock()
-	if c.upstream != nil {
-		c.upstream.Close()
-	}
-	c.mu.Unlock()
-}
+// SayGoodbye implements front.Goodbyer: Shutdown asks a relayed session to
+// say BYE (only the first request counts).
+func (c *session) SayGoodbye() { c.goodbye.Say(shutdownBye) }
 
-func (c *session) setUpstream(up net.Conn) {
-	c.mu.Lock()
-	c.upstream = up
-	c.mu.Unlock()
-}
-
-// leaveWaiting takes the session off its listener's pre-login count.
-func (c *session) leaveWaiting() {
-	if c.waiting != nil && c.left.CompareAndSwap(false, true) {
-		c.waiting.Add(-1)
-	}
-}
-
-func (c *session) serve() {
-	start := time.Now()
-	c.conn = c.nc
-	c.log = c.s.logger().With("proto", Name, "conn", c.id, "remote", c.nc.RemoteAddr().String())
+// Serve implements front.Session: the greeting and the pre-auth commands.
+func (c *session) Serve() {
+	c.conn = c.NC
 	if t := c.s.Trace; t != nil && t.Enabled(context.Background(), slog.LevelDebug) {
-		c.trace = t.With("proto", Name, "conn", c.id)
-	}
-	tc, implicitTLS := c.nc.(*tls.Conn)
-	c.log.Info("imap connection", "tls", implicitTLS)
-	c.s.metrics.ConnOpened(Name)
-	defer func() {
-		if v := recover(); v != nil {
-			c.log.Error("imap session panic", "panic", v, "stack", string(debug.Stack()))
-			c.outcome = outcomeError
-		}
-		c.leaveWaiting()
-		c.closeConns()
-		c.s.metrics.ConnClosed(Name)
-		c.log.Info("imap connection closed",
-			"account", c.account,
-			"outcome", c.outcome,
-			"duration", time.Since(start).Round(time.Millisecond),
-			"bytes_up", c.up,
-			"bytes_down", c.down)
-		c.s.removeSession(c)
-	}()
-
-	c.deadline = start.Add(c.s.preAuthTimeout())
-	c.nc.SetDeadline(c.deadline)
-	if implicitTLS {
-		ctx, cancel := context.WithDeadline(c.ctx, c.deadline)
-		err := tc.HandshakeContext(ctx)
-		cancel()
-		if err != nil {
-			c.outcome = outcomeTLSFailed
-			c.log.Info("imap tls handshake failed", "err", err)
-			return
-		}
-		c.isTLS = true
+		c.trace = t.With("proto", Name, "conn", c.ID)
 	}
 	c.r = bufio.NewReaderSize(c.conn, ioBufferSize)
 	c.w = bufio.NewWriterSize(c.traced(c.conn), ioBufferSize)
@@ -151,7 +61,7 @@ func (c *session) serve() {
 
 	c.writef("* OK [CAPABILITY %s] mailproxy ready\r\n", c.caps())
 	if c.flush() != nil {
-		c.outcome = outcomeClientGone
+		c.Outcome = outcomeClientGone
 		return
 	}
 	c.preAuth()
@@ -173,24 +83,15 @@ func (c *session) caps() string {
 	return caps
 }
 
-func (c *session) canStartTLS() bool { return !c.isTLS && c.s.TLSConfig != nil }
+func (c *session) canStartTLS() bool { return !c.IsTLS && c.s.TLSConfig != nil }
 
 // plaintextOK reports whether the client may log in on this connection:
 // it has TLS, or its address may send passwords in clear text.
-func (c *session) plaintextOK() bool {
-	if c.isTLS || c.s.PlaintextAllowed == nil {
-		return true
-	}
-	if !c.plainChecked {
-		c.plainOK = c.s.PlaintextAllowed(c.remoteAddr())
-		c.plainChecked = true
-	}
-	return c.plainOK
-}
+func (c *session) plaintextOK() bool { return c.PlaintextOK(c.s.PlaintextAllowed) }
 
 // refusePlaintext answers a login attempt that needs TLS first.
 func (c *session) refusePlaintext(tag []byte) bool {
-	c.log.Info("imap login refused: password without TLS from an address not in allow_plaintext_from")
+	c.Log.Info("imap login refused: password without TLS from an address not in allow_plaintext_from")
 	c.s.metrics.Login(Name, false)
 	if c.canStartTLS() {
 		c.reply(tag, "NO", "[PRIVACYREQUIRED] use STARTTLS first")
@@ -225,24 +126,13 @@ func (c *session) reply(tag []byte, status, text string) {
 // a moment first: closing a socket with unread data makes the kernel send a
 // reset, and the client may then never see the BYE.
 func (c *session) bye(text, outcome string, linger bool) {
-	c.outcome = outcome
-	c.nc.SetWriteDeadline(time.Now().Add(byeWriteTimeout))
+	c.Outcome = outcome
+	c.NC.SetWriteDeadline(time.Now().Add(front.ByeWriteTimeout))
 	c.writef("* BYE %s\r\n", text)
 	if c.flush() != nil || !linger {
 		return
 	}
-	raw := c.nc
-	if tc, ok := raw.(*tls.Conn); ok {
-		raw = tc.NetConn()
-	}
-	if tc, ok := c.conn.(*tls.Conn); ok {
-		tc.CloseWrite() // close_notify
-	}
-	if cw, ok := raw.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite() // FIN
-	}
-	raw.SetReadDeadline(time.Now().Add(lingerTimeout))
-	io.CopyN(io.Discard, raw, lingerMaxBytes)
+	c.Linger(c.conn)
 }
 
 // bad answers BAD and counts it; it reports false when the client has made
@@ -269,24 +159,24 @@ func (c *session) readFailed(err error) {
 		c.bye("line too long", outcomeLineTooLong, true)
 	case errors.Is(err, errLiteralTooBig):
 		c.bye("literal too big", outcomeLiteralBig, true)
-	case c.s.shutting.Load():
+	case c.Shutting():
 		c.bye("server shutting down", outcomeShutdown, false)
 	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, os.ErrDeadlineExceeded):
 		c.bye("pre-auth timeout", outcomeTimeout, false)
 	case errors.Is(err, net.ErrClosed):
-		c.outcome = outcomeServerClosed
+		c.Outcome = outcomeServerClosed
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		c.outcome = outcomeClientGone
+		c.Outcome = outcomeClientGone
 	default:
-		c.outcome = outcomeClientGone
-		c.log.Debug("imap read failed", "err", err)
+		c.Outcome = outcomeClientGone
+		c.Log.Debug("imap read failed", "err", err)
 	}
 }
 
 // preAuth runs the command loop until the session ends or is relayed.
 func (c *session) preAuth() {
 	for {
-		if c.s.shutting.Load() {
+		if c.Shutting() {
 			c.bye("server shutting down", outcomeShutdown, false)
 			return
 		}
@@ -336,7 +226,7 @@ func (c *session) command() bool {
 		c.writef("* BYE mailproxy logging out\r\n")
 		c.reply(tag, "OK", "LOGOUT completed")
 		c.flush()
-		c.outcome = outcomeLogout
+		c.Outcome = outcomeLogout
 		return false
 	case "ID":
 		// ID NIL or ID ( "field" "value" ... ): the client's values are of
@@ -396,322 +286,32 @@ func (c *session) startTLS(tag []byte) bool {
 	if len(c.p.args) != 0 {
 		return c.bad(tag, "STARTTLS takes no arguments")
 	}
-	if c.isTLS || c.s.TLSConfig == nil {
+	if c.IsTLS || c.s.TLSConfig == nil {
 		return c.bad(tag, "STARTTLS not available")
 	}
 	c.reply(tag, "OK", "Begin TLS negotiation now")
 	if c.flush() != nil {
-		c.outcome = outcomeClientGone
+		c.Outcome = outcomeClientGone
 		return false
 	}
 	// Whatever the client sent after the STARTTLS line arrived in clear
 	// text and may have been injected: drop it (CVE-2011-0411).
 	if n := c.r.Buffered(); n > 0 {
-		c.log.Info("imap discarding bytes pipelined after STARTTLS", "bytes", n)
+		c.Log.Info("imap discarding bytes pipelined after STARTTLS", "bytes", n)
 	}
 	// UnderTLS: the relay gathers the records of this session.
-	tc := tls.Server(relay.UnderTLS(c.nc), c.s.TLSConfig)
-	ctx, cancel := context.WithDeadline(c.ctx, c.deadline)
+	tc := tls.Server(relay.UnderTLS(c.NC), c.s.TLSConfig)
+	ctx, cancel := context.WithDeadline(c.Ctx, c.Deadline)
 	err := tc.HandshakeContext(ctx)
 	cancel()
 	if err != nil {
-		c.outcome = outcomeTLSFailed
-		c.log.Info("imap starttls handshake failed", "err", err)
+		c.Outcome = outcomeTLSFailed
+		c.Log.Info("imap starttls handshake failed", "err", err)
 		return false
 	}
 	c.conn = tc
-	c.isTLS = true
+	c.IsTLS = true
 	c.r.Reset(tc)
 	c.w.Reset(c.traced(tc))
 	return true
-}
-
-// authenticate runs AUTHENTICATE PLAIN or LOGIN.
-func (c *session) authenticate(tagb []byte) bool {
-	p := &c.p
-	args := p.args
-	if len(args) < 1 || len(args) > 2 || args[0].kind != argAtom || (len(args) == 2 && args[1].kind != argAtom) {
-		return c.bad(tagb, "AUTHENTICATE needs a mechanism and at most an initial response")
-	}
-	if !c.plaintextOK() {
-		return c.refusePlaintext(tagb)
-	}
-	tag := string(tagb)
-	mech := p.bytes(args[0].span)
-	for i, b := range mech {
-		if 'a' <= b && b <= 'z' {
-			mech[i] = b - 'a' + 'A'
-		}
-	}
-	var resp []byte // nil: no initial response
-	if len(args) == 2 {
-		var err error
-		if resp, err = decodeSASL(p.bytes(args[1].span)); err != nil {
-			return c.bad(tagb, "invalid base64 in initial response")
-		}
-	}
-
-	var user, pass string
-	var identityMismatch bool
-	var srv sasl.Server
-	switch string(mech) {
-	case "PLAIN":
-		srv = saslFunc(func(resp []byte) ([]byte, bool, error) {
-			if resp == nil {
-				return []byte{}, false, nil // empty challenge: "+ "
-			}
-			_, u, pw, err := front.ParsePlain(resp)
-			if err != nil {
-				identityMismatch = bytes.Count(resp, []byte{0}) == 2
-				return nil, true, err
-			}
-			user, pass = u, pw
-			return nil, true, nil
-		})
-	case "LOGIN":
-		srv = front.NewLoginServer(func(username, password string) error {
-			user, pass = username, password
-			return nil
-		})
-	default:
-		c.reply(tagb, "NO", "unsupported authentication mechanism")
-		return c.countError()
-	}
-
-	for {
-		challenge, done, err := srv.Next(resp)
-		if err != nil {
-			if identityMismatch {
-				c.reply(tagb, "NO", "[AUTHORIZATIONFAILED] authorization identity not supported")
-				return c.countError()
-			}
-			return c.bad(tagb, "invalid SASL response")
-		}
-		if done {
-			break
-		}
-		c.w.WriteString("+ ")
-		c.w.WriteString(base64.StdEncoding.EncodeToString(challenge))
-		c.w.WriteString("\r\n")
-		if c.flush() != nil {
-			c.outcome = outcomeClientGone
-			return false
-		}
-		line, err := p.readContinuation()
-		if err != nil {
-			c.readFailed(err)
-			return false
-		}
-		if len(line) == 1 && line[0] == '*' {
-			c.traceLine(dirFromClient, "*")
-			return c.bad(tagb, "AUTHENTICATE cancelled")
-		}
-		c.traceLine(dirFromClient, redacted)
-		if resp, err = decodeSASL(line); err != nil {
-			return c.bad(tagb, "invalid base64 in SASL response")
-		}
-	}
-	return c.login(tag, user, pass)
-}
-
-// saslFunc is a sasl.Server made of its Next method.
-type saslFunc func(response []byte) (challenge []byte, done bool, err error)
-
-func (f saslFunc) Next(response []byte) ([]byte, bool, error) { return f(response) }
-
-// decodeSASL decodes a base64 SASL response; "=" and "" are the empty
-// response.
-func decodeSASL(b []byte) ([]byte, error) {
-	if len(b) == 0 || len(b) == 1 && b[0] == '=' {
-		return []byte{}, nil
-	}
-	out := make([]byte, base64.StdEncoding.DecodedLen(len(b)))
-	n, err := base64.StdEncoding.Decode(out, b)
-	if err != nil {
-		return nil, err
-	}
-	return out[:n], nil
-}
-
-// remoteAddr is the client's address for the Authenticator (lockout,
-// plaintext policy).
-func (c *session) remoteAddr() netip.Addr {
-	if ta, ok := c.nc.RemoteAddr().(*net.TCPAddr); ok {
-		return ta.AddrPort().Addr().Unmap()
-	}
-	ap, err := netip.ParseAddrPort(c.nc.RemoteAddr().String())
-	if err != nil {
-		return netip.Addr{}
-	}
-	return ap.Addr().Unmap()
-}
-
-// login checks the local password, logs in upstream and relays. It reports
-// whether to read the next command (false once relayed or closed).
-func (c *session) login(tag, user, pass string) bool {
-	tagb := []byte(tag)
-	c.account = user
-	log := c.log.With("account", user)
-	m := c.s.metrics
-
-	ctx, cancel := context.WithDeadline(c.ctx, c.deadline)
-	grant, err := c.s.Auth.Authenticate(ctx, user, pass, c.remoteAddr())
-	cancel()
-	if err != nil {
-		m.Login(Name, false)
-		ae := asAuthError(err)
-		log.Info("imap login refused", "kind", kindName(ae.Kind), "err", ae)
-		if ae.Kind == auth.AuthFailed || errors.Is(ae, auth.ErrLockedOut) {
-			c.logAuthFailure(user, ae)
-		}
-		c.refuse(tagb, ae)
-		return c.countError()
-	}
-	m.Login(Name, true)
-
-	mailbox := grant.Mailbox
-	if mailbox == "" {
-		mailbox = grant.Username
-	}
-	if d := c.s.backoff.Remaining(mailbox); d > 0 {
-		c.s.refusals.Log(log, slog.LevelWarn, mailbox, "imap login refused: the upstream throttled this mailbox", "mailbox", mailbox, "retry_in", d.Round(time.Second))
-		c.reply(tagb, "NO", "[UNAVAILABLE] "+upstream.ThrottledText(d))
-		return c.countError()
-	}
-	release, ok := c.s.mailboxes.Acquire(mailbox)
-	if !ok {
-		c.s.refusals.Log(log, slog.LevelWarn, mailbox, "imap login refused: too many upstream sessions for this mailbox", "mailbox", mailbox)
-		c.reply(tagb, "NO", "[UNAVAILABLE] too many sessions for this mailbox")
-		return c.countError()
-	}
-	defer release()
-
-	c.state.Store(stateUpstream)
-	dl := time.Now().Add(c.s.upstreamTimeout())
-	// The client waits while we log in upstream; it must still get our
-	// answer if the pre-auth deadline passes meanwhile.
-	c.nc.SetDeadline(dl.Add(byeWriteTimeout))
-	res := c.openUpstream(dl, tag, grant, log)
-	if res.err != nil {
-		log.Warn("imap upstream login failed", "kind", kindName(res.err.Kind), "err", res.err)
-		c.refuse(tagb, res.err)
-		c.state.Store(statePreAuth)
-		c.nc.SetDeadline(c.deadline)
-		return c.countError()
-	}
-	if c.s.shutting.Load() {
-		res.up.Close()
-		c.reply(tagb, "NO", "[UNAVAILABLE] server shutting down")
-		c.bye("server shutting down", outcomeShutdown, false)
-		return false
-	}
-
-	// Logged in: off the listener's pre-login count before the client
-	// hears so.
-	c.leaveWaiting()
-
-	// The upstream's untagged data and its tagged OK, which usually carries
-	// [CAPABILITY ...], go to the client as they are.
-	c.w.Write(res.reply)
-	if err := c.flush(); err != nil {
-		res.up.Close()
-		c.outcome = outcomeClientGone
-		return false
-	}
-	c.nc.SetDeadline(time.Time{})
-	res.up.SetDeadline(time.Time{})
-	c.state.Store(stateRelay)
-	log.Info("imap login relayed", "upstream", grant.Upstream.AddrOf(Name), "mailbox", grant.Mailbox)
-
-	// The parser and writer are done with; only the reader goes on, since
-	// it may hold commands the client pipelined after its login.
-	r, up, upr := c.r, res.up, res.upr
-	c.p, c.r, c.w, res = parser{}, nil, nil, upstreamResult{}
-	if c.trace != nil {
-		c.trace.Debug("relaying; trace ends")
-	}
-	m.Session(grant.Username, 1)
-	c.up, c.down, err = relay.Relay(c.conn, r, up, upr, relay.RelayOptions{Idle: c.s.idleTimeout(), Goodbye: &c.goodbye})
-	m.Session(grant.Username, -1)
-	m.Relayed(Name, c.up, c.down)
-	c.outcome = outcomeRelayed
-	switch {
-	case errors.Is(err, relay.ErrSaidGoodbye):
-		c.outcome = outcomeShutdown
-	case errors.Is(err, relay.ErrIdleTimeout):
-		c.outcome = "idle timeout"
-		log.Info("imap session idle; closed", "idle_timeout", c.s.idleTimeout())
-	case err != nil:
-		log.Debug("imap relay ended", "err", err)
-	}
-	return false
-}
-
-// logAuthFailure writes the one line fail2ban and the like look for:
-// level=WARN msg="auth failure" proto=imap remote=IP user=NAME. The
-// username is the client's, quoted by the handler when it needs to be, so
-// it cannot forge a line.
-func (c *session) logAuthFailure(user string, ae *auth.AuthError) {
-	attrs := []any{"proto", Name, "remote", c.remoteAddr().String(), "user", user, "conn", c.id}
-	if errors.Is(ae, auth.ErrLockedOut) {
-		attrs = append(attrs, "reason", "locked out")
-	}
-	if errors.Is(ae, auth.ErrLockedOut) {
-		// fail2ban saw the failures that made the block; a client that
-		// keeps trying while blocked is counted, not logged each time.
-		c.s.refusals.Log(c.s.logger(), slog.LevelWarn, c.remoteAddr().String()+" "+user, "auth failure", attrs...)
-		return
-	}
-	c.s.logger().Warn("auth failure", attrs...)
-}
-
-// refuse answers a failed login.
-func (c *session) refuse(tag []byte, ae *auth.AuthError) {
-	switch ae.Kind {
-	case auth.AuthNeedsSignIn:
-		c.reply(tag, "NO", "[ALERT] "+clean(ae.Msg))
-	case auth.AuthUnavailable:
-		c.reply(tag, "NO", "[UNAVAILABLE] "+clean(ae.Msg))
-	default:
-		if errors.Is(ae.Err, errUpstreamRefused) {
-			c.reply(tag, "NO", "[AUTHENTICATIONFAILED] "+clean(ae.Msg))
-			return
-		}
-		c.reply(tag, "NO", "[AUTHENTICATIONFAILED] Invalid credentials")
-	}
-}
-
-func asAuthError(err error) *auth.AuthError {
-	var ae *auth.AuthError
-	if errors.As(err, &ae) {
-		return ae
-	}
-	return &auth.AuthError{Kind: auth.AuthUnavailable, Msg: "temporary failure checking the login", Err: err}
-}
-
-func kindName(k auth.AuthKind) string {
-	switch k {
-	case auth.AuthFailed:
-		return "failed"
-	case auth.AuthNeedsSignIn:
-		return "needs sign-in"
-	case auth.AuthUnavailable:
-		return "unavailable"
-	}
-	return fmt.Sprint(int(k))
-}
-
-// clean makes s safe as IMAP resp-text: one line of printable characters,
-// not too long.
-func clean(s string) string {
-	const max = 400
-	b := make([]byte, 0, min(len(s), max))
-	for i := 0; i < len(s) && len(b) < max; i++ {
-		ch := s[i]
-		if ch < 0x20 || ch == 0x7f {
-			ch = ' '
-		}
-		b = append(b, ch)
-	}
-	return string(b)
 }

@@ -95,7 +95,7 @@ func TestShutdownByeAfterLiteral(t *testing.T) {
 	e := newEnv(t)
 	script := newScriptUpstream(e, alice, alicePass)
 	kicked := make(chan struct{})
-	e.srv.afterKick = func() {
+	e.srv.core.AfterKick = func() {
 		select {
 		case kicked <- struct{}{}:
 		default:

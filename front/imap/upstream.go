@@ -18,10 +18,6 @@ import (
 	"time"
 )
 
-// errUpstreamRefused marks the AuthError of a login whose access token the
-// upstream refused, even after a refresh.
-var errUpstreamRefused = errors.New("upstream refused the access token")
-
 var errUpstreamTooLong = errors.New("upstream response too long")
 
 type upstreamResult struct {
@@ -42,72 +38,69 @@ func (c *session) openUpstream(deadline time.Time, tag string, g *auth.Grant, lo
 	if g == nil || g.Tokens == nil || g.Upstream.AddrOf(Name) == "" {
 		return unavailable("no IMAP server configured for this account", errors.New("grant without IMAP upstream"))
 	}
-	ctx, cancel := context.WithDeadline(c.ctx, deadline)
+	ctx, cancel := context.WithDeadline(c.Ctx, deadline)
 	defer cancel()
-	// Getting the token may wait for the identity provider. Give it half
-	// of the time at most: when the provider hangs, the token source
-	// hands out the current token once we stop waiting, and the dial and
-	// XOAUTH2 exchange still need the rest.
-	tctx, tcancel := context.WithDeadline(ctx, time.Now().Add(time.Until(deadline)/2))
-	tok, err := g.Tokens.Token(tctx)
-	tcancel()
-	if err != nil {
-		return upstreamResult{err: auth.TokenAuthError(g.Username, err)}
+	var res upstreamResult
+	ae, reached := c.LoginUpstream(ctx, deadline, g, log, func(ctx context.Context, tok string) string {
+		var refusal string
+		res, refusal = c.tryUpstream(ctx, tag, g, tok)
+		return refusal
+	})
+	if ae != nil {
+		res = upstreamResult{err: ae}
 	}
-	for attempt := 1; ; attempt++ {
-		res, refusal := c.tryUpstream(ctx, tag, g, tok)
-		if refusal == "" {
-			if res.err != nil {
-				front.ObserveUpstream(c.s.metrics, g.Username, Name, res.err)
-			} else {
-				front.ObserveUpstream(c.s.metrics, g.Username, Name, nil)
-			}
-			return res
-		}
-		log.Warn("imap upstream refused the access token", "attempt", attempt, "reply", refusal)
-		if attempt == 2 {
-			c.s.metrics.UpstreamAuthFailed(Name)
-			res := upstreamResult{err: &auth.AuthError{
-				Kind: auth.AuthFailed,
-				Msg:  fmt.Sprintf("upstream refused the access token for %s; the account may need a new sign-in", g.Username),
-				Err:  fmt.Errorf("%w: %s", errUpstreamRefused, refusal),
-			}}
+	if reached {
+		if res.err != nil {
 			front.ObserveUpstream(c.s.metrics, g.Username, Name, res.err)
-			return res
-		}
-		if tok, err = g.Tokens.Refresh(ctx, tok); err != nil {
-			return upstreamResult{err: auth.TokenAuthError(g.Username, err)}
+		} else {
+			front.ObserveUpstream(c.s.metrics, g.Username, Name, nil)
 		}
 	}
+	return res
 }
 
 // tryUpstream makes one login attempt. A non-empty refusal is the text of
 // the upstream's NO to the token; res.up is then closed.
 func (c *session) tryUpstream(ctx context.Context, tag string, g *auth.Grant, tok string) (res upstreamResult, refusal string) {
 	addr := g.Upstream.AddrOf(Name)
-	up, err := upstream.DialTLS(ctx, c.s.Dial, addr, g.Upstream.TLSFor(addr))
+	up, r, err := c.DialUpstream(ctx, c.s.Dial, addr, g.Upstream.TLSFor(addr))
 	if err != nil {
 		return unavailable("cannot reach the mail server", fmt.Errorf("dial upstream %s: %w", addr, err)), ""
 	}
-	c.setUpstream(up)
 	ok := false
 	defer func() {
 		if !ok {
-			up.Close()
-			c.setUpstream(nil)
+			c.DropUpstream(up)
 		}
 	}()
-	if dl, has := ctx.Deadline(); has {
-		up.SetDeadline(dl)
-	}
-	r := bufio.NewReaderSize(up, ioBufferSize)
 
+	saslIR, res := c.upstreamGreeting(r, tok)
+	if res.err != nil {
+		return res, ""
+	}
+	mailbox := g.Mailbox
+	if mailbox == "" {
+		mailbox = g.Username
+	}
+	x := &xoauth2{c: c, up: up, r: r, tag: tag, tok: tok, mailbox: mailbox,
+		ir: base64.StdEncoding.EncodeToString(upstream.XOAuth2(mailbox, tok))}
+	if res := x.send(saslIR); res.err != nil {
+		return res, ""
+	}
+	res, refusal = x.await()
+	ok = res.err == nil && refusal == ""
+	return res, refusal
+}
+
+// upstreamGreeting reads the upstream's greeting, which must be OK, and
+// reports whether its capabilities include SASL-IR.
+func (c *session) upstreamGreeting(r *bufio.Reader, tok string) (saslIR bool, res upstreamResult) {
 	greeting, err := readResponse(r, nil, maxUpstreamLine)
 	if c.trace != nil {
 		c.traceUpstream(greeting, "", tok)
 	}
 	if err != nil {
-		return unavailable("the mail server did not greet", fmt.Errorf("read upstream greeting: %w", err)), ""
+		return false, unavailable("the mail server did not greet", fmt.Errorf("read upstream greeting: %w", err))
 	}
 	var status, text string
 	if bytes.HasPrefix(greeting, []byte("* ")) {
@@ -118,115 +111,154 @@ func (c *session) tryUpstream(ctx context.Context, tag string, g *auth.Grant, to
 		if status == "BYE" && text != "" {
 			msg += ": " + text
 		}
-		return unavailable(msg, fmt.Errorf("upstream greeting %q", clean(string(bytes.TrimRight(greeting, "\r\n"))))), ""
+		return false, unavailable(msg, fmt.Errorf("upstream greeting %q", front.Clean(string(bytes.TrimRight(greeting, "\r\n")))))
 	}
-	saslIR := hasCap(text, "SASL-IR")
+	return hasCap(text, "SASL-IR"), upstreamResult{}
+}
 
-	mailbox := g.Mailbox
-	if mailbox == "" {
-		mailbox = g.Username
-	}
-	ir := base64.StdEncoding.EncodeToString(upstream.XOAuth2(mailbox, tok))
-	cmd := make([]byte, 0, len(tag)+len(ir)+32)
-	cmd = append(cmd, tag...)
+// xoauth2 is one AUTHENTICATE XOAUTH2 exchange with the upstream, under the
+// client's tag.
+type xoauth2 struct {
+	c       *session
+	up      net.Conn
+	r       *bufio.Reader
+	tag     string
+	tok     string // the access token, for the trace to redact
+	ir      string // the base64 XOAUTH2 response
+	mailbox string
+
+	sent     bool   // the response is sent (as initial response or after "+")
+	answered bool   // the error challenge got its empty line
+	pending  []byte // untagged data so far, handed to the client on success
+	bye      string // an untagged BYE's text
+	throttle string // an untagged "Request is throttled" text
+}
+
+// send writes the AUTHENTICATE command, with the initial response when the
+// upstream has SASL-IR.
+func (x *xoauth2) send(saslIR bool) upstreamResult {
+	cmd := make([]byte, 0, len(x.tag)+len(x.ir)+32)
+	cmd = append(cmd, x.tag...)
 	cmd = append(cmd, " AUTHENTICATE XOAUTH2"...)
-	sent := false
 	if saslIR {
 		cmd = append(cmd, ' ')
-		cmd = append(cmd, ir...)
-		sent = true
+		cmd = append(cmd, x.ir...)
+		x.sent = true
 	}
 	cmd = append(cmd, "\r\n"...)
-	if c.trace != nil {
-		line := tag + " AUTHENTICATE XOAUTH2"
-		if sent {
+	if x.c.trace != nil {
+		line := x.tag + " AUTHENTICATE XOAUTH2"
+		if x.sent {
 			line += " " + redacted
 		}
-		c.traceLine(dirToUpstream, line)
+		x.c.traceLine(dirToUpstream, line)
 	}
-	if _, err := up.Write(cmd); err != nil {
-		return unavailable("the mail server closed the connection", fmt.Errorf("write upstream AUTHENTICATE: %w", err)), ""
+	if _, err := x.up.Write(cmd); err != nil {
+		return unavailable("the mail server closed the connection", fmt.Errorf("write upstream AUTHENTICATE: %w", err))
 	}
+	return upstreamResult{}
+}
 
-	var (
-		pending  []byte // untagged data so far, handed to the client on success
-		bye      string
-		answered bool   // the error challenge got its empty line
-		throttle string // an untagged "Request is throttled" text
-	)
-	tagSP := tag + " "
+// await reads the upstream's responses up to the tagged one. A non-empty
+// refusal is the text of the upstream's NO to the token.
+func (x *xoauth2) await() (res upstreamResult, refusal string) {
+	tagSP := x.tag + " "
 	for {
-		start := len(pending)
-		pending, err = readResponse(r, pending, maxUpstreamLine)
-		if c.trace != nil && len(pending) > start {
-			c.traceUpstream(pending[start:], ir, tok)
+		start := len(x.pending)
+		var err error
+		x.pending, err = readResponse(x.r, x.pending, maxUpstreamLine)
+		if x.c.trace != nil && len(x.pending) > start {
+			x.c.traceUpstream(x.pending[start:], x.ir, x.tok)
 		}
-		if err == nil && len(pending) > maxUpstreamBefore+maxUpstreamLine {
+		if err == nil && len(x.pending) > maxUpstreamBefore+maxUpstreamLine {
 			err = errUpstreamTooLong
 		}
 		if err != nil {
-			msg := "the mail server did not answer the login"
-			if bye != "" {
-				msg = "the mail server closed the connection: " + bye
-			}
-			if throttle != "" {
-				c.throttled(mailbox, throttle)
-				msg = throttle
-			}
-			return unavailable(msg, fmt.Errorf("read upstream AUTHENTICATE reply: %w", err)), ""
+			return x.readFailed(err), ""
 		}
-		line := pending[start:]
+		line := x.pending[start:]
 		switch {
 		case line[0] == '+':
-			pending = pending[:start]
-			var reply string
-			switch {
-			case !sent:
-				reply, sent = ir+"\r\n", true
-				c.traceLine(dirToUpstream, redacted)
-			case !answered:
-				// An error challenge (Gmail: base64 JSON): the
-				// exchange ends when we answer with an empty response.
-				reply, answered = "\r\n", true
-				c.traceLine(dirToUpstream, "")
-			default:
-				return unavailable("the mail server sent an unexpected challenge", errors.New("upstream sent a second challenge")), ""
-			}
-			if _, err := up.Write([]byte(reply)); err != nil {
-				return unavailable("the mail server closed the connection", fmt.Errorf("write upstream SASL response: %w", err)), ""
+			x.pending = x.pending[:start]
+			if res := x.challenge(); res.err != nil {
+				return res, ""
 			}
 		case bytes.HasPrefix(line, []byte("* ")):
 			status, text := parseStatus(line[2:])
 			if status == "BYE" {
-				bye = text
+				x.bye = text
 			}
 			if _, ok := upstream.ThrottleDelay(text); ok && status != "" {
-				throttle = clean(text)
+				x.throttle = front.Clean(text)
 			}
 		case bytes.HasPrefix(line, []byte(tagSP)):
-			status, text := parseStatus(line[len(tagSP):])
-			switch status {
-			case "OK":
-				ok = true
-				return upstreamResult{up: up, upr: r, reply: pending}, ""
-			case "NO", "BAD":
-				if _, thr := upstream.ThrottleDelay(text); thr || throttle != "" {
-					if !thr {
-						text = throttle
-					}
-					c.throttled(mailbox, text)
-					return unavailable(clean(text), fmt.Errorf("upstream AUTHENTICATE: %s %s", status, text)), ""
-				}
-				if text == "" {
-					text = status
-				}
-				return upstreamResult{}, text
-			}
-			return unavailable("the mail server sent an unexpected reply", fmt.Errorf("upstream AUTHENTICATE reply %q", clean(string(bytes.TrimRight(line, "\r\n"))))), ""
+			return x.tagged(line, line[len(tagSP):])
 		default:
-			return unavailable("the mail server sent an unexpected reply", fmt.Errorf("upstream AUTHENTICATE reply %q", clean(string(bytes.TrimRight(line, "\r\n"))))), ""
+			return unexpectedReply(line), ""
 		}
 	}
+}
+
+// readFailed is the result of a login whose reply could not be read.
+func (x *xoauth2) readFailed(err error) upstreamResult {
+	msg := "the mail server did not answer the login"
+	if x.bye != "" {
+		msg = "the mail server closed the connection: " + x.bye
+	}
+	if x.throttle != "" {
+		x.c.throttled(x.mailbox, x.throttle)
+		msg = x.throttle
+	}
+	return unavailable(msg, fmt.Errorf("read upstream AUTHENTICATE reply: %w", err))
+}
+
+// challenge answers a "+": with the response if not sent yet, else (an
+// error challenge, Gmail's base64 JSON) with the empty response that ends
+// the exchange; a second error challenge is an error.
+func (x *xoauth2) challenge() upstreamResult {
+	var reply string
+	switch {
+	case !x.sent:
+		reply, x.sent = x.ir+"\r\n", true
+		x.c.traceLine(dirToUpstream, redacted)
+	case !x.answered:
+		reply, x.answered = "\r\n", true
+		x.c.traceLine(dirToUpstream, "")
+	default:
+		return unavailable("the mail server sent an unexpected challenge", errors.New("upstream sent a second challenge"))
+	}
+	if _, err := x.up.Write([]byte(reply)); err != nil {
+		return unavailable("the mail server closed the connection", fmt.Errorf("write upstream SASL response: %w", err))
+	}
+	return upstreamResult{}
+}
+
+// tagged is the login's result from the tagged reply line (rest: after the
+// tag): OK logs in, a throttling NO or BAD backs the mailbox off, another
+// NO or BAD is a refusal of the token.
+func (x *xoauth2) tagged(line, rest []byte) (upstreamResult, string) {
+	status, text := parseStatus(rest)
+	switch status {
+	case "OK":
+		return upstreamResult{up: x.up, upr: x.r, reply: x.pending}, ""
+	case "NO", "BAD":
+		if _, thr := upstream.ThrottleDelay(text); thr || x.throttle != "" {
+			if !thr {
+				text = x.throttle
+			}
+			x.c.throttled(x.mailbox, text)
+			return unavailable(front.Clean(text), fmt.Errorf("upstream AUTHENTICATE: %s %s", status, text)), ""
+		}
+		if text == "" {
+			text = status
+		}
+		return upstreamResult{}, text
+	}
+	return unexpectedReply(line), ""
+}
+
+func unexpectedReply(line []byte) upstreamResult {
+	return unavailable("the mail server sent an unexpected reply", fmt.Errorf("upstream AUTHENTICATE reply %q", front.Clean(string(bytes.TrimRight(line, "\r\n")))))
 }
 
 // throttled makes new logins of mailbox wait as long as the upstream's
@@ -237,7 +269,7 @@ func (c *session) throttled(mailbox, text string) {
 		d = upstream.DefaultThrottleBackoff
 	}
 	c.s.backoff.Set(mailbox, d)
-	c.log.Warn("upstream throttles this mailbox; new logins wait", "mailbox", mailbox, "backoff", d, "reply", clean(text))
+	c.Log.Warn("upstream throttles this mailbox; new logins wait", "mailbox", mailbox, "backoff", d, "reply", front.Clean(text))
 }
 
 // readResponse appends one upstream response to dst: a line with its line

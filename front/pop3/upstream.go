@@ -13,12 +13,9 @@ import (
 	"time"
 
 	"mailproxy/auth"
+	"mailproxy/front"
 	"mailproxy/upstream"
 )
-
-// errUpstreamRefused marks the AuthError of a login whose access token the
-// upstream refused, even after a refresh.
-var errUpstreamRefused = errors.New("upstream refused the access token")
 
 var errUpstreamTooLong = errors.New("upstream line too long")
 
@@ -42,63 +39,39 @@ func (c *session) openUpstream(deadline time.Time, g *auth.Grant, log *slog.Logg
 		return unavailable("no POP3 server configured for this account", errors.New("grant without POP3 upstream"))
 	}
 	addr := g.Upstream.AddrOf(Name)
-	ctx, cancel := context.WithDeadline(c.ctx, deadline)
+	ctx, cancel := context.WithDeadline(c.Ctx, deadline)
 	defer cancel()
-	// Half of the time at most for the token, as for IMAP: when the
-	// identity provider hangs, the source hands out the current token once
-	// we stop waiting, and the login still needs the rest.
-	tctx, tcancel := context.WithDeadline(ctx, time.Now().Add(time.Until(deadline)/2))
-	tok, err := g.Tokens.Token(tctx)
-	tcancel()
-	if err != nil {
-		return upstreamResult{err: auth.TokenAuthError(g.Username, err)}
+	var res upstreamResult
+	if ae, _ := c.LoginUpstream(ctx, deadline, g, log, func(ctx context.Context, tok string) string {
+		var refusal string
+		res, refusal = c.tryUpstream(ctx, addr, g, tok)
+		return refusal
+	}); ae != nil {
+		return upstreamResult{err: ae}
 	}
-	for attempt := 1; ; attempt++ {
-		res, refusal := c.tryUpstream(ctx, addr, g, tok)
-		if refusal == "" {
-			res.addr = addr
-			return res
-		}
-		log.Warn("pop3 upstream refused the access token", "attempt", attempt, "reply", refusal)
-		if attempt == 2 {
-			c.s.metrics.UpstreamAuthFailed(Name)
-			return upstreamResult{err: &auth.AuthError{
-				Kind: auth.AuthFailed,
-				Msg:  fmt.Sprintf("upstream refused the access token for %s; the account may need a new sign-in", g.Username),
-				Err:  fmt.Errorf("%w: %s", errUpstreamRefused, refusal),
-			}}
-		}
-		if tok, err = g.Tokens.Refresh(ctx, tok); err != nil {
-			return upstreamResult{err: auth.TokenAuthError(g.Username, err)}
-		}
-	}
+	res.addr = addr
+	return res
 }
 
 // tryUpstream makes one login attempt. A non-empty refusal is the text of
 // the upstream's -ERR to the token; the connection is then closed.
 func (c *session) tryUpstream(ctx context.Context, addr string, g *auth.Grant, tok string) (res upstreamResult, refusal string) {
-	up, err := upstream.DialTLS(ctx, c.s.Dial, addr, g.Upstream.TLSFor(addr))
+	up, r, err := c.DialUpstream(ctx, c.s.Dial, addr, g.Upstream.TLSFor(addr))
 	if err != nil {
 		return unavailable("cannot reach the mail server", fmt.Errorf("dial upstream %s: %w", addr, err)), ""
 	}
-	c.setUpstream(up)
 	ok := false
 	defer func() {
 		if !ok {
-			up.Close()
-			c.setUpstream(nil)
+			c.DropUpstream(up)
 		}
 	}()
-	if dl, has := ctx.Deadline(); has {
-		up.SetDeadline(dl)
-	}
-	r := bufio.NewReaderSize(up, ioBufferSize)
 	greeting, err := readUpstreamLine(r)
 	if err != nil {
 		return unavailable("the mail server did not greet", fmt.Errorf("read upstream greeting: %w", err)), ""
 	}
 	if !bytes.HasPrefix(greeting, []byte("+OK")) {
-		return unavailable("the mail server is unavailable", fmt.Errorf("upstream greeting %q", clean(string(trimEOL(greeting))))), ""
+		return unavailable("the mail server is unavailable", fmt.Errorf("upstream greeting %q", front.Clean(string(trimEOL(greeting))))), ""
 	}
 
 	mailbox := g.Mailbox
@@ -150,18 +123,18 @@ func (c *session) tryUpstream(ctx context.Context, addr string, g *auth.Grant, t
 					d = upstream.DefaultThrottleBackoff
 				}
 				c.s.backoff.Set(mailbox, d)
-				c.log.Warn("upstream throttles this mailbox; new logins wait", "mailbox", mailbox, "backoff", d, "reply", clean(text))
-				return unavailable(clean(text), fmt.Errorf("upstream AUTH: -ERR %s", text)), ""
+				c.Log.Warn("upstream throttles this mailbox; new logins wait", "mailbox", mailbox, "backoff", d, "reply", front.Clean(text))
+				return unavailable(front.Clean(text), fmt.Errorf("upstream AUTH: -ERR %s", text)), ""
 			}
 			if code := respCode(text); code == "SYS/TEMP" || code == "IN-USE" || code == "LOGIN-DELAY" {
-				return unavailable("the mail server is busy: "+clean(text), fmt.Errorf("upstream AUTH: -ERR %s", text)), ""
+				return unavailable("the mail server is busy: "+front.Clean(text), fmt.Errorf("upstream AUTH: -ERR %s", text)), ""
 			}
 			if text == "" {
 				text = "-ERR"
 			}
 			return upstreamResult{}, text
 		default:
-			return unavailable("the mail server sent an unexpected reply", fmt.Errorf("upstream AUTH reply %q", clean(string(trimEOL(line))))), ""
+			return unavailable("the mail server sent an unexpected reply", fmt.Errorf("upstream AUTH reply %q", front.Clean(string(trimEOL(line))))), ""
 		}
 	}
 }

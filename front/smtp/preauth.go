@@ -90,9 +90,7 @@ func (c *conn) Read(p []byte) (int, error) {
 	if c.pre.over.Load() {
 		return 0, timeoutErr{}
 	}
-	c.reading.Store(true) // go-smtp waits for the client (closeIfIdle)
-	n, err := c.Conn.Read(p)
-	c.reading.Store(false)
+	n, err := c.readConn(p) // readahead.go
 	if n > 0 && !c.pre.done.Load() && !c.pre.tls.Load() {
 		limit := int64(c.srv.maxPreAuthCommands())
 		seen := c.pre.lines.Load()

@@ -29,8 +29,8 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"mailproxy/auth"
+	"mailproxy/config"
 	"mailproxy/front"
-	"mailproxy/internal/wait"
 	"mailproxy/submit"
 	"mailproxy/upstream"
 )
@@ -41,7 +41,6 @@ const (
 	defaultReadTimeout     = 10 * time.Minute // one client command, or the whole DATA phase
 	defaultWriteTimeout    = time.Minute      // one reply to the client
 	defaultUpstreamTimeout = 30 * time.Second // token + dial + TLS + EHLO + AUTH, all together
-	defaultMaxMessageBytes = 35 << 20         // what Exchange Online accepts
 	defaultDomain          = "localhost"
 
 	shutdownNoticeTimeout = time.Second // writing "421 shutting down" to an idle client
@@ -114,6 +113,8 @@ type Server struct {
 	metrics  front.Metrics     // never nil once started
 	refusals front.Refusals    // rate-limits refusal log lines
 	backoff  *upstream.Backoff // identities the upstream throttled; tests may set it before Serve
+	// throttles counts the throttling replies noted in backoff (upstream.go).
+	throttles atomic.Uint64
 
 	mu      sync.Mutex // protects the fields below
 	started bool
@@ -128,12 +129,7 @@ type Server struct {
 	afterData atomic.Pointer[func()] // tests: called when Data returned, before go-smtp replies
 }
 
-func (s *Server) logger() *slog.Logger {
-	if s.Logger != nil {
-		return s.Logger
-	}
-	return slog.Default()
-}
+func (s *Server) logger() *slog.Logger { return front.LoggerOr(s.Logger) }
 
 func (s *Server) domain() string {
 	if s.Domain != "" {
@@ -143,25 +139,14 @@ func (s *Server) domain() string {
 }
 
 func (s *Server) upstreamTimeout() time.Duration {
-	if s.UpstreamTimeout > 0 {
-		return s.UpstreamTimeout
-	}
-	return defaultUpstreamTimeout
+	return front.Or(s.UpstreamTimeout, defaultUpstreamTimeout)
 }
 
 func (s *Server) maxMessageBytes() int64 {
-	if s.MaxMessageBytes > 0 {
-		return s.MaxMessageBytes
-	}
-	return defaultMaxMessageBytes
+	return front.Or(s.MaxMessageBytes, config.FallbackMaxMessageBytes)
 }
 
-func (s *Server) readTimeout() time.Duration {
-	if s.ReadTimeout > 0 {
-		return s.ReadTimeout
-	}
-	return defaultReadTimeout
-}
+func (s *Server) readTimeout() time.Duration { return front.Or(s.ReadTimeout, defaultReadTimeout) }
 
 // newSMTP configures one go-smtp server; tlsConfig nil means no STARTTLS.
 func (s *Server) newSMTP(tlsConfig *tls.Config) *smtp.Server {
@@ -180,10 +165,7 @@ func (s *Server) newSMTP(tlsConfig *tls.Config) *smtp.Server {
 	gs.MaxMessageBytes = s.maxMessageBytes()
 	gs.MaxRecipients = s.MaxRecipients
 	gs.ReadTimeout = s.readTimeout()
-	gs.WriteTimeout = s.WriteTimeout
-	if gs.WriteTimeout <= 0 {
-		gs.WriteTimeout = defaultWriteTimeout
-	}
+	gs.WriteTimeout = front.Or(s.WriteTimeout, defaultWriteTimeout)
 	gs.ErrorLog = errorLog{s.logger()}
 	return gs
 }
@@ -228,7 +210,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 		return ErrServerClosed
 	}
-	l := &listener{Listener: ln, s: s}
+	l := &listener{Listener: s.retryListener(ln), s: s}
 	s.lns[l] = struct{}{}
 	s.mu.Unlock()
 	defer func() {
@@ -265,9 +247,9 @@ func (s *Server) Serve(ln net.Listener) error {
 	return err
 }
 
-// listener is what go-smtp accepts from: it retries temporary accept
-// errors with a backoff (go-smtp would sleep uncancellably), and wraps
-// every connection for its id, log lines and counters.
+// listener is what go-smtp accepts from: over retryListener, it wraps
+// every connection for its id, log lines and counters, and refuses one
+// over the pre-login cap.
 type listener struct {
 	net.Listener
 	s     *Server
@@ -295,7 +277,6 @@ func (l *listener) Accept() (net.Conn, error) {
 		l.first = nil
 		return c, nil
 	}
-	var backoff wait.Backoff
 	for {
 		nc, err := l.Listener.Accept()
 		if err == nil {
@@ -313,14 +294,25 @@ func (l *listener) Accept() (net.Conn, error) {
 		if l.s.isClosing() {
 			return nil, net.ErrClosed
 		}
-		var te interface{ Temporary() bool }
-		if errors.As(err, &te) && te.Temporary() {
-			d := backoff.Next()
-			l.s.logger().Warn("smtp accept failed; retrying", "err", err, "in", d)
-			wait.Sleep(l.s.baseCtx, d) // Close cuts it short
-			continue
-		}
 		return nil, fmt.Errorf("smtp accept: %w", err)
+	}
+}
+
+// retryListener is front's accept backoff under go-smtp (which would sleep
+// uncancellably): it waits out temporary accept errors, and Close cuts a
+// wait short.
+func (s *Server) retryListener(ln net.Listener) net.Listener {
+	return &front.RetryListener{
+		Listener: ln,
+		Ctx:      s.baseCtx,
+		Stop:     s.isClosing,
+		Retry: func(err error) bool {
+			var te interface{ Temporary() bool }
+			return errors.As(err, &te) && te.Temporary()
+		},
+		OnRetry: func(err error, d time.Duration) {
+			s.logger().Warn("smtp accept failed; retrying", "err", err, "in", d)
+		},
 	}
 }
 
@@ -476,6 +468,7 @@ type conn struct {
 	// reading is set while go-smtp waits in Read for the client: only then
 	// has the reply to the last command been written (see closeIfIdle).
 	reading atomic.Bool
+	ra      readAhead // readahead.go
 
 	mu       sync.Mutex // protects the fields below
 	sess     *session   // the current go-smtp session, nil before EHLO and right after STARTTLS

@@ -77,6 +77,9 @@ type session struct {
 	upUsed bool             // protected by mu: a transaction ran on up; it may have gone stale while idle
 	inTx   bool             // protected by mu: the upstream accepted MAIL, the message is not finished
 	anon   bool             // protected by mu: a [[device]] sending without AUTH; up is its spool session
+	// throttleGen is srv.throttles when AUTH found the mailbox not
+	// throttled (protected by mu): while it is unchanged, so is the verdict.
+	throttleGen uint64
 
 	// abortMu lets Logout cut the upstream while a method holding mu is
 	// blocked on it.
@@ -261,14 +264,14 @@ func (s *session) authenticate(username, password string) error {
 		}
 		return &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: submit.OneLine(ae.Msg)}
 	}
-	if d := s.srv.backoff.Remaining(g.Identity); d > 0 {
-		s.srv.refusals.Log(s.log, slog.LevelWarn, g.Identity, "smtp login refused: the upstream throttled this mailbox", "user", username, "identity", g.Identity, "retry_in", d.Round(time.Second))
-		s.c.setOutcome("throttled")
-		return throttledReply(d)
+	gen := s.srv.throttles.Load()
+	if se := s.throttled(g.Identity, "smtp login refused: the upstream throttled this mailbox", "user", username); se != nil {
+		return se
 	}
 	upstreamAddr := g.Upstream.AddrOf(Name)
 	s.mu.Lock()
 	s.grant = g
+	s.throttleGen = gen
 	s.log = s.log.With("account", g.Username)
 	s.mu.Unlock()
 	s.c.setAccount(g.Username, upstreamAddr)
@@ -400,6 +403,8 @@ func (s *session) Data(r io.Reader) (err error) {
 	s.inTx = false // from here on the upstream transaction ends, one way or another
 	accepted := false
 	defer func() { s.srv.metrics.Message(accepted) }()
+	s.c.streaming(true)
+	defer s.c.streaming(false)
 	cr := &countingReader{r: r}
 	text, err := s.up.Data(newCRLFReader(cr))
 	n := cr.n

@@ -40,10 +40,11 @@ func (s *session) connect() (submit.Submitter, error) {
 		return nil, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 5},
 			Message: "no upstream mail server configured for this account"}
 	}
-	if d := s.srv.backoff.Remaining(g.Identity); d > 0 {
-		s.srv.refusals.Log(s.log, slog.LevelWarn, g.Identity, "not connecting upstream: it throttled this mailbox", "identity", g.Identity, "retry_in", d.Round(time.Second))
-		s.c.setOutcome("throttled")
-		return nil, throttledReply(d)
+	if s.srv.throttles.Load() != s.throttleGen {
+		// A throttling reply was noted since AUTH checked.
+		if se := s.throttled(g.Identity, "not connecting upstream: it throttled this mailbox"); se != nil {
+			return nil, se
+		}
 	}
 	// Getting the token may wait for the identity provider. Give it half
 	// of the time at most: when the provider hangs, the token source
@@ -98,13 +99,9 @@ func (s *session) opener() submit.Opener {
 		return nil
 	}
 	addr := s.grant.Upstream.AddrOf(Name)
-	cfg := s.grant.Upstream.TLSFor(addr)
-	// Full-size TLS records from the first message on: small first
-	// records help a browser render early, not a mail submission.
-	cfg.DynamicRecordSizingDisabled = true
 	return smtpclient.Opener(smtpclient.Options{
 		Addr:    addr,
-		TLS:     cfg,
+		TLS:     s.grant.Upstream.TLSFor(addr), // full-size records: upstream sets that
 		Dial:    s.srv.Dial,
 		Domain:  s.srv.domain(),
 		Timeout: s.srv.upstreamTimeout(),
@@ -171,7 +168,25 @@ func (s *session) noteThrottle(se *smtp.SMTPError) {
 		return
 	}
 	s.srv.backoff.Set(s.grant.Identity, d)
+	s.srv.throttles.Add(1)
 	s.log.Warn("upstream throttles this mailbox; new logins wait", "identity", s.grant.Identity, "backoff", d, "reply", smtpclient.ReplyText(se))
+}
+
+// throttled is the throttle check of the login path: it refuses, with
+// the time left, a new upstream login of identity while the upstream
+// throttles it. AUTH runs it; the first MAIL, which opens the upstream,
+// runs it again only if a throttling reply was noted since
+// (Server.throttles), so a session logged in before the throttling still
+// waits and one logged in after it pays the check once.
+func (s *session) throttled(identity, msg string, attrs ...any) *smtp.SMTPError {
+	d := s.srv.backoff.Remaining(identity)
+	if d <= 0 {
+		return nil
+	}
+	attrs = append(attrs, "identity", identity, "retry_in", d.Round(time.Second))
+	s.srv.refusals.Log(s.log, slog.LevelWarn, identity, msg, attrs...)
+	s.c.setOutcome("throttled")
+	return throttledReply(d)
 }
 
 // throttleDelay says whether an upstream reply is a throttling one, and

@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"mailproxy/config"
+
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 )
@@ -21,8 +23,8 @@ import (
 // Defaults of the fake SMTP server, close to Exchange Online's.
 const (
 	// DefaultMaxMessageBytes is Exchange Online's default message size
-	// limit (35 MB), advertised with SIZE.
-	DefaultMaxMessageBytes = 35 << 20
+	// limit (35 MiB), advertised with SIZE: config's one definition.
+	DefaultMaxMessageBytes = config.FallbackMaxMessageBytes
 	// smtpMaxRecipients is Exchange Online's per-message recipient limit.
 	smtpMaxRecipients = 500
 	// smtpMaxLineLength lets through the long AUTH response line of an
@@ -84,6 +86,7 @@ type SMTPUpstream struct {
 	validator TokenValidator
 	srv       *smtp.Server
 	ln        *trackingListener
+	records   *recordListener // implicit TLS only (SetRecordSize)
 	serveDone chan struct{}
 	closeOnce sync.Once
 	closeErr  error
@@ -141,7 +144,13 @@ func NewSMTPUpstream(v TokenValidator, tlsCfg *tls.Config, implicitTLS bool) (*S
 
 	var ln net.Listener = u.ln
 	if implicitTLS {
-		ln = tls.NewListener(u.ln, tlsCfg)
+		// The listener does TLS, and with SetRecordSize it wraps the
+		// *tls.Conn, which go-smtp would then take for plain text: it
+		// must neither offer STARTTLS inside TLS nor refuse AUTH.
+		u.records = newRecordListener(u.ln, tlsCfg)
+		ln = u.records
+		srv.TLSConfig = nil
+		srv.AllowInsecureAuth = true
 	}
 	go func() {
 		defer close(u.serveDone)
@@ -171,6 +180,20 @@ func (u *SMTPUpstream) Close() error {
 // accepted afterwards; call it before clients connect.
 func (u *SMTPUpstream) SetMaxMessageBytes(n int64) {
 	u.ln.locked(func() { u.srv.MaxMessageBytes = n })
+}
+
+// SetRecordSize makes connections accepted from now on write TLS records
+// of at most n bytes of plaintext, as IMAPUpstream.SetRecordSize does; n
+// <= 0 goes back to crypto/tls's default. It applies to an implicit TLS
+// server only: after STARTTLS, go-smtp holds the *tls.Conn itself. On SMTP
+// the upstream writes replies only, each far smaller than any record size
+// a server chooses, so the size changes nothing a client reads; the
+// message data a proxy relays travels the other way, in the records its
+// own client writes (smtpclient: full 16 KiB records).
+func (u *SMTPUpstream) SetRecordSize(n int) {
+	if u.records != nil {
+		u.records.setSize(n)
+	}
 }
 
 // SetMaxAuthLine makes the server refuse, with "500 5.5.2 Line too long",

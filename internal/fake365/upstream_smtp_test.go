@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"net"
 	"reflect"
 	"strings"
 	"testing"
@@ -437,5 +438,54 @@ func TestNewSMTPUpstreamImplicitNeedsTLS(t *testing.T) {
 	if err == nil {
 		up.Close()
 		t.Fatalf("NewSMTPUpstream(nil TLS, implicit) error = nil, want an error")
+	}
+}
+
+// SetRecordSize on an implicit TLS server splits its replies into records
+// of that size, and the session works as before: AUTH is offered and no
+// STARTTLS inside TLS. (go-smtp writes a reply line at a time, so only a
+// size below a line's length splits anything.)
+func TestSMTPUpstreamRecordSize(t *testing.T) {
+	e := newSMTPEnv(t, true)
+	const size = 16 // shorter than most reply lines
+	e.up.SetRecordSize(size)
+	raw, err := net.Dial("tcp", e.up.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.SetDeadline(time.Now().Add(20 * time.Second))
+	spy := &recordSpy{Conn: raw}
+	cfg := e.clientTLS.Clone()
+	cfg.ServerName = "127.0.0.1"
+	// TLS 1.2: handshake records are not application data records.
+	cfg.MaxVersion = tls.VersionTLS12
+	tconn := tls.Client(spy, cfg)
+	c := smtp.NewClient(tconn)
+	t.Cleanup(func() { c.Close() })
+	if err := c.Hello("client.test"); err != nil {
+		t.Fatalf("Hello() error = %v", err)
+	}
+	if ok, _ := c.Extension("STARTTLS"); ok {
+		t.Errorf("Extension(STARTTLS) = true on implicit TLS, want false")
+	}
+	if err := c.Auth(upXOAuth2{"alice@contoso.com", e.v.issue("alice@contoso.com", time.Hour)}); err != nil {
+		t.Fatalf("Auth(XOAUTH2) error = %v", err)
+	}
+	if _, err := sendMessage(t, c, "alice@contoso.com", nil, "bob@fabrikam.com", nil, upTestMessage); err != nil {
+		t.Fatalf("send error = %v", err)
+	}
+	sizes := spy.plaintexts(tconn.ConnectionState().Version)
+	largest, full := 0, 0
+	for _, n := range sizes {
+		largest = max(largest, n)
+		if n == size {
+			full++
+		}
+	}
+	if largest != size || full < 2 {
+		t.Errorf("SetRecordSize(%d): record sizes %v; want none larger and reply lines in full ones", size, sizes)
+	}
+	if msgs := e.up.Messages(); len(msgs) != 1 || string(msgs[0].Data) != upTestMessage {
+		t.Errorf("Messages() = %d messages, want the one sent", len(msgs))
 	}
 }
