@@ -31,21 +31,6 @@ func KindName(k auth.AuthKind) string {
 	return fmt.Sprint(int(k))
 }
 
-// Clean makes s safe as a reply text (IMAP resp-text, a POP3 -ERR): one
-// line of printable characters, not too long.
-func Clean(s string) string {
-	const max = 400
-	b := make([]byte, 0, min(len(s), max))
-	for i := 0; i < len(s) && len(b) < max; i++ {
-		ch := s[i]
-		if ch < 0x20 || ch == 0x7f {
-			ch = ' '
-		}
-		b = append(b, ch)
-	}
-	return string(b)
-}
-
 // DecodeSASL decodes a base64 SASL response; "=" and "" are the empty
 // response.
 func DecodeSASL(b []byte) ([]byte, error) {

@@ -180,12 +180,12 @@ func (c *session) logAuthFailure(user string, ae *auth.AuthError) {
 func (c *session) refuse(tag []byte, ae *auth.AuthError) {
 	switch ae.Kind {
 	case auth.AuthNeedsSignIn:
-		c.reply(tag, "NO", "[ALERT] "+front.Clean(ae.Msg))
+		c.reply(tag, "NO", "[ALERT] "+auth.ClientText(ae.Msg))
 	case auth.AuthUnavailable:
-		c.reply(tag, "NO", "[UNAVAILABLE] "+front.Clean(ae.Msg))
+		c.reply(tag, "NO", "[UNAVAILABLE] "+auth.ClientText(ae.Msg))
 	default:
 		if errors.Is(ae.Err, front.ErrUpstreamRefused) {
-			c.reply(tag, "NO", "[AUTHENTICATIONFAILED] "+front.Clean(ae.Msg))
+			c.reply(tag, "NO", "[AUTHENTICATIONFAILED] "+auth.ClientText(ae.Msg))
 			return
 		}
 		c.reply(tag, "NO", "[AUTHENTICATIONFAILED] Invalid credentials")

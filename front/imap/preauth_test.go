@@ -229,7 +229,7 @@ func TestLoginRefusalKinds(t *testing.T) {
 	e := newEnv(t, withServer(func(s *Server) { s.Auth = refusingAuth{} }))
 	c := greet(t, e.addr)
 	c.send("a LOGIN alert x\r\n")
-	if got, want := c.line(), "a NO [ALERT] account alert needs a new sign-in  * injected"; got != want {
+	if got, want := c.line(), "a NO [ALERT] account alert needs a new sign-in * injected"; got != want {
 		t.Errorf("needs sign-in = %q, want %q", got, want)
 	}
 	c.send("b LOGIN busy x\r\n")

@@ -3,12 +3,11 @@ package imap
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
 	"crypto/tls"
-	"encoding/base64"
 	"fmt"
 	"mailproxy/auth"
 	"mailproxy/front"
+	"mailproxy/internal/testutil"
 	"mailproxy/upstream"
 	"net"
 	"net/netip"
@@ -17,20 +16,10 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"golang.org/x/crypto/argon2"
 )
 
-// cheapPHC hashes password with tiny Argon2id parameters: VerifyPassword
-// reads them from the string, so tests need not pay the real cost.
-func cheapPHC(t *testing.T, password string) string {
-	t.Helper()
-	salt := make([]byte, 16)
-	rand.Read(salt)
-	key := argon2.IDKey([]byte(password), salt, 1, 64, 1, 32)
-	enc := base64.RawStdEncoding
-	return fmt.Sprintf("$argon2id$v=19$m=64,t=1,p=1$%s$%s", enc.EncodeToString(salt), enc.EncodeToString(key))
-}
+// cheapPHC hashes password with tiny Argon2id parameters (testutil.CheapPHC).
+func cheapPHC(t *testing.T, password string) string { return testutil.CheapPHC(t, password) }
 
 // dialFrom connects to addr from the local address from (127.0.0.x).
 func dialFrom(t *testing.T, from, addr string) *rawClient {

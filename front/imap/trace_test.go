@@ -8,6 +8,7 @@ import (
 
 	"mailproxy/auth"
 	"mailproxy/internal/fake365"
+	"mailproxy/internal/testutil"
 	"mailproxy/upstream"
 )
 
@@ -24,14 +25,14 @@ func TestTraceHidesCredentials(t *testing.T) {
 	)
 	trace := fake365.NewCapture()
 	e := newEnv(t, withServer(func(s *Server) { s.Trace = trace.Logger() }))
-	secrets := &secretSet{m: map[string]string{}}
-	secrets.add("password", carolPass)
-	secrets.add("password", wrongPass)
+	secrets := testutil.NewSecrets()
+	secrets.Add("password", carolPass)
+	secrets.Add("password", wrongPass)
 	ts := e.addAccount(carol, carolPass)
 	e.auth.set(carol, carolPass, &auth.Grant{
 		Username: carol,
 		Mailbox:  carol,
-		Tokens:   recordingTokens{ts, secrets},
+		Tokens:   testutil.RecordingTokens{Src: ts, Secrets: secrets, RefreshToken: func() string { return ts.Tokens().RefreshToken }},
 		Upstream: e.upstream,
 	})
 
@@ -98,9 +99,9 @@ func TestTraceHidesCredentials(t *testing.T) {
 	c.conn.Close()
 	e.srv.Close()
 
-	all := secrets.all()
+	all := secrets.All()
 	tokens := 0
-	for k, v := range secrets.all() {
+	for k, v := range secrets.All() {
 		if strings.HasPrefix(k, "access token") {
 			tokens++
 			x := string(upstream.XOAuth2(carol, v))

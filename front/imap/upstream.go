@@ -111,7 +111,7 @@ func (c *session) upstreamGreeting(r *bufio.Reader, tok string) (saslIR bool, re
 		if status == "BYE" && text != "" {
 			msg += ": " + text
 		}
-		return false, unavailable(msg, fmt.Errorf("upstream greeting %q", front.Clean(string(bytes.TrimRight(greeting, "\r\n")))))
+		return false, unavailable(msg, fmt.Errorf("upstream greeting %q", auth.ClientText(string(bytes.TrimRight(greeting, "\r\n")))))
 	}
 	return hasCap(text, "SASL-IR"), upstreamResult{}
 }
@@ -189,7 +189,7 @@ func (x *xoauth2) await() (res upstreamResult, refusal string) {
 				x.bye = text
 			}
 			if _, ok := upstream.ThrottleDelay(text); ok && status != "" {
-				x.throttle = front.Clean(text)
+				x.throttle = auth.ClientText(text)
 			}
 		case bytes.HasPrefix(line, []byte(tagSP)):
 			return x.tagged(line, line[len(tagSP):])
@@ -247,7 +247,7 @@ func (x *xoauth2) tagged(line, rest []byte) (upstreamResult, string) {
 				text = x.throttle
 			}
 			x.c.throttled(x.mailbox, text)
-			return unavailable(front.Clean(text), fmt.Errorf("upstream AUTHENTICATE: %s %s", status, text)), ""
+			return unavailable(auth.ClientText(text), fmt.Errorf("upstream AUTHENTICATE: %s %s", status, text)), ""
 		}
 		if text == "" {
 			text = status
@@ -258,7 +258,7 @@ func (x *xoauth2) tagged(line, rest []byte) (upstreamResult, string) {
 }
 
 func unexpectedReply(line []byte) upstreamResult {
-	return unavailable("the mail server sent an unexpected reply", fmt.Errorf("upstream AUTHENTICATE reply %q", front.Clean(string(bytes.TrimRight(line, "\r\n")))))
+	return unavailable("the mail server sent an unexpected reply", fmt.Errorf("upstream AUTHENTICATE reply %q", auth.ClientText(string(bytes.TrimRight(line, "\r\n")))))
 }
 
 // throttled makes new logins of mailbox wait as long as the upstream's
@@ -269,7 +269,7 @@ func (c *session) throttled(mailbox, text string) {
 		d = upstream.DefaultThrottleBackoff
 	}
 	c.s.backoff.Set(mailbox, d)
-	c.Log.Warn("upstream throttles this mailbox; new logins wait", "mailbox", mailbox, "backoff", d, "reply", front.Clean(text))
+	c.Log.Warn("upstream throttles this mailbox; new logins wait", "mailbox", mailbox, "backoff", d, "reply", auth.ClientText(text))
 }
 
 // readResponse appends one upstream response to dst: a line with its line

@@ -56,7 +56,7 @@ func TestRefusalCodes(t *testing.T) {
 		{"unavailable", &auth.AuthError{Kind: auth.AuthUnavailable, Msg: "server busy; try again later"},
 			"-ERR [SYS/TEMP] server busy; try again later"},
 		{"needs sign-in", &auth.AuthError{Kind: auth.AuthNeedsSignIn, Msg: "account a needs a new sign-in by the admin (mailproxy login a)\r\nX"},
-			"-ERR [SYS/PERM] account a needs a new sign-in by the admin (mailproxy login a)  X"},
+			"-ERR [SYS/PERM] account a needs a new sign-in by the admin (mailproxy login a) X"}, // CRLF becomes one space (auth.ClientText)
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, withServer(func(s *Server) {

@@ -410,13 +410,13 @@ func (c *session) logAuthFailure(user string, ae *auth.AuthError) {
 func (c *session) refuse(ae *auth.AuthError) bool {
 	switch {
 	case ae.Kind == auth.AuthNeedsSignIn:
-		return c.fail(codeSysPerm + front.Clean(ae.Msg))
+		return c.fail(codeSysPerm + auth.ClientText(ae.Msg))
 	case ae.Kind == auth.AuthUnavailable:
-		return c.fail(codeSysTemp + front.Clean(ae.Msg))
+		return c.fail(codeSysTemp + auth.ClientText(ae.Msg))
 	case errors.Is(ae, auth.ErrLockedOut):
 		return c.fail(codeSysTemp + "too many failed logins; try again later")
 	case errors.Is(ae.Err, front.ErrUpstreamRefused):
-		return c.fail(codeAuth + front.Clean(ae.Msg))
+		return c.fail(codeAuth + auth.ClientText(ae.Msg))
 	default:
 		return c.fail(codeAuth + "invalid credentials")
 	}

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"mailproxy/auth"
-	"mailproxy/front"
 	"mailproxy/upstream"
 )
 
@@ -71,7 +70,7 @@ func (c *session) tryUpstream(ctx context.Context, addr string, g *auth.Grant, t
 		return unavailable("the mail server did not greet", fmt.Errorf("read upstream greeting: %w", err)), ""
 	}
 	if !bytes.HasPrefix(greeting, []byte("+OK")) {
-		return unavailable("the mail server is unavailable", fmt.Errorf("upstream greeting %q", front.Clean(string(trimEOL(greeting))))), ""
+		return unavailable("the mail server is unavailable", fmt.Errorf("upstream greeting %q", auth.ClientText(string(trimEOL(greeting))))), ""
 	}
 
 	mailbox := g.Mailbox
@@ -123,18 +122,18 @@ func (c *session) tryUpstream(ctx context.Context, addr string, g *auth.Grant, t
 					d = upstream.DefaultThrottleBackoff
 				}
 				c.s.backoff.Set(mailbox, d)
-				c.Log.Warn("upstream throttles this mailbox; new logins wait", "mailbox", mailbox, "backoff", d, "reply", front.Clean(text))
-				return unavailable(front.Clean(text), fmt.Errorf("upstream AUTH: -ERR %s", text)), ""
+				c.Log.Warn("upstream throttles this mailbox; new logins wait", "mailbox", mailbox, "backoff", d, "reply", auth.ClientText(text))
+				return unavailable(auth.ClientText(text), fmt.Errorf("upstream AUTH: -ERR %s", text)), ""
 			}
 			if code := respCode(text); code == "SYS/TEMP" || code == "IN-USE" || code == "LOGIN-DELAY" {
-				return unavailable("the mail server is busy: "+front.Clean(text), fmt.Errorf("upstream AUTH: -ERR %s", text)), ""
+				return unavailable("the mail server is busy: "+auth.ClientText(text), fmt.Errorf("upstream AUTH: -ERR %s", text)), ""
 			}
 			if text == "" {
 				text = "-ERR"
 			}
 			return upstreamResult{}, text
 		default:
-			return unavailable("the mail server sent an unexpected reply", fmt.Errorf("upstream AUTH reply %q", front.Clean(string(trimEOL(line))))), ""
+			return unavailable("the mail server sent an unexpected reply", fmt.Errorf("upstream AUTH reply %q", auth.ClientText(string(trimEOL(line))))), ""
 		}
 	}
 }

@@ -1,8 +1,8 @@
-package imap
+package daemon
 
 import (
-	"bufio"
 	"context"
+	"encoding/base64"
 	"fmt"
 	"io/fs"
 	"net"
@@ -18,74 +18,38 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"mailproxy/auth"
+	imapfront "mailproxy/front/imap"
 	smtpfront "mailproxy/front/smtp"
 	"mailproxy/internal/fake365"
+	"mailproxy/internal/testutil"
 	"mailproxy/oauth"
 	"mailproxy/oauth/store"
 	"mailproxy/upstream"
 )
 
-// secretSet collects every secret a run handles: passwords, tokens, the
-// client secret.
-type secretSet struct {
-	mu sync.Mutex // protects m
-	m  map[string]string
+// secretsTimeout bounds every blocking step of TestNoSecretsAnywhere.
+const secretsTimeout = 20 * time.Second
+
+func quote(s string) string {
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
 }
 
-func (s *secretSet) add(kind, v string) {
-	if v == "" {
-		return
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+// recorded wraps ts so that every token it hands out is recorded, with
+// the refresh token behind it when ts is an *oauth.Source.
+func recorded(ts auth.TokenSource, secrets *testutil.Secrets) testutil.RecordingTokens {
+	r := testutil.RecordingTokens{Src: ts, Secrets: secrets}
+	if src, ok := ts.(*oauth.Source); ok {
+		r.RefreshToken = func() string { return src.Tokens().RefreshToken }
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, old := range s.m {
-		if old == v {
-			return
-		}
-	}
-	s.m[fmt.Sprintf("%s #%d", kind, len(s.m))] = v
-}
-
-func (s *secretSet) all() map[string]string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	m := make(map[string]string, len(s.m))
-	for k, v := range s.m {
-		m[k] = v
-	}
-	return m
-}
-
-// recordingTokens records every access token it hands out and the refresh
-// token behind it.
-type recordingTokens struct {
-	ts      auth.TokenSource
-	secrets *secretSet
-}
-
-func (r recordingTokens) record(tok string) {
-	r.secrets.add("access token", tok)
-	if src, ok := r.ts.(*oauth.Source); ok {
-		r.secrets.add("refresh token", src.Tokens().RefreshToken)
-	}
-}
-
-func (r recordingTokens) Token(ctx context.Context) (string, error) {
-	tok, err := r.ts.Token(ctx)
-	r.record(tok)
-	return tok, err
-}
-
-func (r recordingTokens) Refresh(ctx context.Context, rejected string) (string, error) {
-	tok, err := r.ts.Refresh(ctx, rejected)
-	r.record(tok)
-	return tok, err
+	return r
 }
 
 // recordingVault wraps the token sources the vault opens.
 type recordingVault struct {
 	v       *oauth.Manager
-	secrets *secretSet
+	secrets *testutil.Secrets
 	mu      sync.Mutex // protects sources
 	sources []*oauth.Source
 }
@@ -98,7 +62,7 @@ func (r *recordingVault) Open(ctx context.Context, username, password string) (a
 	r.mu.Lock()
 	r.sources = append(r.sources, src)
 	r.mu.Unlock()
-	return recordingTokens{src, r.secrets}, id, nil
+	return recorded(src, r.secrets), id, nil
 }
 
 // A whole run, IMAP and SMTP, with successful and failed logins, token
@@ -116,9 +80,9 @@ func TestNoSecretsAnywhere(t *testing.T) {
 		scannerPass  = "Scanner-Pw-77Lq#unique"
 		wrongPass    = "Wrong-Pw-but-still-a-secret-1x"
 	)
-	secrets := &secretSet{m: map[string]string{}}
+	secrets := testutil.NewSecrets()
 	for _, s := range []string{clientSecret, alicePass, scannerPass, wrongPass} {
-		secrets.add("given", s)
+		secrets.Add("given", s)
 	}
 	logs := fake365.NewCapture()
 	var finished atomic.Bool
@@ -175,7 +139,7 @@ func TestNoSecretsAnywhere(t *testing.T) {
 	m := oauth.NewManager(st, logger.With("component", "oauth"))
 	m.SetAccount(oauth.Account{Username: alice, Flow: "authcode", Provider: p})
 	aliceRT := idp.GrantRefreshToken(clientID, alice, scopes)
-	secrets.add("refresh token", aliceRT)
+	secrets.Add("refresh token", aliceRT)
 	if err := m.Seal(alice, alicePass, oauth.TokenSet{RefreshToken: aliceRT, Scopes: scopes}, store.Meta{Identity: alice, Flow: "authcode"}); err != nil {
 		t.Fatalf("Seal() = %v", err)
 	}
@@ -183,17 +147,17 @@ func TestNoSecretsAnywhere(t *testing.T) {
 
 	// scanner: a password hash and its own token source.
 	scannerRT := idp.GrantRefreshToken(clientID, scanner, scopes)
-	secrets.add("refresh token", scannerRT)
+	secrets.Add("refresh token", scannerRT)
 	scannerSrc := oauth.NewSource(p, oauth.TokenSet{RefreshToken: scannerRT, Scopes: scopes}, nil, logger.With("account", scanner))
 	accounts := auth.NewAccounts([]auth.AccountSpec{
 		{Username: alice, Upstream: upstream},
-		{Username: scanner, PasswordHash: cheapPHC(t, scannerPass), Tokens: recordingTokens{scannerSrc, secrets}, Upstream: upstream},
+		{Username: scanner, PasswordHash: testutil.CheapPHC(t, scannerPass), Tokens: recorded(scannerSrc, secrets), Upstream: upstream},
 	}, vault)
 	lo := auth.NewLockout(5, time.Minute, time.Minute)
 	lo.Sleep = func(ctx context.Context, d time.Duration) error { return ctx.Err() }
 	accounts.SetLockout(lo)
 
-	imapSrv := &Server{Auth: accounts, Logger: logger.With("front", "imap"), Trace: logger.With("front", "imap", "trace", true), UpstreamTimeout: 5 * time.Second}
+	imapSrv := &imapfront.Server{Auth: accounts, Logger: logger.With("front", "imap"), Trace: logger.With("front", "imap", "trace", true), UpstreamTimeout: 5 * time.Second}
 	smtpSrv := &smtpfront.Server{Auth: accounts, Logger: logger.With("front", "smtp"), Domain: "proxy.test", UpstreamTimeout: 5 * time.Second}
 	imapLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -215,7 +179,7 @@ func TestNoSecretsAnywhere(t *testing.T) {
 		for _, c := range clients {
 			c.Close()
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), secretsTimeout)
 		defer cancel()
 		imapSrv.Shutdown(ctx)
 		imapSrv.Close()
@@ -224,22 +188,22 @@ func TestNoSecretsAnywhere(t *testing.T) {
 	}
 	defer stop()
 
-	imapClient := func() *rawClient {
+	imapClient := func() *testutil.LineClient {
 		t.Helper()
-		conn, err := net.DialTimeout("tcp", imapLn.Addr().String(), testTimeout)
+		conn, err := net.DialTimeout("tcp", imapLn.Addr().String(), secretsTimeout)
 		if err != nil {
 			t.Fatalf("Dial() = %v", err)
 		}
 		clients = append(clients, conn)
-		conn.SetDeadline(time.Now().Add(testTimeout))
+		conn.SetDeadline(time.Now().Add(secretsTimeout))
 		cc := replies.Conn(conn)
-		c := &rawClient{t: t, conn: cc, r: bufio.NewReader(cc)}
-		c.expect("* OK")
+		c := testutil.NewLineClient(t, cc)
+		c.Expect("* OK")
 		return c
 	}
 	smtpClient := func() *smtp.Client {
 		t.Helper()
-		conn, err := net.DialTimeout("tcp", smtpLn.Addr().String(), testTimeout)
+		conn, err := net.DialTimeout("tcp", smtpLn.Addr().String(), secretsTimeout)
 		if err != nil {
 			t.Fatalf("Dial() = %v", err)
 		}
@@ -250,10 +214,10 @@ func TestNoSecretsAnywhere(t *testing.T) {
 		}
 		return c
 	}
-	imapLogin := func(c *rawClient, tag, user, pass, want string) {
+	imapLogin := func(c *testutil.LineClient, tag, user, pass, want string) {
 		t.Helper()
-		c.send(tag + " LOGIN " + quote(user) + " " + quote(pass) + "\r\n")
-		if reply, _ := c.untilTagged(tag); !strings.HasPrefix(reply, tag+" "+want) {
+		c.Send(tag + " LOGIN " + quote(user) + " " + quote(pass) + "\r\n")
+		if reply, _ := c.UntilTagged(tag); !strings.HasPrefix(reply, tag+" "+want) {
 			t.Errorf("LOGIN %s = %q, want %s", user, reply, want)
 		}
 	}
@@ -277,20 +241,20 @@ func TestNoSecretsAnywhere(t *testing.T) {
 	c := imapClient()
 	imapLogin(c, "a", alice, wrongPass, "NO")
 	imapLogin(c, "b", alice, alicePass, "OK")
-	c.send("c SELECT INBOX\r\nd LOGOUT\r\n")
-	c.untilTagged("d")
+	c.Send("c SELECT INBOX\r\nd LOGOUT\r\n")
+	c.UntilTagged("d")
 	c = imapClient()
-	c.send("a AUTHENTICATE PLAIN " + b64("\x00"+scanner+"\x00"+scannerPass) + "\r\n")
-	if reply, _ := c.untilTagged("a"); !strings.HasPrefix(reply, "a OK") {
+	c.Send("a AUTHENTICATE PLAIN " + b64("\x00"+scanner+"\x00"+scannerPass) + "\r\n")
+	if reply, _ := c.UntilTagged("a"); !strings.HasPrefix(reply, "a OK") {
 		t.Errorf("AUTHENTICATE PLAIN = %q, want OK", reply)
 	}
 	c = imapClient()
-	c.send("a AUTHENTICATE LOGIN\r\n")
-	c.expect("+ ")
-	c.send(b64(alice) + "\r\n")
-	c.expect("+ ")
-	c.send(b64(alicePass) + "\r\n")
-	if reply, _ := c.untilTagged("a"); !strings.HasPrefix(reply, "a OK") {
+	c.Send("a AUTHENTICATE LOGIN\r\n")
+	c.Expect("+ ")
+	c.Send(b64(alice) + "\r\n")
+	c.Expect("+ ")
+	c.Send(b64(alicePass) + "\r\n")
+	if reply, _ := c.UntilTagged("a"); !strings.HasPrefix(reply, "a OK") {
 		t.Errorf("AUTHENTICATE LOGIN = %q, want OK", reply)
 	}
 
@@ -346,16 +310,16 @@ func TestNoSecretsAnywhere(t *testing.T) {
 	}
 
 	stop()
-	secrets.add("refresh token", scannerSrc.Tokens().RefreshToken)
-	secrets.add("access token", scannerSrc.Tokens().AccessToken)
+	secrets.Add("refresh token", scannerSrc.Tokens().RefreshToken)
+	secrets.Add("access token", scannerSrc.Tokens().AccessToken)
 	vault.mu.Lock()
 	for _, src := range vault.sources {
-		secrets.add("refresh token", src.Tokens().RefreshToken)
-		secrets.add("access token", src.Tokens().AccessToken)
+		secrets.Add("refresh token", src.Tokens().RefreshToken)
+		secrets.Add("access token", src.Tokens().AccessToken)
 	}
 	vault.mu.Unlock()
 
-	all := secrets.all()
+	all := secrets.All()
 	var tokens int
 	for k := range all {
 		if strings.HasPrefix(k, "access token") {
