@@ -10,11 +10,13 @@ import (
 	"io"
 	"log/slog"
 	"mailproxy/auth"
+	"mailproxy/config"
 	"mailproxy/front"
 	"mailproxy/relay"
 	"mailproxy/upstream"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -66,7 +68,7 @@ func (s *protoSMTP) handle(nc net.Conn) {
 		case "EHLO":
 			// What the fake upstream offers too, so that the client's
 			// MAIL parameters suit it after the hand-over.
-			say("250-mailproxy\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 36700160\r\n250 AUTH PLAIN")
+			say("250-mailproxy\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE " + strconv.Itoa(config.FallbackMaxMessageBytes) + "\r\n250 AUTH PLAIN")
 		case "HELO":
 			say("250 mailproxy")
 		case "NOOP", "RSET":

@@ -463,13 +463,7 @@ func literalSpec(b []byte) (n int64, sync, ok bool) {
 			return 0, false, false
 		}
 	}
-	if len(digits) > 12 {
-		return 1<<63 - 1, sync, true
-	}
-	for _, c := range digits {
-		n = n*10 + int64(c-'0')
-	}
-	return n, sync, true
+	return literalDigits(digits), sync, true // the one literal-size rule (goodbye.go)
 }
 
 func noEOF(err error) error {
