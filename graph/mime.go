@@ -389,18 +389,24 @@ func rewrite(r io.Reader, leaves []*leaf, out io.Writer, dir string) error {
 		parts int
 	}
 	var stack []*level
+	// open starts a part with header h: in the enclosing multipart, or as
+	// the message's own header at the top.
+	open := func(h textproto.Header) (io.Writer, error) {
+		if len(stack) == 0 {
+			return out, textproto.WriteHeader(out, h)
+		}
+		top := stack[len(stack)-1]
+		pw, err := top.mw.CreatePart(h)
+		if err != nil {
+			return nil, err
+		}
+		top.parts++
+		return pw, nil
+	}
 	w := &walker{}
 	w.enter = func(h textproto.Header, boundary string) error {
-		dst := out
-		if len(stack) > 0 {
-			top := stack[len(stack)-1]
-			pw, err := top.mw.CreatePart(h)
-			if err != nil {
-				return err
-			}
-			top.parts++
-			dst = pw
-		} else if err := textproto.WriteHeader(out, h); err != nil {
+		dst, err := open(h)
+		if err != nil {
 			return err
 		}
 		mw := textproto.NewMultipartWriter(dst)
@@ -446,19 +452,11 @@ func rewrite(r io.Reader, leaves []*leaf, out io.Writer, dir string) error {
 			}
 			return nil
 		}
-		dst := out
-		if len(stack) > 0 {
-			top := stack[len(stack)-1]
-			pw, err := top.mw.CreatePart(h)
-			if err != nil {
-				return err
-			}
-			top.parts++
-			dst = pw
-		} else if err := textproto.WriteHeader(out, h); err != nil {
+		dst, err := open(h)
+		if err != nil {
 			return err
 		}
-		_, err := io.Copy(dst, body)
+		_, err = io.Copy(dst, body)
 		return err
 	}
 	return w.walk(r)

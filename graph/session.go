@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mailproxy/submit"
 	"net/http"
 	"net/url"
 	"os"
@@ -335,16 +336,9 @@ func (s *Sender) postAttachment(ctx context.Context, th *throttle, msgURL string
 	return err
 }
 
-// Submitter is the shape the spool (and the SMTP front) submit through.
-type Submitter interface {
-	Mail(from string, opts *smtp.MailOptions) error
-	Rcpt(to string, opts *smtp.RcptOptions) error
-	Data(r io.Reader) (reply string, err error)
-	Reset() error
-	Quit() error
-}
-
+// A Session is a submit.Submitter, the shape the spool and the SMTP front
+// submit through.
 var (
-	_ Submitter = (*Session)(nil)
-	_ io.Closer = (*Session)(nil)
+	_ submit.Submitter = (*Session)(nil)
+	_ io.Closer        = (*Session)(nil)
 )
