@@ -2,12 +2,10 @@ package pop3
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"io"
-	"log/slog"
 	"maps"
 	"net"
 	"strings"
@@ -18,6 +16,7 @@ import (
 
 	"mailproxy/auth"
 	"mailproxy/internal/fake365"
+	"mailproxy/internal/testutil"
 	"mailproxy/oauth"
 	"mailproxy/upstream"
 )
@@ -68,7 +67,7 @@ type env struct {
 	mu       sync.Mutex // protects tokens
 	tokens   map[string]*oauth.Source
 	dials    atomic.Int64
-	logs     logBuffer
+	logs     *testutil.LogSink
 }
 
 type envOption func(*env)
@@ -104,9 +103,10 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 	e.addAccount(alice, alicePass, "")
 	e.addAccount(bob, bobPass, "")
 
+	e.logs = testutil.NewLogSink(t, "")
 	e.srv = &Server{
 		Auth:   e.accounts,
-		Logger: slog.New(slog.NewTextHandler(testWriter{t, &e.logs}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logger: e.logs.Logger(),
 		Dial:   e.dial,
 	}
 	for _, o := range opts {
@@ -202,41 +202,11 @@ func (e *env) dial(ctx context.Context, network, addr string) (net.Conn, error) 
 	return d.DialContext(ctx, network, addr)
 }
 
-type testWriter struct {
-	t   testing.TB
-	buf *logBuffer
-}
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(b), "\n"))
-	w.buf.mu.Lock()
-	w.buf.b.Write(b)
-	w.buf.mu.Unlock()
-	return len(b), nil
-}
-
-type logBuffer struct {
-	mu sync.Mutex // protects b
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(b []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(b)
-}
-
 // logOnly keeps the server's log in e.logs without t.Log, which a fuzz
 // target may not call on its *testing.F.
 func logOnly(e *env) {
-	e.srv.Logger = slog.New(slog.NewTextHandler(&e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	e.logs = testutil.NewLogSink(nil, "")
+	e.srv.Logger = e.logs.Logger()
 }
 
 // rawClient speaks POP3 by hand.
