@@ -89,3 +89,19 @@ type SafePoint interface {
 	// the upstream's messages.
 	Safe() bool
 }
+
+// A Streamer is a SafePoint that also knows when the upstream is in the
+// middle of a message whose end is still to come (an IMAP literal): the
+// relay then goes on reading records that arrive one by one, for up to
+// streamHold, instead of writing each to the client as it comes, so that
+// one write carries up to 64 KiB. Nothing that ends a message waits: a
+// lone line, or the last part of a literal, goes out as soon as it is at
+// hand, and a Pending that is wrong (text that only looked like a literal
+// announcement) costs at most streamHold.
+type Streamer interface {
+	SafePoint
+	// Pending is the number of bytes the upstream must still send before
+	// the current message can end (0: it may end now), after the bytes
+	// given to FromUpstream so far.
+	Pending() int64
+}

@@ -191,6 +191,8 @@ type relayHalf struct {
 	last     atomic.Int64        // idle timeout: when this direction last read data (offset from start)
 	armed    time.Duration       // idle timeout: when the read deadline was last set (offset); 0: never
 	byeSeen  bool                // the goodbye request was noticed and the read deadline restored
+	fed      int                 // bytes of the chunk being gathered already given to the SafePoint
+	holding  bool                // gatherTLS set the streamHold deadline for this chunk
 }
 
 // run forwards br's buffered bytes, then copies until the source ends.
@@ -282,6 +284,9 @@ func (h *relayHalf) copy() error {
 		if n > 0 && rerr == nil && srcUnder != nil {
 			b, n, rerr = h.gatherTLS(src, srcUnder, b, n)
 			gathered = true
+			if h.holding {
+				h.endHold(src)
+			}
 		}
 		if n > 0 {
 			if err := h.forward(dst, dstUnder, b[:n]); err != nil {
@@ -336,7 +341,8 @@ func (h *relayHalf) forward(dst net.Conn, u *underConn, b []byte) error {
 	if r.lingering.Load() {
 		dst.SetWriteDeadline(time.Now().Add(r.linger))
 	}
-	h.follow(b)
+	h.follow(b[h.fed:])
+	h.fed = 0
 	w, err := h.write(dst, u, b)
 	h.n += int64(w)
 	if err == nil && w < len(b) {
@@ -371,81 +377,6 @@ func (h *relayHalf) readFailed(src net.Conn, rerr error) (again bool, err error)
 		return false, &relayError{err: ErrIdleTimeout}
 	}
 	return false, &relayError{err: rerr}
-}
-
-// write writes b to dst; through a *tls.Conn over UnderTLS, the records
-// it makes go out in one system call.
-func (h *relayHalf) write(dst net.Conn, u *underConn, b []byte) (int, error) {
-	if u == nil {
-		return dst.Write(b)
-	}
-	u.holdWrites()
-	n, err := dst.Write(b)
-	if ferr := u.flush(); err == nil {
-		err = ferr
-	}
-	return n, err
-}
-
-// underOf returns the UnderTLS connection under c, or nil.
-func underOf(c net.Conn) *underConn {
-	tc, ok := c.(*tls.Conn)
-	if !ok {
-		return nil
-	}
-	u, _ := tc.NetConn().(*underConn)
-	return u
-}
-
-// gatherTLS goes on reading src, a *tls.Conn over u, without waiting,
-// after a Read brought n bytes into b: records crypto/tls has buffered,
-// then what the kernel holds. It moves to the pooled buffer once the wait
-// buffer is full, and stops when nothing more is at hand or the pooled
-// buffer has no room for another full record. A lone line thus goes out at
-// once, and a stream goes out in writes of 48 to 64 KiB.
-func (h *relayHalf) gatherTLS(src net.Conn, u *underConn, b []byte, n int) ([]byte, int, error) {
-	// A short read into the wait buffer that ends a line is a response
-	// that fit what crypto/tls had (it returns less than asked only when
-	// it has no more plaintext at hand): send it without the system call
-	// that would look for more. Streams fill the wait buffer and go on.
-	if h.big == nil && n < len(b) && b[n-1] == '\n' {
-		return b, n, nil
-	}
-	for {
-		if h.big == nil && n == len(b) {
-			h.big = relayBufs.Get().(*[relayBufSize]byte)
-			copy(h.big[:], b[:n])
-			b = h.big[:]
-		}
-		if h.big != nil && len(b)-n < tlsMaxRecord {
-			return b, n, nil
-		}
-		u.nonblock = true
-		m, err := src.Read(b[n:])
-		u.nonblock = false
-		n += m
-		if errors.Is(err, errWouldBlock) {
-			return b, n, nil
-		}
-		if err != nil || m == 0 {
-			return b, n, err
-		}
-	}
-}
-
-// adaptGathered picks the buffer for the next read after gatherTLS
-// brought n bytes: the pooled one while data keeps coming faster than it
-// is written (the gathering stopped for want of room), the wait buffer
-// otherwise.
-func (h *relayHalf) adaptGathered(n int) {
-	if h.big != nil && relayBufSize-n < tlsMaxRecord {
-		return
-	}
-	if h.big != nil {
-		relayBufs.Put(h.big)
-		h.big = nil
-	}
-	h.carry = 0
 }
 
 // armRead sets the read deadline of src before a read when the session is

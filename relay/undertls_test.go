@@ -348,3 +348,106 @@ func TestRelayTLSClientGetsGatheredWrites(t *testing.T) {
 	upFar.Close()
 	waitRelay(t, res)
 }
+
+// streamer is a Streamer for tests: the upstream sends a message of total
+// bytes; Pending is what is still to come (always, when stuck is set).
+type streamer struct {
+	mu    sync.Mutex // protects fed
+	fed   int64
+	total int64
+	stuck bool // Pending is never 0: an announcement that was not one
+}
+
+func (s *streamer) FromUpstream(b []byte) { s.mu.Lock(); s.fed += int64(len(b)); s.mu.Unlock() }
+func (s *streamer) FromClient([]byte)     {}
+func (s *streamer) Safe() bool            { return s.Pending() == 0 }
+func (s *streamer) Pending() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stuck {
+		return 1 << 40
+	}
+	return max(s.total-s.fed, 0)
+}
+
+// A message that arrives one small record at a time, each sent only after
+// the relay read the one before (an upstream slower than the relay, as
+// Dovecot is), still goes to the client in writes of up to 64 KiB when
+// the session's Streamer says more of it is due; the end of the message
+// is not held back.
+func TestRelayStreamerGathersPacedRecords(t *testing.T) {
+	const size = 256 << 10
+	raw, far := testutil.TCPPair(t)
+	read := make(chan struct{}, 1)
+	up, srv := underPair(t, raw, far, 0, func(c net.Conn) net.Conn {
+		w := newWatchConn(c) // no SyscallConn: no read without waiting
+		w.onRead = func(int64) {
+			select {
+			case read <- struct{}{}:
+			default:
+			}
+		}
+		return w
+	})
+	data := pattern(size)
+	go func() {
+		for off := 0; off < size; off += 4 << 10 {
+			if _, err := srv.Write(data[off : off+4<<10]); err != nil {
+				return
+			}
+			select {
+			case <-read:
+			case <-time.After(10 * time.Second):
+				return
+			}
+		}
+	}()
+	clientFar, clientProxy := testutil.TCPPair(t)
+	client := newWatchConn(clientProxy)
+	var g Goodbye
+	res := startRelayWith(client, nil, up, nil, RelayOptions{Goodbye: &g, SafePoint: &streamer{total: size}})
+	got := make([]byte, size)
+	clientFar.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(clientFar, got); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("client ReadFull = %v, data equal %v", err, bytes.Equal(got, data))
+	}
+	client.mu.Lock()
+	writes := client.writes
+	client.mu.Unlock()
+	// One write per 16 KiB, and one more for the records of a chunk whose
+	// hold ran out on a loaded machine.
+	if want := size/tlsMaxRecord + 4; writes > want {
+		t.Errorf("relay made %d writes to the client for %d bytes sent 4 KiB at a time, want <= %d", writes, size, want)
+	}
+	clientFar.Close()
+	srv.Close()
+	waitRelay(t, res)
+}
+
+// A Streamer that is wrong (Pending never 0: text that only looked like a
+// literal announcement) delays a line by at most streamHold: the line
+// reaches the client while the upstream sends nothing after it.
+func TestRelayStreamerWrongPendingDoesNotStall(t *testing.T) {
+	raw, far := testutil.TCPPair(t)
+	up, srv := underPair(t, raw, far, 4<<10, func(c net.Conn) net.Conn { return newWatchConn(c) })
+	clientFar, clientProxy := testutil.TCPPair(t)
+	var g Goodbye
+	res := startRelayWith(clientProxy, nil, up, nil, RelayOptions{Goodbye: &g, SafePoint: &streamer{stuck: true}})
+	clientFar.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for _, msg := range [][]byte{
+		[]byte("* OK [ALERT] not a literal {12}\r\n"),
+		append(pattern(100<<10), "\r\na1 OK done\r\n"...),
+	} {
+		if _, err := srv.Write(msg); err != nil {
+			t.Fatalf("upstream Write: %v", err)
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(clientFar, got); err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("client ReadFull of %d bytes with nothing after them = %v (equal %v), want them after at most the hold",
+				len(msg), err, bytes.Equal(got, msg))
+		}
+	}
+	clientFar.Close()
+	srv.Close()
+	waitRelay(t, res)
+}

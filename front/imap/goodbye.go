@@ -45,6 +45,19 @@ func (g *goodbye) FromClient(b []byte) {
 // Safe implements relay.SafePoint.
 func (g *goodbye) Safe() bool { return g.lit.safe() && !g.compressed.Load() }
 
+// Pending implements relay.Streamer: the literal bytes still to come, so
+// that the relay gathers a FETCH body that arrives in small TLS records
+// (Dovecot's 4 KiB) into large writes. After COMPRESS the stream is
+// deflate data and nothing is known.
+func (g *goodbye) Pending() int64 {
+	if g.compressed.Load() {
+		return 0
+	}
+	return g.lit.lit
+}
+
+var _ relay.Streamer = (*goodbye)(nil)
+
 // maxLiteralDigits is the one bound on the size of a literal as both of
 // this package's readers of announcements read it, the command parser and
 // literalTracker: a size of up to that many digits is read as a number
