@@ -43,7 +43,7 @@ type (
 // open the upstream session.
 type Grant struct {
 	Username string // what the client logged in with
-	Mailbox  string // XOAUTH2 user= for IMAP (the shared mailbox, if any)
+	Mailbox  string // XOAUTH2 user= for IMAP: the shared mailbox, or the username; always set (grantFor)
 	Identity string // XOAUTH2 user= for SMTP: who signed in (a delegate for a shared mailbox)
 	Tokens   TokenSource
 	Upstream *upstream.Upstream

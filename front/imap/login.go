@@ -93,10 +93,7 @@ func (c *session) login(tag, user, pass string) bool {
 		return c.countError()
 	}
 
-	mailbox := grant.Mailbox
-	if mailbox == "" {
-		mailbox = grant.Username
-	}
+	mailbox := grant.Mailbox // always set (auth.grantFor)
 	if d := c.s.backoff.Remaining(mailbox); d > 0 {
 		c.s.refusals.Log(log, slog.LevelWarn, mailbox, "imap login refused: the upstream throttled this mailbox", "mailbox", mailbox, "retry_in", d.Round(time.Second))
 		c.reply(tagb, "NO", "[UNAVAILABLE] "+upstream.ThrottledText(d))

@@ -78,10 +78,7 @@ func (c *session) tryUpstream(ctx context.Context, tag string, g *auth.Grant, to
 	if res.err != nil {
 		return res, ""
 	}
-	mailbox := g.Mailbox
-	if mailbox == "" {
-		mailbox = g.Username
-	}
+	mailbox := g.Mailbox // always set (auth.grantFor)
 	x := &xoauth2{c: c, up: up, r: r, tag: tag, tok: tok, mailbox: mailbox,
 		ir: base64.StdEncoding.EncodeToString(upstream.XOAuth2(mailbox, tok))}
 	if res := x.send(saslIR); res.err != nil {

@@ -350,10 +350,7 @@ func (c *session) login(user, pass string) bool {
 		return c.refuse(ae)
 	}
 
-	mailbox := grant.Mailbox
-	if mailbox == "" {
-		mailbox = grant.Username
-	}
+	mailbox := grant.Mailbox // always set (auth.grantFor)
 	if d := c.s.backoff.Remaining(mailbox); d > 0 {
 		log.Warn("pop3 login refused: the upstream throttled this mailbox", "mailbox", mailbox, "retry_in", d.Round(time.Second))
 		return c.fail(codeSysTemp + upstream.ThrottledText(d))

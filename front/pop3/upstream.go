@@ -73,10 +73,7 @@ func (c *session) tryUpstream(ctx context.Context, addr string, g *auth.Grant, t
 		return unavailable("the mail server is unavailable", fmt.Errorf("upstream greeting %q", auth.ClientText(string(trimEOL(greeting))))), ""
 	}
 
-	mailbox := g.Mailbox
-	if mailbox == "" {
-		mailbox = g.Username
-	}
+	mailbox := g.Mailbox // always set (auth.grantFor)
 	ir := base64.StdEncoding.EncodeToString(upstream.XOAuth2(mailbox, tok))
 	// RFC 5034: the initial response only when the command line stays
 	// within RFC 2449's 255 octets; an Entra token never does, so Exchange
