@@ -89,8 +89,8 @@ const streamHold = 2 * time.Millisecond
 // gives b's new bytes to the SafePoint first; forward passes on only the
 // rest.
 func (h *relayHalf) streaming(b []byte) bool {
-	st, ok := h.r.safe.(Streamer)
-	if !ok || h.src != 1 {
+	st := h.r.stream
+	if st == nil || h.src != 1 {
 		return false
 	}
 	h.follow(b[h.fed:])

@@ -130,6 +130,7 @@ func relayWith(client net.Conn, clientBuf *bufio.Reader, upstream net.Conn, upst
 	if g := o.Goodbye; g != nil {
 		r.bye = g
 		r.safe = o.SafePoint
+		r.stream, _ = o.SafePoint.(Streamer)
 		g.mu.Lock()
 		g.r = r
 		asked := g.line != nil
@@ -167,6 +168,7 @@ type relaySession struct {
 	lingering atomic.Bool   // one direction has ended; the other must keep moving
 	bye       *Goodbye      // nil: none
 	safe      SafePoint     // with bye: where its line may go; nil: anywhere
+	stream    Streamer      // safe, when it is also a Streamer; nil: none
 	byeAsked  atomic.Bool   // bye.Say was called
 	ending    atomic.Bool   // the goodbye was said; implies lingering
 	endBy     time.Time     // set before ending: when the client direction gives up
