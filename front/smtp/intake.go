@@ -4,6 +4,7 @@ import (
 	"net/netip"
 
 	"mailproxy/auth"
+	"mailproxy/front"
 	"mailproxy/submit"
 )
 
@@ -30,7 +31,7 @@ func (s *session) anonymous() bool {
 	if s.srv.Intake == nil || s.up != nil || s.grant != nil {
 		return false
 	}
-	sub, device := s.srv.Intake.Anonymous(remoteAddr(s.nc))
+	sub, device := s.srv.Intake.Anonymous(front.RemoteAddr(s.nc))
 	if sub == nil {
 		return false
 	}
@@ -54,10 +55,10 @@ func (s *session) spoolFor() submit.Submitter {
 	case s.srv.Intake == nil:
 		return nil
 	case s.anon: // a new spool session after the last one was dropped
-		sub, _ := s.srv.Intake.Anonymous(remoteAddr(s.nc))
+		sub, _ := s.srv.Intake.Anonymous(front.RemoteAddr(s.nc))
 		return sub
 	case s.grant == nil:
 		return nil
 	}
-	return s.srv.Intake.Authenticated(s.grant, remoteAddr(s.nc))
+	return s.srv.Intake.Authenticated(s.grant, front.RemoteAddr(s.nc))
 }

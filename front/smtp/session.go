@@ -14,7 +14,6 @@ import (
 	"mailproxy/submit"
 	"mailproxy/upstream"
 	"net"
-	"net/netip"
 	"sync"
 	"time"
 
@@ -143,7 +142,7 @@ func (s *session) plaintextOK() bool {
 	if _, ok := s.nc.(*tls.Conn); ok {
 		return true
 	}
-	return s.srv.PlaintextAllowed(remoteAddr(s.nc))
+	return s.srv.PlaintextAllowed(front.RemoteAddr(s.nc))
 }
 
 func (s *session) Auth(mech string) (sasl.Server, error) {
@@ -231,7 +230,7 @@ func (m *safeSASL) Next(response []byte) ([]byte, bool, error) {
 func (s *session) authenticate(username, password string) error {
 	ctx, cancel := context.WithTimeout(s.srv.baseCtx, s.srv.upstreamTimeout())
 	defer cancel()
-	g, err := s.srv.Auth.Authenticate(ctx, username, password, remoteAddr(s.nc))
+	g, err := s.srv.Auth.Authenticate(ctx, username, password, front.RemoteAddr(s.nc))
 	if err == nil && g == nil {
 		err = errors.New("authenticator returned no grant")
 	}
@@ -285,13 +284,13 @@ func (s *session) authenticate(username, password string) error {
 // username is the client's, quoted by the handler when it needs to be, so
 // it cannot forge a line.
 func (s *session) logAuthFailure(user string, ae *auth.AuthError) {
-	attrs := []any{"proto", Name, "remote", remoteAddr(s.nc).String(), "user", user, "conn", s.c.id}
+	attrs := []any{"proto", Name, "remote", front.RemoteAddr(s.nc).String(), "user", user, "conn", s.c.id}
 	if errors.Is(ae, auth.ErrLockedOut) {
 		attrs = append(attrs, "reason", "locked out")
 	}
 	if errors.Is(ae, auth.ErrLockedOut) {
 		// fail2ban saw the failures that made the block.
-		s.srv.refusals.Log(s.srv.logger(), slog.LevelWarn, remoteAddr(s.nc).String()+" "+user, "auth failure", attrs...)
+		s.srv.refusals.Log(s.srv.logger(), slog.LevelWarn, front.RemoteAddr(s.nc).String()+" "+user, "auth failure", attrs...)
 		return
 	}
 	s.srv.logger().Warn("auth failure", attrs...)
@@ -300,16 +299,6 @@ func (s *session) logAuthFailure(user string, ae *auth.AuthError) {
 // throttledReply refuses a login while the upstream throttles the mailbox.
 func throttledReply(d time.Duration) *smtp.SMTPError {
 	return &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: upstream.ThrottledText(d)}
-}
-
-func remoteAddr(nc net.Conn) netip.Addr {
-	if ta, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
-		return ta.AddrPort().Addr().Unmap()
-	}
-	if ap, err := netip.ParseAddrPort(nc.RemoteAddr().String()); err == nil {
-		return ap.Addr().Unmap()
-	}
-	return netip.Addr{}
 }
 
 // Mail starts a transaction upstream, opening the upstream connection on
